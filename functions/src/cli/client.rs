@@ -1,0 +1,232 @@
+//! Client commands: thin wrappers over the HTTP API that print its JSON.
+
+use anyhow::{Context, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use super::Target;
+
+/// Arguments of `splai submit`.
+#[derive(Debug, clap::Args)]
+pub struct SubmitArgs {
+    /// Job type (selects the planner template).
+    #[arg(long = "type", default_value = "chat")]
+    pub job_type: String,
+    /// The job's input text.
+    #[arg(long, conflicts_with = "file")]
+    pub input: Option<String>,
+    /// A JSON file with the whole submit body (`-` for stdin).
+    #[arg(long)]
+    pub file: Option<String>,
+    /// Priority class: interactive, standard or batch.
+    #[arg(long)]
+    pub priority: Option<String>,
+    /// Model to use.
+    #[arg(long)]
+    pub model: Option<String>,
+    /// Tenant.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Idempotency key, so the submit is safe to repeat.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Arguments of `splai tasks`.
+#[derive(Debug, clap::Args)]
+pub struct TasksArgs {
+    /// Job id.
+    pub job_id: String,
+    /// Only tasks with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only tasks run by this worker.
+    #[arg(long)]
+    pub worker_id: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Arguments of `splai jobs`.
+#[derive(Debug, clap::Args)]
+pub struct JobsArgs {
+    /// Only jobs with this status.
+    #[arg(long)]
+    pub status: Option<String>,
+    /// Only this tenant's jobs.
+    #[arg(long)]
+    pub tenant: Option<String>,
+    /// Only jobs of this type.
+    #[arg(long = "type")]
+    pub job_type: Option<String>,
+    /// Page size.
+    #[arg(long)]
+    pub limit: Option<u32>,
+    /// Cursor from a previous page.
+    #[arg(long)]
+    pub cursor: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+fn url(target: &Target, path: &str) -> String {
+    format!("{}{path}", target.server.trim_end_matches('/'))
+}
+
+async fn print_response(resp: reqwest::Response) -> anyhow::Result<()> {
+    let status = resp.status();
+    let body: Value = resp
+        .json()
+        .await
+        .context("the server's answer was not JSON")?;
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    if !status.is_success() {
+        bail!("server answered {status}");
+    }
+    Ok(())
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::new()
+}
+
+/// GET a path and print the JSON.
+///
+/// # Errors
+/// Connection failures and non-2xx answers.
+pub async fn get(target: &Target, path: &str) -> anyhow::Result<()> {
+    let resp = client()
+        .get(url(target, path))
+        .send()
+        .await
+        .with_context(|| format!("is splai running at {}?", target.server))?;
+    print_response(resp).await
+}
+
+/// Send a body-less request and print the JSON.
+///
+/// # Errors
+/// Connection failures and non-2xx answers.
+pub async fn send(target: &Target, method: reqwest::Method, path: &str) -> anyhow::Result<()> {
+    let resp = client()
+        .request(method, url(target, path))
+        .send()
+        .await
+        .with_context(|| format!("is splai running at {}?", target.server))?;
+    print_response(resp).await
+}
+
+/// `splai submit`.
+///
+/// # Errors
+/// An unreadable file, connection failures and non-2xx answers.
+pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let mut body: Value = match a.file.as_deref() {
+        Some("-") => {
+            serde_json::from_reader(std::io::stdin()).context("reading the job from stdin")?
+        }
+        Some(path) => {
+            serde_json::from_slice(&std::fs::read(path).with_context(|| format!("reading {path}"))?)
+                .with_context(|| format!("{path} is not JSON"))?
+        }
+        None => json!({ "type": a.job_type, "input": a.input.unwrap_or_default() }),
+    };
+    for (key, value) in [
+        ("priority", a.priority),
+        ("model", a.model),
+        ("tenant", a.tenant),
+    ] {
+        if let Some(v) = value {
+            body[key] = Value::String(v);
+        }
+    }
+    let mut req = client().post(url(&a.target, "/v1/jobs")).json(&body);
+    if let Some(key) = a.idempotency_key {
+        req = req.header("Idempotency-Key", key);
+    }
+    let resp = req
+        .send()
+        .await
+        .with_context(|| format!("is splai running at {}?", a.target.server))?;
+    print_response(resp).await
+}
+
+/// `splai tasks`.
+///
+/// # Errors
+/// Connection failures and non-2xx answers.
+pub async fn tasks(a: TasksArgs) -> anyhow::Result<()> {
+    let mut req = client().get(url(&a.target, &format!("/v1/jobs/{}/tasks", a.job_id)));
+    for (k, v) in [("status", a.status), ("worker_id", a.worker_id)] {
+        if let Some(v) = v {
+            req = req.query(&[(k, v)]);
+        }
+    }
+    print_response(
+        req.send()
+            .await
+            .with_context(|| format!("is splai running at {}?", a.target.server))?,
+    )
+    .await
+}
+
+/// `splai jobs`.
+///
+/// # Errors
+/// Connection failures and non-2xx answers.
+pub async fn jobs(a: JobsArgs) -> anyhow::Result<()> {
+    let mut req = client().get(url(&a.target, "/v1/jobs"));
+    let limit = a.limit.map(|l| l.to_string());
+    for (k, v) in [
+        ("status", a.status),
+        ("tenant", a.tenant),
+        ("type", a.job_type),
+        ("limit", limit),
+        ("cursor", a.cursor),
+    ] {
+        if let Some(v) = v {
+            req = req.query(&[(k, v)]);
+        }
+    }
+    print_response(
+        req.send()
+            .await
+            .with_context(|| format!("is splai running at {}?", a.target.server))?,
+    )
+    .await
+}
+
+/// `splai watch`: prints each SSE event as `<event> <json>` until the stream ends.
+///
+/// # Errors
+/// Connection failures and non-2xx answers.
+pub async fn watch(target: &Target, job_id: &str) -> anyhow::Result<()> {
+    let resp = client()
+        .get(url(target, &format!("/v1/jobs/{job_id}/stream")))
+        .send()
+        .await
+        .with_context(|| format!("is splai running at {}?", target.server))?;
+    if !resp.status().is_success() {
+        return print_response(resp).await;
+    }
+    let mut body = resp.bytes_stream();
+    let mut buf = String::new();
+    let mut event = String::new();
+    while let Some(chunk) = body.next().await {
+        buf.push_str(&String::from_utf8_lossy(
+            &chunk.context("reading the event stream")?,
+        ));
+        while let Some(end) = buf.find('\n') {
+            let line: String = buf.drain(..=end).collect();
+            let line = line.trim_end();
+            if let Some(name) = line.strip_prefix("event:") {
+                event = name.trim().to_owned();
+            } else if let Some(data) = line.strip_prefix("data:") {
+                println!("{event} {}", data.trim());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! The local server's configuration, read once from `SPLAI_*` environment variables.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use splai_shared::backends::BackendConfig;
+use splai_shared::engine::{EngineConfig, TaskDefaults};
+use splai_shared::planner::PlannerConfig;
+
+/// Everything `splai serve` needs.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Store and queue selection.
+    pub backends: BackendConfig,
+    /// Engine tunables.
+    pub engine: EngineConfig,
+    /// Planner settings.
+    pub planner: PlannerConfig,
+    /// Where to listen (`SPLAI_GATEWAY_PORT`, default 8080, on all interfaces).
+    pub listen: SocketAddr,
+    /// Largest accepted request body (`SPLAI_MAX_BODY_BYTES`, default 4 MiB).
+    pub max_body_bytes: usize,
+    /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
+    pub artifact_root: PathBuf,
+    /// How often expired leases are swept (`SPLAI_SWEEP_INTERVAL_MS`, default 1000).
+    pub sweep_interval: Duration,
+}
+
+impl Config {
+    /// Reads the process environment.
+    ///
+    /// # Errors
+    /// A variable with an invalid value, named in the message.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads variables through `get`, so tests need not touch the environment.
+    ///
+    /// # Errors
+    /// A variable with an invalid value, named in the message.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let var = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let backends = BackendConfig {
+            store: parse_or(&var, "SPLAI_STORE", Default::default())?,
+            queue: parse_or(&var, "SPLAI_QUEUE", Default::default())?,
+            sqlite_path: var("SPLAI_SQLITE_PATH")
+                .map_or_else(|| BackendConfig::default().sqlite_path, PathBuf::from),
+        };
+        backends.validate()?;
+        let secs = |k: &str, d: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_secs(parse_or(&var, k, d)?))
+        };
+        let millis = |k: &str, d: u64| -> anyhow::Result<Duration> {
+            Ok(Duration::from_millis(parse_or(&var, k, d)?))
+        };
+        let lease = secs("SPLAI_LEASE_SECONDS", 15)?;
+        let heartbeat_interval = secs("SPLAI_HEARTBEAT_SECONDS", 5)?;
+        if lease.is_zero() || heartbeat_interval.is_zero() {
+            bail!("SPLAI_LEASE_SECONDS and SPLAI_HEARTBEAT_SECONDS must be at least 1");
+        }
+        if heartbeat_interval >= lease {
+            bail!(
+                "SPLAI_HEARTBEAT_SECONDS ({}) must be shorter than SPLAI_LEASE_SECONDS ({})",
+                heartbeat_interval.as_secs(),
+                lease.as_secs()
+            );
+        }
+        let engine = EngineConfig {
+            lease,
+            heartbeat_interval,
+            worker_stale_after: heartbeat_interval * 3,
+            retry_base: millis("SPLAI_RETRY_BASE_MS", 1000)?,
+            retry_max: millis("SPLAI_RETRY_MAX_MS", 60_000)?,
+            task_defaults: TaskDefaults {
+                max_retries: parse_or(&var, "SPLAI_DEFAULT_MAX_RETRIES", 3)?,
+                timeout_sec: parse_or(&var, "SPLAI_DEFAULT_TASK_TIMEOUT_SECONDS", 300)?,
+            },
+            max_wait: secs("SPLAI_MAX_WAIT_SECONDS", 30)?,
+            poll_interval: Duration::from_millis(500),
+        };
+        let planner = PlannerConfig {
+            llm_endpoint: var("SPLAI_LLM_PLANNER_ENDPOINT"),
+            llm_api_key: var("SPLAI_LLM_PLANNER_API_KEY"),
+            llm_timeout: secs("SPLAI_LLM_PLANNER_TIMEOUT_SECONDS", 10)?,
+            max_tasks: parse_or(&var, "SPLAI_MAX_TASKS_PER_JOB", 1000)?,
+        };
+        let port: u16 = parse_or(&var, "SPLAI_GATEWAY_PORT", 8080)?;
+        Ok(Self {
+            backends,
+            engine,
+            planner,
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+            max_body_bytes: parse_or(&var, "SPLAI_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            artifact_root: var("SPLAI_ARTIFACT_ROOT")
+                .map_or_else(|| PathBuf::from("/tmp/splai-artifacts"), PathBuf::from),
+            sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
+        })
+    }
+}
+
+fn parse_or<T: FromStr>(
+    var: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: T,
+) -> anyhow::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match var(key) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+            .with_context(|| format!("invalid {key}=`{v}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn config(vars: &[(&str, &str)]) -> anyhow::Result<Config> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_need_no_variables() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.listen.port(), 8080);
+        assert_eq!(c.engine.lease, Duration::from_secs(15));
+        assert_eq!(c.backends.sqlite_path, PathBuf::from(".splai/splai.db"));
+    }
+
+    #[test]
+    fn unknown_backends_fail_listing_supported_values() {
+        let e = config(&[("SPLAI_STORE", "mongo")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("supported values: sqlite, memory"),
+            "{e:#}"
+        );
+        let e = config(&[("SPLAI_QUEUE", "kafka")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("supported values: store, memory"),
+            "{e:#}"
+        );
+    }
+
+    #[test]
+    fn invalid_numbers_name_the_variable() {
+        let e = config(&[("SPLAI_LEASE_SECONDS", "soon")]).unwrap_err();
+        assert!(format!("{e:#}").contains("SPLAI_LEASE_SECONDS"), "{e:#}");
+        let e = config(&[
+            ("SPLAI_LEASE_SECONDS", "3"),
+            ("SPLAI_HEARTBEAT_SECONDS", "5"),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("shorter than"), "{e:#}");
+    }
+}

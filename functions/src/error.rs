@@ -1,0 +1,95 @@
+//! The one API error type: owns the status table and the `{ "error": { "code", "message" } }`
+//! shape. 5xx bodies stay opaque; the cause goes to the log.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use splai_shared::engine::EngineError;
+
+/// An error answered to an API client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable machine-readable code.
+    pub code: &'static str,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// 400 with a message naming the problem.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            code: "invalid_request",
+            message: message.into(),
+        }
+    }
+
+    /// 404.
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::NOT_FOUND,
+            code: "not_found",
+            message: message.into(),
+        }
+    }
+
+    /// 413.
+    pub fn too_large(limit: usize) -> Self {
+        Self {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: format!("request body is larger than the {limit}-byte limit"),
+        }
+    }
+
+    /// 503 for a backend that did not answer; the cause is logged, not returned.
+    fn unavailable(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "backend unavailable");
+        Self {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "unavailable",
+            message: "a backend is unavailable; retry later".into(),
+        }
+    }
+
+    /// 500; the cause is logged, not returned.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "internal error");
+        Self {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message: "internal error".into(),
+        }
+    }
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        use splai_shared::queue::QueueError;
+        use splai_shared::store::StoreError;
+        match e {
+            EngineError::Invalid(m) => Self::invalid(m),
+            EngineError::Plan(p) => Self::invalid(p.to_string()),
+            EngineError::NotFound(m) => Self::not_found(m),
+            EngineError::Conflict(m) => Self {
+                status: StatusCode::CONFLICT,
+                code: "conflict",
+                message: m,
+            },
+            EngineError::Store(StoreError::Unavailable(_))
+            | EngineError::Queue(QueueError::Unavailable(_)) => Self::unavailable(&e),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        (self.status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,101 @@
+//! `POST /v1/tasks/report`: one report, or `{"reports": [...]}` applied together.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use splai_shared::domain::{JobId, LeaseId, Status, TaskId, TaskRef};
+use splai_shared::engine::Report;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::extract::parse_json;
+
+/// One worker report.
+#[derive(Debug, Deserialize)]
+pub struct ReportRequest {
+    job_id: JobId,
+    task_id: TaskId,
+    lease_id: LeaseId,
+    /// Defaults to `<lease_id>:<status>`, which makes a plain repeat a duplicate.
+    idempotency_key: Option<String>,
+    status: Status,
+    output_artifact_uri: Option<String>,
+    error: Option<String>,
+    #[serde(default = "yes")]
+    retryable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A batch of reports.
+#[derive(Debug, Deserialize)]
+pub struct ReportBatch {
+    reports: Vec<ReportRequest>,
+}
+
+/// Most reports one request may carry.
+const MAX_BATCH: usize = 1000;
+
+impl ReportRequest {
+    fn into_report(self, at: &str) -> Result<Report, ApiError> {
+        if !matches!(self.status, Status::Completed | Status::Failed) {
+            return Err(ApiError::invalid(format!(
+                "{at}`status` must be Completed or Failed"
+            )));
+        }
+        let key = self
+            .idempotency_key
+            .unwrap_or_else(|| format!("{}:{}", self.lease_id, self.status.as_str()));
+        if key.is_empty() || key.len() > 200 {
+            return Err(ApiError::invalid(format!(
+                "{at}`idempotency_key` must be 1 to 200 characters"
+            )));
+        }
+        Ok(Report {
+            task: TaskRef {
+                job_id: self.job_id,
+                task_id: self.task_id,
+            },
+            lease_id: self.lease_id,
+            idempotency_key: key,
+            status: self.status,
+            output_artifact_uri: self.output_artifact_uri,
+            error: self.error,
+            retryable: self.retryable,
+        })
+    }
+}
+
+/// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.
+pub async fn report(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let value: Value = parse_json(&body)?;
+    if value.get("reports").is_some() {
+        let batch: ReportBatch = parse_json(&body)?;
+        if batch.reports.len() > MAX_BATCH {
+            return Err(ApiError::invalid(format!(
+                "at most {MAX_BATCH} reports per request"
+            )));
+        }
+        let reports = batch
+            .reports
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| r.into_report(&format!("reports[{i}]: ")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let results = s.engine.report(&reports).await?;
+        return Ok(Json(json!({ "accepted": true, "results": results })));
+    }
+    let report = parse_json::<ReportRequest>(&body)?.into_report("")?;
+    let result = s
+        .engine
+        .report(std::slice::from_ref(&report))
+        .await?
+        .remove(0);
+    Ok(Json(
+        json!({ "accepted": true, "outcome": result.outcome, "applied": result.applied }),
+    ))
+}

@@ -1,0 +1,93 @@
+//! `GET /v1/jobs/{id}/stream`: Server-Sent Events for one job.
+//!
+//! Sends `job.snapshot` (the job and its tasks), then `task.update` and `job.status` as they
+//! happen, and ends with `job.completed`, `job.failed` or `job.canceled`. A subscriber that
+//! falls behind gets a fresh snapshot instead of the events it missed.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use serde_json::json;
+use splai_shared::domain::{JobId, JobRecord};
+use splai_shared::engine::{Engine, JobEvent};
+use tokio::sync::broadcast::{Receiver, error::RecvError};
+
+use super::{AppState, job_id};
+use crate::error::ApiError;
+
+struct Follow {
+    engine: Arc<Engine>,
+    id: JobId,
+    rx: Receiver<Arc<JobEvent>>,
+    pending: VecDeque<Event>,
+    done: bool,
+}
+
+impl Follow {
+    fn push_snapshot(&mut self, record: JobRecord) {
+        let terminal = record.job.status.is_terminal();
+        let data = json!({ "job": record.job, "tasks": record.tasks });
+        self.pending.push_back(sse("job.snapshot", &data));
+        if terminal {
+            self.push_event(&JobEvent::Job(record.job));
+        }
+    }
+
+    fn push_event(&mut self, ev: &JobEvent) {
+        if ev.is_terminal() {
+            self.pending.push_back(sse("job.status", ev));
+            self.done = true;
+        }
+        self.pending.push_back(sse(ev.name(), ev));
+    }
+}
+
+fn sse(name: &str, data: &impl serde::Serialize) -> Event {
+    Event::default()
+        .event(name)
+        .json_data(data)
+        .unwrap_or_else(|_| Event::default().event(name))
+}
+
+/// Follows a job until it reaches a terminal status.
+pub async fn stream(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let id = job_id(id)?;
+    // Subscribe before reading, so nothing between the snapshot and the first event is lost.
+    let rx = s.engine.subscribe();
+    let record = s.engine.job_record(&id).await?;
+    let mut follow = Follow {
+        engine: s.engine.clone(),
+        id,
+        rx,
+        pending: VecDeque::new(),
+        done: false,
+    };
+    follow.push_snapshot(record);
+    let events = futures::stream::unfold(follow, |mut f| async move {
+        loop {
+            if let Some(ev) = f.pending.pop_front() {
+                return Some((Ok(ev), f));
+            }
+            if f.done {
+                return None;
+            }
+            match f.rx.recv().await {
+                Ok(ev) if ev.job_id() == &f.id => f.push_event(&ev),
+                Ok(_) => {}
+                Err(RecvError::Lagged(_)) => match f.engine.job_record(&f.id).await {
+                    Ok(record) => f.push_snapshot(record),
+                    Err(_) => return None,
+                },
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+}

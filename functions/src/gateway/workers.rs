@@ -1,0 +1,158 @@
+//! Worker endpoints: register, heartbeat (lease renewal, cancel delivery), assignments, list.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use splai_shared::domain::{
+    Heartbeat, JobId, LeaseId, TaskId, TaskRef, WorkerId, WorkerRegistration,
+};
+use splai_shared::store::LeaseRenewal;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::extract::{JsonBody, QueryParams};
+
+fn worker_id(raw: String) -> Result<WorkerId, ApiError> {
+    WorkerId::parse(raw).map_err(|e| ApiError::invalid(format!("path worker id: {e}")))
+}
+
+/// The registration body: the worker's id and what it offers. Spelled out rather than
+/// flattened so that a bad field is named in the error.
+#[derive(Debug, Deserialize)]
+pub struct RegisterRequest {
+    worker_id: WorkerId,
+    #[serde(default)]
+    cpu: f64,
+    #[serde(default)]
+    memory_mb: u64,
+    #[serde(default)]
+    gpu: bool,
+    #[serde(default)]
+    gpu_memory_mb: u64,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    tools: Vec<String>,
+    #[serde(default)]
+    backends: Vec<String>,
+    locality: Option<String>,
+}
+
+impl RegisterRequest {
+    fn into_parts(self) -> (WorkerId, WorkerRegistration) {
+        let reg = WorkerRegistration {
+            cpu: self.cpu,
+            memory_mb: self.memory_mb,
+            gpu: self.gpu,
+            gpu_memory_mb: self.gpu_memory_mb,
+            models: self.models,
+            tools: self.tools,
+            backends: self.backends,
+            locality: self.locality,
+        };
+        (self.worker_id, reg)
+    }
+}
+
+/// Registers or re-registers a worker.
+pub async fn register(
+    State(s): State<AppState>,
+    JsonBody(req): JsonBody<RegisterRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let (id, registration) = req.into_parts();
+    s.engine.register_worker(&id, &registration).await?;
+    let interval = s.engine.config().heartbeat_interval.as_secs().max(1);
+    Ok(Json(
+        json!({ "accepted": true, "heartbeat_interval_seconds": interval }),
+    ))
+}
+
+/// A lease the worker holds, as sent in a heartbeat.
+#[derive(Debug, Deserialize)]
+pub struct HeldLease {
+    job_id: JobId,
+    task_id: TaskId,
+    lease_id: LeaseId,
+}
+
+/// The heartbeat body: load figures plus the leases to renew.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct HeartbeatRequest {
+    queue_depth: u32,
+    running_tasks: u32,
+    cpu_util: f64,
+    memory_util: f64,
+    gpu_util: f64,
+    leases: Vec<HeldLease>,
+}
+
+/// Records a heartbeat, renews leases, and says which tasks to stop.
+pub async fn heartbeat(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let id = worker_id(id)?;
+    let leases: Vec<LeaseRenewal> = req
+        .leases
+        .into_iter()
+        .map(|l| LeaseRenewal {
+            task: TaskRef {
+                job_id: l.job_id,
+                task_id: l.task_id,
+            },
+            lease_id: l.lease_id,
+        })
+        .collect();
+    let load = Heartbeat {
+        queue_depth: req.queue_depth,
+        running_tasks: req.running_tasks,
+        cpu_util: req.cpu_util,
+        memory_util: req.memory_util,
+        gpu_util: req.gpu_util,
+    };
+    let reply = s.engine.heartbeat(&id, &load, &leases).await?;
+    Ok(Json(json!({
+        "accepted": true,
+        "renewed": reply.renewed,
+        "cancel": reply.cancel,
+        "lost": reply.lost,
+    })))
+}
+
+/// Query of the assignment endpoint.
+#[derive(Debug, Deserialize)]
+pub struct AssignmentsQuery {
+    max_tasks: Option<u32>,
+    wait_seconds: Option<u32>,
+}
+
+/// Most tasks one claim may return.
+const MAX_TASKS: u32 = 256;
+
+/// Leases up to `max_tasks` ready tasks to the worker, long-polling up to `wait_seconds`.
+pub async fn assignments(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    QueryParams(q): QueryParams<AssignmentsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = worker_id(id)?;
+    let max = q.max_tasks.unwrap_or(1);
+    if !(1..=MAX_TASKS).contains(&max) {
+        return Err(ApiError::invalid(format!(
+            "query `max_tasks` must be between 1 and {MAX_TASKS}"
+        )));
+    }
+    let wait = Duration::from_secs(u64::from(q.wait_seconds.unwrap_or(0)));
+    let assignments = s.engine.assign(&id, max as usize, wait).await?;
+    Ok(Json(json!({ "worker_id": id, "assignments": assignments })))
+}
+
+/// All registered workers with their health.
+pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(json!({ "workers": s.engine.list_workers().await? })))
+}

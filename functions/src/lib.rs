@@ -1,0 +1,15 @@
+//! SPLAI HTTP functions: the gateway router, the local all-in-one server, and the `splai` CLI.
+//!
+//! Layout:
+//! - [`gateway`]: the gateway's axum router and handlers.
+//! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
+//! - [`config`]: `SPLAI_*` variables, read once.
+//! - [`server`]: state built once, routers nested, sweeper loop, graceful shutdown.
+//! - [`cli`]: the `splai` command line (server and client commands).
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod gateway;
+pub mod server;

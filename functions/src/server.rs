@@ -1,0 +1,158 @@
+//! The local all-in-one server: builds state once, nests the routers, runs the sweeper, and
+//! shuts down gracefully.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use splai_shared::clock::{Clock, SystemClock};
+use splai_shared::engine::Engine;
+use splai_shared::planner::Planner;
+use tokio::net::TcpListener;
+use tower_http::catch_panic::CatchPanicLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::gateway::{self, AppState};
+
+/// Opens the backends (running migrations) and builds the engine.
+///
+/// # Errors
+/// Backends that cannot be opened.
+pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
+    let backends = splai_shared::backends::open(&config.backends)
+        .await
+        .with_context(|| {
+            format!(
+                "opening SPLAI_STORE={} SPLAI_QUEUE={}",
+                config.backends.store, config.backends.queue
+            )
+        })?;
+    let planner = Planner::new(config.planner.clone());
+    Ok(Arc::new(Engine::new(
+        backends,
+        planner,
+        clock,
+        config.engine.clone(),
+    )))
+}
+
+/// The whole HTTP application with its layers.
+pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    gateway::router(state)
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(CatchPanicLayer::custom(|_| {
+            axum::response::IntoResponse::into_response(ApiError::internal(&"handler panicked"))
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// Requeues expired leases and relays the outbox until `shutdown` resolves.
+pub async fn sweep_loop(engine: Arc<Engine>, every: Duration, shutdown: impl Future<Output = ()>) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tick.tick() => {
+                match engine.sweep().await {
+                    Ok(r) if r.requeued + r.dead_lettered + r.relayed > 0 => tracing::info!(?r, "sweep"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next tick"),
+                }
+            }
+        }
+    }
+}
+
+/// A running server.
+pub struct Running {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// The engine behind it.
+    pub engine: Arc<Engine>,
+    /// Resolves when the server has stopped.
+    pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+/// Binds, then serves until `shutdown` resolves, draining in-flight requests.
+///
+/// # Errors
+/// Backends that cannot be opened, or an address that cannot be bound.
+pub async fn start(
+    config: Config,
+    clock: Arc<dyn Clock>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<Running> {
+    let engine = build_engine(&config, clock).await?;
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let addr = listener.local_addr()?;
+    let state = AppState {
+        engine: engine.clone(),
+        artifact_root: config.artifact_root.clone(),
+    };
+    let app = app(state, config.max_body_bytes);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sweeper = tokio::spawn(sweep_loop(
+        engine.clone(),
+        config.sweep_interval,
+        wait_true(stop_rx.clone()),
+    ));
+    let handle = tokio::spawn(async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        serve.await.context("serving HTTP")?;
+        sweeper.await.context("sweeper task")?;
+        Ok(())
+    });
+    Ok(Running {
+        addr,
+        engine,
+        handle,
+    })
+}
+
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+/// Serves with the real clock until Ctrl-C or SIGTERM.
+///
+/// # Errors
+/// Start-up failures, or the server failing while running.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let running = start(config, Arc::new(SystemClock), shutdown_signal()).await?;
+    tracing::info!(addr = %running.addr, "splai gateway listening");
+    eprintln!("splai listening on http://{}", running.addr);
+    running.handle.await.context("server task")?
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+    tracing::info!("shutdown requested; draining");
+}

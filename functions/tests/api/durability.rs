@@ -1,0 +1,168 @@
+//! Kill -9 the real `splai` process with tasks leased and queued, restart it on the same
+//! database, and every job still completes.
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use crate::helpers::eventually;
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(db: &std::path::Path) -> Server {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_splai"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SPLAI_SQLITE_PATH", db)
+            .env("SPLAI_LEASE_SECONDS", "2")
+            .env("SPLAI_HEARTBEAT_SECONDS", "1")
+            .env("SPLAI_SWEEP_INTERVAL_MS", "100")
+            .env("SPLAI_LOG", "warn")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn splai");
+        // The server prints its address once it is listening.
+        let stderr = child.stderr.take().expect("stderr");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("splai exited before listening")
+                .expect("read stderr");
+            if let Some(url) = line.strip_prefix("splai listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, base }
+    }
+
+    fn kill(mut self) {
+        // SIGKILL: no graceful shutdown, no flush beyond what SQLite already committed.
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn call(
+    http: &reqwest::Client,
+    method: reqwest::Method,
+    url: String,
+    body: Option<Value>,
+) -> Value {
+    let mut req = http.request(method, url);
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let resp = req.send().await.expect("request");
+    assert!(resp.status().is_success() || resp.status() == StatusCode::ACCEPTED);
+    resp.json().await.expect("json")
+}
+
+/// Jobs submitted, partly claimed and partly completed survive a SIGKILL: after a restart a
+/// worker finishes every task of every job.
+#[tokio::test]
+async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("splai.db");
+    let http = reqwest::Client::new();
+    let first = Server::start(&db);
+    let base = first.base.clone();
+    call(
+        &http,
+        reqwest::Method::POST,
+        format!("{base}/v1/workers/register"),
+        Some(json!({ "worker_id": "w1" })),
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for i in 0..20 {
+        let tasks = json!([
+            { "task_id": "a", "type": "llm_inference" },
+            { "task_id": "b", "type": "llm_inference", "dependencies": ["a"] },
+            { "task_id": "c", "type": "aggregation", "dependencies": ["a", "b"] },
+        ]);
+        let priority = ["interactive", "standard", "batch"][i % 3];
+        let resp = call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/v1/jobs"),
+            Some(json!({ "type": "chat", "priority": priority, "tasks": tasks })),
+        )
+        .await;
+        jobs.push(resp["job_id"].as_str().unwrap().to_owned());
+    }
+    // Lease 10 tasks and complete 5 of them; the rest stay leased or queued at the kill.
+    let got = call(
+        &http,
+        reqwest::Method::GET,
+        format!("{base}/v1/workers/w1/assignments?max_tasks=10"),
+        None,
+    )
+    .await;
+    let leased = got["assignments"].as_array().unwrap().clone();
+    assert_eq!(leased.len(), 10);
+    for a in &leased[..5] {
+        let report = json!({ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"], "status": "Completed" });
+        call(
+            &http,
+            reqwest::Method::POST,
+            format!("{base}/v1/tasks/report"),
+            Some(report),
+        )
+        .await;
+    }
+    first.kill();
+
+    let second = Server::start(&db);
+    let base = second.base.clone();
+    eventually(|| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            let got = call(&http, reqwest::Method::GET, format!("{base}/v1/workers/w1/assignments?max_tasks=50"), None).await;
+            let batch: Vec<Value> = got["assignments"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| json!({ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"], "status": "Completed" }))
+                .collect();
+            if !batch.is_empty() {
+                call(&http, reqwest::Method::POST, format!("{base}/v1/tasks/report"), Some(json!({ "reports": batch }))).await;
+            }
+            let done = call(&http, reqwest::Method::GET, format!("{base}/v1/jobs?status=Completed&limit=100"), None).await;
+            done["jobs"].as_array().unwrap().len() == 20
+        }
+    })
+    .await;
+    for job in &jobs {
+        let tasks = call(
+            &http,
+            reqwest::Method::GET,
+            format!("{base}/v1/jobs/{job}/tasks"),
+            None,
+        )
+        .await;
+        assert_eq!(tasks["total"], 3);
+        assert!(
+            tasks["tasks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|t| t["status"] == "Completed"),
+            "{tasks}"
+        );
+    }
+    drop(second);
+}

@@ -1,0 +1,179 @@
+//! A real server on an ephemeral port over a real SQLite file, on a clock the test moves.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use splai_functions::config::Config;
+use splai_functions::server;
+use splai_shared::clock::ManualClock;
+use splai_shared::engine::Engine;
+
+/// Lease length the test server runs with.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub clock: Arc<ManualClock>,
+    pub engine: Arc<Engine>,
+    pub dir: tempfile::TempDir,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = Config::from_lookup(|_| None).expect("default config");
+    config.backends.sqlite_path = dir.path().join("splai.db");
+    config.artifact_root = dir.path().join("artifacts");
+    config.listen = "127.0.0.1:0".parse().expect("addr");
+    config.engine.lease = LEASE;
+    config.engine.retry_base = Duration::from_secs(1);
+    config.engine.retry_max = Duration::from_secs(2);
+    config.engine.task_defaults.max_retries = 2;
+    config.engine.poll_interval = Duration::from_millis(20);
+    config.sweep_interval = Duration::from_millis(20);
+    config.max_body_bytes = 64 * 1024;
+    config.planner.max_tasks = 50;
+    let clock = Arc::new(ManualClock::new());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let running = server::start(config, clock.clone(), async {
+        let _ = stopped.await;
+    })
+    .await
+    .expect("server starts");
+    TestApp {
+        base: format!("http://{}", running.addr),
+        http: reqwest::Client::new(),
+        clock,
+        engine: running.engine,
+        dir,
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_raw(path, body.to_string()).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("DELETE");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Submits and returns the job id.
+    pub async fn submit(&self, body: Value) -> String {
+        let (status, resp) = self.post("/v1/jobs", &body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{resp}");
+        resp["job_id"].as_str().expect("job_id").to_owned()
+    }
+
+    pub async fn register(&self, worker: &str) {
+        let body = json!({ "worker_id": worker, "cpu": 2, "backends": ["echo"] });
+        let (status, resp) = self.post("/v1/workers/register", &body).await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+    }
+
+    pub async fn claim(&self, worker: &str, max: u32) -> Vec<Value> {
+        let (status, resp) = self
+            .get(&format!("/v1/workers/{worker}/assignments?max_tasks={max}"))
+            .await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+        resp["assignments"].as_array().expect("assignments").clone()
+    }
+
+    pub async fn report(&self, a: &Value, status: &str) -> Value {
+        let body = json!({
+            "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"],
+            "idempotency_key": format!("{}-{status}", a["lease_id"].as_str().unwrap_or_default()),
+            "status": status,
+            "output_artifact_uri": format!("artifact://{}/{}/out.txt", a["job_id"].as_str().unwrap_or_default(), a["task_id"].as_str().unwrap_or_default()),
+            "error": if status == "Failed" { json!("model server said no") } else { Value::Null },
+        });
+        let (code, resp) = self.post("/v1/tasks/report", &body).await;
+        assert_eq!(code, StatusCode::OK, "{resp}");
+        resp
+    }
+
+    pub async fn job(&self, id: &str) -> Value {
+        let (status, job) = self.get(&format!("/v1/jobs/{id}")).await;
+        assert_eq!(status, StatusCode::OK, "{job}");
+        job
+    }
+
+    pub async fn tasks(&self, id: &str) -> Vec<Value> {
+        let (status, resp) = self.get(&format!("/v1/jobs/{id}/tasks")).await;
+        assert_eq!(status, StatusCode::OK, "{resp}");
+        resp["tasks"].as_array().expect("tasks").clone()
+    }
+
+    /// Moves the server's clock past the lease and waits until the sweeper has acted.
+    pub async fn expire_leases(&self) {
+        let before = self.engine.counters().snapshot()["queue_expired_requeued_total"]
+            + self.engine.counters().snapshot()["dead_letter_total"];
+        self.clock.advance(LEASE + Duration::from_secs(1));
+        eventually(|| async {
+            let c = self.engine.counters().snapshot();
+            c["queue_expired_requeued_total"] + c["dead_letter_total"] > before
+        })
+        .await;
+    }
+}
+
+/// Waits (bounded) for a condition that background work will make true.
+pub async fn eventually<F, Fut>(mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not met within 5 s");
+}
+
+/// A job body with an explicit DAG.
+pub fn dag(tasks: &[(&str, &[&str])]) -> Value {
+    let tasks: Vec<Value> = tasks
+        .iter()
+        .map(|(id, deps)| json!({ "task_id": id, "type": "llm_inference", "inputs": { "prompt": id }, "dependencies": deps }))
+        .collect();
+    json!({ "type": "chat", "input": "hi", "tasks": tasks })
+}

@@ -1,0 +1,8 @@
+//! Gateway integration tests: the real server on an ephemeral port over a real SQLite file,
+//! with the tests acting as clients and workers over HTTP.
+
+mod bad_input;
+mod durability;
+mod helpers;
+mod jobs;
+mod workers;

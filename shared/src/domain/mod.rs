@@ -1,0 +1,27 @@
+//! Domain types: jobs, tasks, workers, leases and queue entries. Types only, no I/O.
+
+mod ids;
+mod job;
+mod queue;
+mod status;
+mod task;
+mod worker;
+
+pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
+pub use job::{Job, JobRecord, NewJob};
+pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
+pub use status::{PlannerMode, Priority, Status, TaskType};
+pub use task::{Constraints, Resources, Task, TaskSpec};
+pub use worker::{Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
+
+/// Wall-clock timestamps used throughout the domain (UTC, RFC 3339 on the wire).
+pub type Timestamp = time::OffsetDateTime;
+
+/// Serde helpers for RFC 3339 timestamps.
+pub mod rfc3339 {
+    pub use time::serde::rfc3339::*;
+    /// Optional RFC 3339 timestamps.
+    pub mod option {
+        pub use time::serde::rfc3339::option::*;
+    }
+}

@@ -1,0 +1,274 @@
+//! Workers: registration, heartbeats with lease renewal, and claiming assignments.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::{Engine, EngineError, metrics, rules};
+use crate::domain::{
+    Constraints, Heartbeat, JobId, Lease, LeaseId, Priority, Resources, Status, TaskId, TaskRef,
+    TaskType, TenantId, Timestamp, Worker, WorkerCaps, WorkerId, WorkerRegistration,
+};
+use crate::store::LeaseRenewal;
+
+/// A task handed to a worker under a lease.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Assignment {
+    /// The job.
+    pub job_id: JobId,
+    /// The task.
+    pub task_id: TaskId,
+    /// Quote in heartbeats and the report.
+    pub lease_id: LeaseId,
+    /// When the lease runs out unless renewed by a heartbeat.
+    #[serde(with = "crate::domain::rfc3339")]
+    pub lease_expires: Timestamp,
+    /// This attempt's number (1 for the first).
+    pub attempt: u32,
+    /// Retries allowed after the first attempt.
+    pub max_retries: u32,
+    /// Which executor to run.
+    #[serde(rename = "type")]
+    pub task_type: TaskType,
+    /// Executor inputs, with `dep:<task_id>:output_uri` for each dependency.
+    pub inputs: Map<String, Value>,
+    /// Soft timeout in seconds.
+    pub timeout_sec: u32,
+    /// Host resources.
+    pub resources: Resources,
+    /// Placement constraints (backend and model to use).
+    pub constraints: Constraints,
+    /// The job's tenant.
+    pub tenant: TenantId,
+    /// The job's priority class.
+    pub priority: Priority,
+    /// The job's type.
+    pub job_type: String,
+    /// The job's requested model.
+    pub model: Option<String>,
+}
+
+/// What a heartbeat tells the worker.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+pub struct HeartbeatReply {
+    /// Leases extended.
+    pub renewed: Vec<TaskRef>,
+    /// Tasks to stop: their job was canceled or failed.
+    pub cancel: Vec<TaskRef>,
+    /// Leases no longer held (expired and possibly given to another worker): stop and drop.
+    pub lost: Vec<TaskRef>,
+}
+
+impl Engine {
+    /// Registers (or re-registers) a worker.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn register_worker(
+        &self,
+        id: &WorkerId,
+        reg: &WorkerRegistration,
+    ) -> Result<(), EngineError> {
+        self.backends
+            .workers
+            .register_worker(id, reg, self.clock.now())
+            .await?;
+        Ok(())
+    }
+
+    /// All workers with their health.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn list_workers(&self) -> Result<Vec<Worker>, EngineError> {
+        let stale_before = self.clock.now() - self.config.worker_stale_after;
+        Ok(self.backends.workers.list_workers(stale_before).await?)
+    }
+
+    /// Records a heartbeat and renews the leases the worker holds.
+    ///
+    /// # Errors
+    /// `NotFound` for an unregistered worker, and backend failures.
+    pub async fn heartbeat(
+        &self,
+        id: &WorkerId,
+        load: &Heartbeat,
+        leases: &[LeaseRenewal],
+    ) -> Result<HeartbeatReply, EngineError> {
+        let now = self.clock.now();
+        if !self
+            .backends
+            .workers
+            .record_heartbeat(id, load, now)
+            .await?
+        {
+            return Err(EngineError::NotFound(format!(
+                "worker {id} is not registered"
+            )));
+        }
+        let mut reply = HeartbeatReply::default();
+        if leases.is_empty() {
+            return Ok(reply);
+        }
+        let until = now + self.config.lease;
+        let ids: Vec<LeaseId> = leases.iter().map(|l| l.lease_id.clone()).collect();
+        let held = self.backends.queue.renew(&ids, until).await?;
+        let (kept, lost): (Vec<_>, Vec<_>) = leases
+            .iter()
+            .cloned()
+            .partition(|l| held.contains(&l.lease_id));
+        reply.lost.extend(lost.into_iter().map(|l| l.task));
+        let statuses = self.backends.jobs.renew_leases(&kept, until).await?;
+        let mut finished = Vec::new();
+        for (lease, status) in kept.into_iter().zip(statuses) {
+            match status {
+                Some(Status::Running) => reply.renewed.push(lease.task),
+                Some(_) => {
+                    finished.push(lease.lease_id);
+                    reply.cancel.push(lease.task);
+                }
+                None => reply.lost.push(lease.task),
+            }
+        }
+        metrics::add(&self.counters.lease_renewals_total, reply.renewed.len());
+        if !finished.is_empty() {
+            // The task is over in the store; its entry has no further use.
+            self.backends.queue.ack(&finished).await?;
+        }
+        Ok(reply)
+    }
+
+    /// Leases up to `max` tasks to the worker, waiting up to `wait` for work to appear.
+    ///
+    /// # Errors
+    /// `NotFound` for an unregistered worker, and backend failures.
+    pub async fn assign(
+        &self,
+        id: &WorkerId,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<Assignment>, EngineError> {
+        let stale_before = self.clock.now() - self.config.worker_stale_after;
+        let worker = self.backends.workers.get_worker(id, stale_before).await?;
+        let worker = worker
+            .ok_or_else(|| EngineError::NotFound(format!("worker {id} is not registered")))?;
+        let caps = WorkerCaps::of(id, &worker.registration);
+        let deadline = tokio::time::Instant::now() + wait.min(self.config.max_wait);
+        loop {
+            // Register interest before looking, so a dispatch in between is not missed.
+            let notified = self.work_ready.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let got = self.try_assign(&caps, max).await.inspect_err(|_| {
+                metrics::add(&self.counters.scheduler_assignment_errors_total, 1);
+            })?;
+            let now = tokio::time::Instant::now();
+            if !got.is_empty() || now >= deadline {
+                return Ok(got);
+            }
+            // Wake on new work, or periodically for entries whose backoff has run out.
+            let nap = (deadline - now).min(self.config.poll_interval);
+            let _ = tokio::time::timeout(nap, notified).await;
+        }
+    }
+
+    async fn try_assign(
+        &self,
+        caps: &WorkerCaps,
+        max: usize,
+    ) -> Result<Vec<Assignment>, EngineError> {
+        let mut out = Vec::new();
+        // Stale entries are acked and the claim repeated, a bounded number of times.
+        for _ in 0..4 {
+            let want = max.saturating_sub(out.len());
+            if want == 0 {
+                break;
+            }
+            let now = self.clock.now();
+            let leases = self
+                .backends
+                .queue
+                .claim(caps, want, self.config.lease, now)
+                .await?;
+            if leases.is_empty() {
+                break;
+            }
+            metrics::add(&self.counters.queue_claimed_total, leases.len());
+            let claimed = leases.len();
+            let started = self.start_leases(leases, now).await?;
+            let stale = claimed - started.len();
+            out.extend(started);
+            if stale == 0 {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Marks the claimed tasks running in the store; acks the leases it refuses. Keeps the
+    /// queue's claim order.
+    async fn start_leases(
+        &self,
+        leases: Vec<Lease>,
+        now: Timestamp,
+    ) -> Result<Vec<Assignment>, EngineError> {
+        let mut by_job: HashMap<JobId, Vec<&Lease>> = HashMap::new();
+        for l in &leases {
+            by_job.entry(l.entry.job_id.clone()).or_default().push(l);
+        }
+        let ids: Vec<JobId> = by_job.keys().cloned().collect();
+        let started = self
+            .update(&ids, |record, _fx| {
+                let job = record.job.job_id.clone();
+                let mut accepted = Vec::new();
+                for lease in by_job.get(&job).into_iter().flatten() {
+                    if rules::start(record, lease, now) {
+                        accepted.extend(to_assignment(record, lease));
+                    }
+                }
+                accepted
+            })
+            .await?;
+        let mut accepted: HashMap<LeaseId, Assignment> = started
+            .into_values()
+            .flatten()
+            .map(|a| (a.lease_id.clone(), a))
+            .collect();
+        let mut out = Vec::with_capacity(accepted.len());
+        let mut stale = Vec::new();
+        for lease in leases {
+            match accepted.remove(&lease.lease_id) {
+                Some(a) => out.push(a),
+                None => stale.push(lease.lease_id),
+            }
+        }
+        if !stale.is_empty() {
+            self.backends.queue.ack(&stale).await?;
+            metrics::add(&self.counters.queue_acked_total, stale.len());
+        }
+        Ok(out)
+    }
+}
+
+fn to_assignment(record: &crate::domain::JobRecord, lease: &Lease) -> Option<Assignment> {
+    let t = record.task(&lease.entry.task_id)?;
+    Some(Assignment {
+        job_id: t.job_id.clone(),
+        task_id: t.task_id.clone(),
+        lease_id: lease.lease_id.clone(),
+        lease_expires: lease.expires_at,
+        attempt: t.attempt,
+        max_retries: t.max_retries,
+        task_type: t.task_type,
+        inputs: t.inputs.clone(),
+        timeout_sec: t.timeout_sec,
+        resources: t.resources.clone(),
+        constraints: t.constraints.clone(),
+        tenant: t.tenant.clone(),
+        priority: t.priority,
+        job_type: record.job.job_type.clone(),
+        model: record.job.model.clone(),
+    })
+}

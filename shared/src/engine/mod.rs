@@ -1,0 +1,279 @@
+//! The execution engine: submit, assign under leases, report, retry, cancel, sweep.
+//!
+//! Decisions live in [`rules`] as pure functions on a [`JobRecord`]; this module only loads,
+//! applies, commits through the store, then carries out the queue effects and publishes events.
+//! Every queue effect is safe to lose or repeat: the store is the truth, and a claim of an entry
+//! the store no longer considers runnable is simply acked away.
+
+mod assign;
+mod control;
+pub mod events;
+pub mod metrics;
+mod report;
+pub mod rules;
+mod submit;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, Notify, broadcast};
+
+pub use assign::{Assignment, HeartbeatReply};
+pub use control::SweepReport;
+pub use events::JobEvent;
+pub use report::ReportResult;
+pub use rules::{Report, ReportOutcome, TaskDefaults};
+pub use submit::Submitted;
+
+use crate::clock::Clock;
+use crate::domain::{JobId, JobRecord, QueueEntry};
+use crate::planner::{PlanError, Planner};
+use crate::queue::{LeaseQueue, QueueError};
+use crate::store::{DispatchOutbox, JobStore, StoreError, WorkerStore};
+use rules::Effects;
+
+/// Engine tunables, with the defaults documented in the README.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Lease length (`SPLAI_LEASE_SECONDS`, 15 s).
+    pub lease: Duration,
+    /// Interval workers are told to heartbeat at (`SPLAI_HEARTBEAT_SECONDS`, 5 s).
+    pub heartbeat_interval: Duration,
+    /// A worker silent this long is reported stale (3 heartbeats).
+    pub worker_stale_after: Duration,
+    /// First retry delay (`SPLAI_RETRY_BASE_MS`, 1 s).
+    pub retry_base: Duration,
+    /// Longest retry delay (`SPLAI_RETRY_MAX_MS`, 60 s).
+    pub retry_max: Duration,
+    /// Task defaults (`SPLAI_DEFAULT_MAX_RETRIES` 3, `SPLAI_DEFAULT_TASK_TIMEOUT_SECONDS` 300).
+    pub task_defaults: TaskDefaults,
+    /// Longest long-poll a claimer may ask for (`SPLAI_MAX_WAIT_SECONDS`, 30 s).
+    pub max_wait: Duration,
+    /// How often a long-poll re-checks for entries whose backoff ran out.
+    pub poll_interval: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(15),
+            heartbeat_interval: Duration::from_secs(5),
+            worker_stale_after: Duration::from_secs(15),
+            retry_base: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+            task_defaults: TaskDefaults {
+                max_retries: 3,
+                timeout_sec: 300,
+            },
+            max_wait: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(500),
+        }
+    }
+}
+
+/// Errors the engine reports to callers.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The request is invalid; the message says how.
+    #[error("{0}")]
+    Invalid(String),
+    /// The submitted or planned DAG is invalid.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// The addressed job, task or worker does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state.
+    #[error("{0}")]
+    Conflict(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The queue failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
+}
+
+/// The backends the engine drives.
+#[derive(Clone)]
+pub struct Backends {
+    /// Jobs and tasks.
+    pub jobs: Arc<dyn JobStore>,
+    /// Workers.
+    pub workers: Arc<dyn WorkerStore>,
+    /// The outbox of entries bound for an external queue.
+    pub outbox: Arc<dyn DispatchOutbox>,
+    /// The lease queue.
+    pub queue: Arc<dyn LeaseQueue>,
+}
+
+/// The execution engine. Cheap to share behind an `Arc`.
+pub struct Engine {
+    backends: Backends,
+    planner: Planner,
+    clock: Arc<dyn Clock>,
+    config: EngineConfig,
+    events: broadcast::Sender<Arc<JobEvent>>,
+    work_ready: Notify,
+    relay_lock: Mutex<()>,
+    counters: metrics::Counters,
+}
+
+impl Engine {
+    /// An engine over these backends.
+    pub fn new(
+        backends: Backends,
+        planner: Planner,
+        clock: Arc<dyn Clock>,
+        config: EngineConfig,
+    ) -> Self {
+        let (events, _) = broadcast::channel(4096);
+        Self {
+            backends,
+            planner,
+            clock,
+            config,
+            events,
+            work_ready: Notify::new(),
+            relay_lock: Mutex::new(()),
+            counters: metrics::Counters::default(),
+        }
+    }
+
+    /// The engine's configuration.
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> &metrics::Counters {
+        &self.counters
+    }
+
+    /// Live job events; a lagging receiver should re-read the job.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
+        self.events.subscribe()
+    }
+
+    /// Checks both backends answer.
+    ///
+    /// # Errors
+    /// The first backend error.
+    pub async fn ready(&self) -> Result<(), EngineError> {
+        self.backends.jobs.ping().await?;
+        self.backends.queue.ping().await?;
+        Ok(())
+    }
+
+    /// Applies `rule` to each job atomically, then carries out its effects and publishes the
+    /// events. Returns each found job's result.
+    async fn update<R: Send>(
+        &self,
+        ids: &[JobId],
+        mut rule: impl FnMut(&mut JobRecord, &mut Effects) -> R + Send,
+    ) -> Result<HashMap<JobId, R>, EngineError> {
+        // Keyed by job so that a backend retrying a job's apply overwrites, not duplicates.
+        let mut results: HashMap<JobId, (R, Effects, Vec<JobEvent>)> = HashMap::new();
+        let mut apply = |record: &mut JobRecord| -> Vec<QueueEntry> {
+            let before = record.clone();
+            let mut fx = Effects::default();
+            let r = rule(record, &mut fx);
+            let events = events::diff(&before, record);
+            let enqueue = std::mem::take(&mut fx.enqueue);
+            results.insert(record.job.job_id.clone(), (r, fx, events));
+            enqueue
+        };
+        self.backends.jobs.update_jobs(ids, &mut apply).await?;
+
+        let mut effects = Effects::default();
+        let mut out = HashMap::with_capacity(results.len());
+        let mut any_events = false;
+        for (id, (r, fx, evs)) in results {
+            effects.extend(fx);
+            for ev in evs {
+                self.count_terminal(&ev);
+                any_events = true;
+                let _ = self.events.send(Arc::new(ev));
+            }
+            out.insert(id, r);
+        }
+        self.carry_out(effects).await?;
+        if any_events {
+            // New ready entries may have been dispatched by the store transaction.
+            self.after_dispatch().await?;
+        }
+        Ok(out)
+    }
+
+    fn count_terminal(&self, ev: &JobEvent) {
+        use crate::domain::Status;
+        if let JobEvent::Job(j) = ev {
+            let c = &self.counters;
+            match j.status {
+                Status::Completed => metrics::add(&c.jobs_completed_total, 1),
+                Status::Failed => metrics::add(&c.jobs_failed_total, 1),
+                Status::Canceled => metrics::add(&c.jobs_canceled_total, 1),
+                _ => {}
+            }
+        }
+    }
+
+    /// Queue operations decided by rules, after their transaction committed. Losing any of
+    /// them (a crash right here) is safe: leases expire and stale entries are acked at claim.
+    async fn carry_out(&self, fx: Effects) -> Result<(), EngineError> {
+        let q = &self.backends.queue;
+        let c = &self.counters;
+        if !fx.ack.is_empty() {
+            q.ack(&fx.ack).await?;
+            metrics::add(&c.queue_acked_total, fx.ack.len());
+        }
+        if !fx.nack.is_empty() {
+            q.nack(&fx.nack).await?;
+            metrics::add(&c.queue_nacked_total, fx.nack.len());
+        }
+        if !fx.dead_letter.is_empty() {
+            q.dead_letter(&fx.dead_letter, self.clock.now()).await?;
+            metrics::add(&c.dead_letter_total, fx.dead_letter.len());
+        }
+        if !fx.discard.is_empty() {
+            q.discard(&fx.discard).await?;
+        }
+        Ok(())
+    }
+
+    /// Moves outbox entries to the queue (a no-op when the queue shares the store's
+    /// database) and wakes long-polling claimers.
+    async fn after_dispatch(&self) -> Result<(), EngineError> {
+        self.relay_outbox().await?;
+        self.work_ready.notify_waiters();
+        Ok(())
+    }
+
+    /// Drains the outbox into the queue. Returns how many entries moved.
+    ///
+    /// # Errors
+    /// Store or queue failures; undelivered entries stay in the outbox for the next relay.
+    pub async fn relay_outbox(&self) -> Result<usize, EngineError> {
+        // One relay at a time per process, so entries are not enqueued twice needlessly
+        // (twice would still be safe: enqueue replaces).
+        let _guard = self.relay_lock.lock().await;
+        let mut moved = 0;
+        loop {
+            let batch = self.backends.outbox.pending_dispatch(500).await?;
+            if batch.is_empty() {
+                return Ok(moved);
+            }
+            let (ids, entries): (Vec<i64>, Vec<QueueEntry>) = batch.into_iter().unzip();
+            self.backends.queue.enqueue(&entries).await?;
+            self.backends.outbox.mark_dispatched(&ids).await?;
+            moved += ids.len();
+        }
+    }
+}

@@ -1,0 +1,86 @@
+//! Applying workers' reports, many at a time.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use super::rules::{self, Report, ReportOutcome};
+use super::{Engine, EngineError, metrics};
+use crate::domain::{JobId, TaskRef};
+
+/// The outcome of one report, in request order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReportResult {
+    /// The task reported on.
+    #[serde(flatten)]
+    pub task: TaskRef,
+    /// `completed`, `retrying`, `failed`, `duplicate`, `stale` or `not_found`.
+    pub outcome: &'static str,
+    /// Whether the report changed anything.
+    pub applied: bool,
+}
+
+impl Engine {
+    /// Applies reports, committing all of them in as few store transactions as the backend
+    /// allows. Repeated, stale and late reports are accepted and change nothing.
+    ///
+    /// # Errors
+    /// Backend failures (then none of the reports in the failed transaction took effect).
+    pub async fn report(&self, reports: &[Report]) -> Result<Vec<ReportResult>, EngineError> {
+        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::new();
+        for (i, r) in reports.iter().enumerate() {
+            by_job.entry(r.task.job_id.clone()).or_default().push(i);
+        }
+        let ids: Vec<JobId> = by_job.keys().cloned().collect();
+        let now = self.clock.now();
+        let (base, max) = (self.config.retry_base, self.config.retry_max);
+        let mut outcomes = self
+            .update(&ids, |record, fx| {
+                let idx = by_job.get(&record.job.job_id).cloned().unwrap_or_default();
+                idx.into_iter()
+                    .map(|i| {
+                        let retry_at =
+                            |attempt| now + rules::backoff(attempt, base, max, rand::random());
+                        (
+                            i,
+                            rules::apply_report(record, &reports[i], now, retry_at, fx),
+                        )
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+
+        let mut results: Vec<ReportOutcome> = vec![ReportOutcome::NotFound; reports.len()];
+        for (_, list) in outcomes.drain() {
+            for (i, o) in list {
+                results[i] = o;
+            }
+        }
+        let c = &self.counters;
+        Ok(reports
+            .iter()
+            .zip(results)
+            .map(|(r, o)| {
+                let (outcome, applied) = match o {
+                    ReportOutcome::Completed => ("completed", true),
+                    ReportOutcome::Retrying { .. } => ("retrying", true),
+                    ReportOutcome::Failed => ("failed", true),
+                    ReportOutcome::Duplicate => {
+                        metrics::add(&c.reports_duplicate_total, 1);
+                        ("duplicate", false)
+                    }
+                    ReportOutcome::Stale => {
+                        metrics::add(&c.reports_stale_total, 1);
+                        ("stale", false)
+                    }
+                    ReportOutcome::NotFound => ("not_found", false),
+                };
+                ReportResult {
+                    task: r.task.clone(),
+                    outcome,
+                    applied,
+                }
+            })
+            .collect())
+    }
+}

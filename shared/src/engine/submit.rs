@@ -1,0 +1,183 @@
+//! Submitting jobs and reading them back.
+
+use sha2::{Digest, Sha256};
+
+use super::{Engine, EngineError, JobEvent, metrics, rules};
+use crate::domain::{IdempotencyKey, Job, JobId, JobRecord, NewJob, TenantId};
+use crate::store::{CreateOutcome, IdempotencyClaim, JobFilter, JobPage, TaskFilter, TaskPage};
+
+/// The result of a submit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    /// The job.
+    pub job_id: JobId,
+    /// `true` when an earlier submit with the same idempotency key created the job.
+    pub replayed: bool,
+}
+
+impl Engine {
+    /// Plans and stores a job, dispatching its ready tasks in the same transaction. With an
+    /// idempotency key that was used before, returns the first job instead.
+    ///
+    /// # Errors
+    /// `Plan` for an invalid DAG, `Conflict` for a key reused with a different request, and
+    /// backend failures.
+    pub async fn submit(&self, new: NewJob) -> Result<Submitted, EngineError> {
+        let tenant = new.tenant.clone().unwrap_or_else(TenantId::default_tenant);
+        let claim = new.idempotency_key.as_ref().map(|key| IdempotencyClaim {
+            tenant: tenant.clone(),
+            key: key.clone(),
+            request_hash: request_hash(&new),
+        });
+        if let Some(claim) = &claim {
+            if let Some((job_id, hash)) = self
+                .backends
+                .jobs
+                .find_idempotency(&tenant, &claim.key)
+                .await?
+            {
+                return replay(claim, job_id, &hash);
+            }
+        }
+
+        let specs = self.planner.plan(&new).await?;
+        let now = self.clock.now();
+        let record = rules::build_record(
+            JobId::generate(),
+            tenant,
+            &new,
+            specs,
+            self.config.task_defaults,
+            now,
+        );
+        let ready = rules::ready_entries(&record, now);
+        match self
+            .backends
+            .jobs
+            .create_job(&record, &ready, claim.as_ref())
+            .await?
+        {
+            CreateOutcome::Created => {}
+            // Another request with the same key won the race.
+            CreateOutcome::Replayed {
+                job_id,
+                request_hash,
+            } => {
+                let claim = claim
+                    .as_ref()
+                    .ok_or_else(|| EngineError::Conflict("job id collision".into()))?;
+                return replay(claim, job_id, &request_hash);
+            }
+        }
+        metrics::add(&self.counters.jobs_submitted_total, 1);
+        let _ = self
+            .events
+            .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+        self.after_dispatch().await?;
+        Ok(Submitted {
+            job_id: record.job.job_id,
+            replayed: false,
+        })
+    }
+
+    /// The job alone.
+    ///
+    /// # Errors
+    /// `NotFound`, or a store failure.
+    pub async fn job(&self, id: &JobId) -> Result<Job, EngineError> {
+        self.backends
+            .jobs
+            .get_job(id)
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// The job with all its tasks.
+    ///
+    /// # Errors
+    /// `NotFound`, or a store failure.
+    pub async fn job_record(&self, id: &JobId) -> Result<JobRecord, EngineError> {
+        self.backends
+            .jobs
+            .load_job(id)
+            .await?
+            .ok_or_else(|| not_found(id))
+    }
+
+    /// A page of jobs, newest first.
+    ///
+    /// # Errors
+    /// `Invalid` for a cursor this store did not issue, or a store failure.
+    pub async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, EngineError> {
+        match self.backends.jobs.list_jobs(filter).await {
+            Err(crate::store::StoreError::NotFound(what)) => {
+                Err(EngineError::Invalid(format!("invalid {what}")))
+            }
+            other => Ok(other?),
+        }
+    }
+
+    /// A page of a job's tasks.
+    ///
+    /// # Errors
+    /// `NotFound`, or a store failure.
+    pub async fn list_tasks(
+        &self,
+        id: &JobId,
+        filter: &TaskFilter,
+    ) -> Result<TaskPage, EngineError> {
+        match self.backends.jobs.list_tasks(id, filter).await {
+            Err(crate::store::StoreError::NotFound(_)) => Err(not_found(id)),
+            other => Ok(other?),
+        }
+    }
+}
+
+pub(super) fn not_found(id: &JobId) -> EngineError {
+    EngineError::NotFound(format!("job {id} not found"))
+}
+
+fn replay(
+    claim: &IdempotencyClaim,
+    job_id: JobId,
+    first_hash: &str,
+) -> Result<Submitted, EngineError> {
+    if first_hash != claim.request_hash {
+        return Err(reused_key(&claim.key));
+    }
+    Ok(Submitted {
+        job_id,
+        replayed: true,
+    })
+}
+
+fn reused_key(key: &IdempotencyKey) -> EngineError {
+    EngineError::Conflict(format!(
+        "Idempotency-Key `{key}` was already used for a different request"
+    ))
+}
+
+/// A stable hash of everything in a submission that shapes the job.
+fn request_hash(new: &NewJob) -> String {
+    let tasks = new
+        .tasks
+        .as_ref()
+        .map(|t| serde_json::to_value(t).unwrap_or_default());
+    let canonical = serde_json::json!([
+        new.tenant,
+        new.job_type,
+        new.input,
+        new.policy,
+        new.priority,
+        new.planner_mode,
+        new.model,
+        new.latency_class,
+        new.reasoning_required,
+        new.data_classification,
+        new.network_isolation,
+        new.webhook_url,
+        new.metadata,
+        tasks,
+    ]);
+    hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+}

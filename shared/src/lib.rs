@@ -1,0 +1,21 @@
+//! SPLAI shared library: the domain, the planner, the execution engine, and the seams
+//! (`JobStore`/`WorkerStore`/`DispatchOutbox` and `LeaseQueue`) with their backends.
+//!
+//! Layout:
+//! - [`domain`]: jobs, tasks, workers, queue entries; types only.
+//! - [`planner`]: turns a submission into a validated DAG of task specs.
+//! - [`store`], [`queue`]: the traits and one file per backend engine.
+//! - [`engine`]: leases, retries, DAG progress, cancel; pure rules plus orchestration.
+//! - [`backends`]: the one factory that turns configuration into trait objects.
+//! - [`clock`]: the time source the engine reads.
+
+pub mod artifacts;
+pub mod backends;
+pub mod clock;
+pub mod domain;
+pub mod engine;
+pub mod planner;
+pub mod queue;
+pub mod store;
+#[cfg(feature = "test-utils")]
+pub mod testing;

@@ -1,0 +1,221 @@
+//! The state seam: jobs with their tasks, workers, and the dispatch outbox.
+//!
+//! A job and its tasks form one aggregate ([`JobRecord`]) that changes atomically through
+//! [`JobStore::update_jobs`]: the backend loads the record, hands it to a pure engine rule, and
+//! writes back whatever changed together with the queue entries the rule made ready. Where those
+//! entries go is the backend's business, decided at construction ([`Dispatch`]): straight into a
+//! queue that lives in the same database (one transaction), or into an outbox that the engine's
+//! relay drains into an external queue. The engine cannot tell the difference.
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, Task, TaskRef,
+    TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
+};
+
+pub mod memory;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+/// Errors crossing the store boundary.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The thing addressed does not exist.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// A uniqueness or state conflict.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend could not be reached or timed out; the caller may retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data could not be decoded.
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+}
+
+/// Where ready queue entries go when a store transaction commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    /// Into the queue that shares the store's database, in the same transaction.
+    Direct,
+    /// Into the outbox, for a relay to move to an external queue.
+    Outbox,
+}
+
+/// An idempotency key claimed by a submit, stored in the same transaction as the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyClaim {
+    /// Keys are scoped per tenant.
+    pub tenant: TenantId,
+    /// The client's key.
+    pub key: IdempotencyKey,
+    /// A hash of the request, to tell a true repeat from a reused key.
+    pub request_hash: String,
+}
+
+/// What `create_job` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CreateOutcome {
+    /// The job was written.
+    Created,
+    /// The idempotency key was already used; nothing was written.
+    Replayed {
+        /// The job created by the first request.
+        job_id: JobId,
+        /// The first request's hash.
+        request_hash: String,
+    },
+}
+
+/// Filters for listing jobs, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct JobFilter {
+    /// Exact status.
+    pub status: Option<Status>,
+    /// Exact tenant.
+    pub tenant: Option<TenantId>,
+    /// Exact job type.
+    pub job_type: Option<String>,
+    /// Page size.
+    pub limit: u32,
+    /// Opaque cursor from a previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of jobs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobPage {
+    /// The jobs, newest first.
+    pub jobs: Vec<Job>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters for listing a job's tasks, in planning order.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TaskFilter {
+    /// Exact status.
+    pub status: Option<Status>,
+    /// Exact worker.
+    pub worker_id: Option<WorkerId>,
+    /// Page size; all when absent.
+    pub limit: Option<u32>,
+    /// Tasks to skip.
+    pub offset: u32,
+}
+
+/// One page of tasks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskPage {
+    /// Tasks matching the filter, before paging.
+    pub total: u64,
+    /// The page.
+    pub tasks: Vec<Task>,
+}
+
+/// A lease a worker asks to extend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseRenewal {
+    /// The task.
+    pub task: TaskRef,
+    /// The lease the worker holds.
+    pub lease_id: LeaseId,
+}
+
+/// A job-update rule: changes the record in place and returns the entries it made ready.
+///
+/// Backends may call it more than once for the same job (an optimistic backend retries on a
+/// write conflict with a freshly loaded record), so it must derive everything from the record.
+pub type ApplyFn<'a> = dyn FnMut(&mut JobRecord) -> Vec<QueueEntry> + Send + 'a;
+
+/// Jobs and their tasks.
+#[async_trait]
+pub trait JobStore: Send + Sync {
+    /// Writes a new job with its tasks and dispatches `ready`, all in one transaction. With an
+    /// idempotency claim whose key is already used, writes nothing and returns `Replayed`.
+    async fn create_job(
+        &self,
+        record: &JobRecord,
+        ready: &[QueueEntry],
+        idempotency: Option<&IdempotencyClaim>,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// Looks up a used idempotency key: the job it created and the first request's hash.
+    async fn find_idempotency(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<(JobId, String)>, StoreError>;
+
+    /// The job with all its tasks.
+    async fn load_job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError>;
+
+    /// The job alone.
+    async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError>;
+
+    /// A page of jobs, newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError>;
+
+    /// A page of one job's tasks.
+    async fn list_tasks(&self, job_id: &JobId, filter: &TaskFilter)
+    -> Result<TaskPage, StoreError>;
+
+    /// For each job that exists, applies `apply` to its record and writes back what changed
+    /// plus the entries it returned, atomically per job (backends may batch jobs in one
+    /// transaction). Missing jobs are skipped.
+    async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError>;
+
+    /// Extends `lease_expires` of running tasks whose lease matches. Returns, per renewal, the
+    /// task's status when the lease is still the task's current lease, or `None` when it is not.
+    async fn renew_leases(
+        &self,
+        renewals: &[LeaseRenewal],
+        until: Timestamp,
+    ) -> Result<Vec<Option<Status>>, StoreError>;
+
+    /// Checks the backend answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// Registered workers.
+#[async_trait]
+pub trait WorkerStore: Send + Sync {
+    /// Registers or re-registers a worker.
+    async fn register_worker(
+        &self,
+        id: &WorkerId,
+        registration: &WorkerRegistration,
+        at: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Records a heartbeat; `false` when the worker is not registered.
+    async fn record_heartbeat(
+        &self,
+        id: &WorkerId,
+        heartbeat: &Heartbeat,
+        at: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// One worker; `stale_before` decides its health.
+    async fn get_worker(
+        &self,
+        id: &WorkerId,
+        stale_before: Timestamp,
+    ) -> Result<Option<Worker>, StoreError>;
+
+    /// All workers, by id; `stale_before` decides their health.
+    async fn list_workers(&self, stale_before: Timestamp) -> Result<Vec<Worker>, StoreError>;
+}
+
+/// Queue entries written by store transactions, waiting to be moved to an external queue.
+#[async_trait]
+pub trait DispatchOutbox: Send + Sync {
+    /// The oldest undelivered entries with their outbox ids.
+    async fn pending_dispatch(&self, limit: usize) -> Result<Vec<(i64, QueueEntry)>, StoreError>;
+
+    /// Forgets entries the queue has accepted.
+    async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), StoreError>;
+}
