@@ -2,7 +2,6 @@
 //! with the tests acting as clients and workers over HTTP.
 
 mod bad_input;
-mod durability;
 mod helpers;
 mod jobs;
 mod workers;

@@ -29,15 +29,15 @@ impl Engine {
             key: key.clone(),
             request_hash: request_hash(&new),
         });
-        if let Some(claim) = &claim {
-            if let Some((job_id, hash)) = self
+        // A repeat is answered before planning, which may call the LLM planner.
+        if let Some(claim) = &claim
+            && let Some((job_id, hash)) = self
                 .backends
                 .jobs
                 .find_idempotency(&tenant, &claim.key)
                 .await?
-            {
-                return replay(claim, job_id, &hash);
-            }
+        {
+            return replay(claim, job_id, &hash);
         }
 
         let specs = self.planner.plan(&new).await?;

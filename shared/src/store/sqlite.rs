@@ -20,8 +20,8 @@ use super::{
 };
 use crate::clock::to_millis;
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, Task, TenantId,
-    Timestamp, Worker, WorkerId, WorkerRegistration,
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, TenantId, Timestamp,
+    Worker, WorkerId, WorkerRegistration,
 };
 
 mod db;
@@ -166,41 +166,11 @@ impl JobStore for SqliteStore {
         let mut tx = self.db.begin_write().await.map_err(store_err)?;
         let mut out = Vec::with_capacity(renewals.len());
         for r in renewals {
-            let row = sqlx::query(
-                "SELECT status, lease_id, body FROM tasks WHERE job_id = ?1 AND task_id = ?2",
-            )
-            .bind(r.task.job_id.as_str())
-            .bind(r.task.task_id.as_str())
-            .fetch_optional(&mut *tx)
-            .await
-            .map_err(store_err)?;
-            let Some(row) = row else {
-                out.push(None);
-                continue;
-            };
-            let lease: Option<&str> = row.try_get("lease_id").map_err(store_err)?;
-            if lease != Some(r.lease_id.as_str()) {
-                out.push(None);
-                continue;
-            }
-            let status: &str = row.try_get("status").map_err(store_err)?;
-            let status: Status = status.parse().map_err(StoreError::Corrupt)?;
-            if status == Status::Running {
-                let mut task: Task = rows::json(&row, "body").map_err(store_err)?;
-                task.lease_expires = Some(until);
-                sqlx::query(
-                    "UPDATE tasks SET lease_expires_ms = ?3, body = ?4
-                     WHERE job_id = ?1 AND task_id = ?2",
-                )
-                .bind(r.task.job_id.as_str())
-                .bind(r.task.task_id.as_str())
-                .bind(to_millis(until))
-                .bind(to_json(&task).map_err(store_err)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_err)?;
-            }
-            out.push(Some(status));
+            out.push(
+                jobs::renew_lease(&mut tx, r, until)
+                    .await
+                    .map_err(store_err)?,
+            );
         }
         tx.commit().await.map_err(store_err)?;
         Ok(out)

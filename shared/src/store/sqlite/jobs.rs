@@ -7,8 +7,8 @@ use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
 use super::rows::{bind_entry, entry_columns, json, to_json};
 use crate::clock::to_millis;
-use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId};
-use crate::store::{Dispatch, JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
+use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
+use crate::store::{Dispatch, JobFilter, JobPage, LeaseRenewal, StoreError, TaskFilter, TaskPage};
 
 /// Inserts a new job row and all its task rows.
 #[tracing::instrument(skip_all)]
@@ -149,6 +149,43 @@ pub(super) async fn upsert_task(
     .execute(&mut *conn)
     .await?;
     Ok(())
+}
+
+/// The task's status if `r` names its current lease (and then, while it runs, its lease
+/// is extended to `until`), else `None`.
+pub(super) async fn renew_lease(
+    conn: &mut SqliteConnection,
+    r: &LeaseRenewal,
+    until: Timestamp,
+) -> Result<Option<Status>, sqlx::Error> {
+    let row =
+        sqlx::query("SELECT status, lease_id, body FROM tasks WHERE job_id = ?1 AND task_id = ?2")
+            .bind(r.task.job_id.as_str())
+            .bind(r.task.task_id.as_str())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = row else { return Ok(None) };
+    if row.try_get::<Option<&str>, _>("lease_id")? != Some(r.lease_id.as_str()) {
+        return Ok(None);
+    }
+    let status: Status = row
+        .try_get::<&str, _>("status")?
+        .parse()
+        .map_err(|e: String| sqlx::Error::Decode(e.into()))?;
+    if status == Status::Running {
+        let mut task: Task = json(&row, "body")?;
+        task.lease_expires = Some(until);
+        sqlx::query(
+            "UPDATE tasks SET lease_expires_ms = ?3, body = ?4 WHERE job_id = ?1 AND task_id = ?2",
+        )
+        .bind(r.task.job_id.as_str())
+        .bind(r.task.task_id.as_str())
+        .bind(to_millis(until))
+        .bind(to_json(&task)?)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(Some(status))
 }
 
 /// Sends entries where the store's dispatch mode says, inside the caller's transaction.

@@ -8,7 +8,7 @@ use tempfile::TempDir;
 use super::*;
 use crate::clock::from_millis;
 use crate::domain::{
-    Constraints, LeaseId, PlannerMode, Priority, Requirements, Resources, TaskId, TaskRef,
+    Constraints, LeaseId, PlannerMode, Priority, Requirements, Resources, Task, TaskId, TaskRef,
     TaskType, WorkerCaps, WorkerHealth,
 };
 use crate::queue::LeaseQueue;

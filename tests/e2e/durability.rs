@@ -3,58 +3,16 @@
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use splai_e2e::SplaiServer;
 
-use crate::helpers::eventually;
+use crate::eventually;
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(db: &std::path::Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_splai"))
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .env("SPLAI_SQLITE_PATH", db)
-            .env("SPLAI_LEASE_SECONDS", "2")
-            .env("SPLAI_HEARTBEAT_SECONDS", "1")
-            .env("SPLAI_SWEEP_INTERVAL_MS", "100")
-            .env("SPLAI_LOG", "warn")
-            .stderr(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn splai");
-        // The server prints its address once it is listening.
-        let stderr = child.stderr.take().expect("stderr");
-        let mut lines = BufReader::new(stderr).lines();
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("splai exited before listening")
-                .expect("read stderr");
-            if let Some(url) = line.strip_prefix("splai listening on ") {
-                break url.trim().to_owned();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
-        Server { child, base }
-    }
-
-    fn kill(mut self) {
-        // SIGKILL: no graceful shutdown, no flush beyond what SQLite already committed.
-        self.child.kill().expect("kill");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Short leases so the restarted server requeues the killed server's leases quickly.
+const FAST_LEASES: &[(&str, &str)] = &[
+    ("SPLAI_LEASE_SECONDS", "2"),
+    ("SPLAI_HEARTBEAT_SECONDS", "1"),
+    ("SPLAI_SWEEP_INTERVAL_MS", "100"),
+];
 
 async fn call(
     http: &reqwest::Client,
@@ -78,7 +36,7 @@ async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("splai.db");
     let http = reqwest::Client::new();
-    let first = Server::start(&db);
+    let first = SplaiServer::start(&db, FAST_LEASES);
     let base = first.base.clone();
     call(
         &http,
@@ -126,7 +84,7 @@ async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
     }
     first.kill();
 
-    let second = Server::start(&db);
+    let second = SplaiServer::start(&db, FAST_LEASES);
     let base = second.base.clone();
     eventually(|| {
         let (http, base) = (http.clone(), base.clone());

@@ -1,0 +1,117 @@
+//! End-to-end test support: builds the workspace binaries once per test run and runs them as
+//! real processes.
+//!
+//! Cargo only exposes `CARGO_BIN_EXE_*` for a package's own binaries, so this crate asks cargo
+//! to build the binary it needs (a no-op when it is fresh) and reads its path from cargo's
+//! JSON messages. Cargo releases its build lock before running tests, so this does not block.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+
+/// The path of a workspace binary, built on first use.
+///
+/// # Panics
+/// When cargo cannot build it; the test cannot run without it.
+pub fn binary(package: &str, bin: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
+    let cache = BUILT.get_or_init(Default::default);
+    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = cache.get(bin) {
+        return p.clone();
+    }
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = Command::new(cargo)
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            package,
+            "--bin",
+            bin,
+            "--message-format=json",
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run cargo build");
+    assert!(
+        out.status.success(),
+        "cargo build -p {package} --bin {bin} failed"
+    );
+    let path = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo did not report the {bin} executable"));
+    cache.insert(bin.to_owned(), path.clone());
+    path
+}
+
+/// A `splai serve` process on an ephemeral port. Killed when dropped.
+pub struct SplaiServer {
+    child: Child,
+    /// `http://127.0.0.1:<port>`.
+    pub base: String,
+}
+
+impl SplaiServer {
+    /// Starts `splai serve` on `db` with extra environment, and waits until it listens.
+    ///
+    /// # Panics
+    /// When the process exits before it listens.
+    pub fn start(db: &Path, env: &[(&str, &str)]) -> SplaiServer {
+        let mut cmd = Command::new(binary("splai-functions", "splai"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SPLAI_SQLITE_PATH", db)
+            .env("SPLAI_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn splai");
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("splai exited before listening")
+                .expect("read stderr");
+            if let Some(url) = line.strip_prefix("splai listening on ") {
+                break url.trim().to_owned();
+            }
+        };
+        // Keep draining stderr so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        SplaiServer { child, base }
+    }
+
+    /// SIGKILL: no graceful shutdown, nothing flushed beyond what was committed.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Runs a `splai` client command against this server; returns (success, stdout).
+    pub fn cli(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(binary("splai-functions", "splai"))
+            .args(args)
+            .env("SPLAI_SERVER_URL", &self.base)
+            .output()
+            .expect("run splai");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+impl Drop for SplaiServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
