@@ -81,6 +81,10 @@ pub struct Running {
     pub handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
 
+/// How long in-flight requests (long-polls included) may take to finish after a shutdown
+/// signal before the server stops anyway. Nothing is lost by cutting them: leases expire.
+const DRAIN_GRACE: Duration = Duration::from_secs(10);
+
 /// Binds, then serves until `shutdown` resolves, draining in-flight requests.
 ///
 /// # Errors
@@ -95,12 +99,13 @@ pub async fn start(
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         engine: engine.clone(),
         artifact_root: config.artifact_root.clone(),
+        shutdown: stop_rx.clone(),
     };
     let app = app(state, config.max_body_bytes);
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),
         config.sweep_interval,
@@ -111,7 +116,14 @@ pub async fn start(
             shutdown.await;
             let _ = stop_tx.send(true);
         });
-        serve.await.context("serving HTTP")?;
+        let deadline = async move {
+            wait_true(stop_rx).await;
+            tokio::time::sleep(DRAIN_GRACE).await;
+        };
+        tokio::select! {
+            served = serve => served.context("serving HTTP")?,
+            () = deadline => tracing::warn!("requests still open after the drain grace period; stopping"),
+        }
         sweeper.await.context("sweeper task")?;
         Ok(())
     });

@@ -58,3 +58,23 @@ fn client_commands_drive_a_running_server() {
     assert!(!ok, "a 404 makes the command fail");
     assert_eq!(json(&out)["error"]["code"], "not_found");
 }
+
+/// An unknown backend name stops `splai serve` at start-up with the supported values listed.
+#[test]
+fn unknown_backend_fails_start_up_listing_supported_values() {
+    let dir = tempfile::tempdir().unwrap();
+    for (var, value, supported) in [
+        ("SPLAI_STORE", "mongo", "sqlite, memory"),
+        ("SPLAI_QUEUE", "kafka", "store, memory"),
+    ] {
+        let out = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("SPLAI_SQLITE_PATH", dir.path().join("splai.db"))
+            .env(var, value)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{var}={value} must not start");
+        assert!(stderr.contains(supported), "{var}: {stderr}");
+    }
+}

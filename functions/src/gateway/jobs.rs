@@ -138,7 +138,7 @@ pub async fn retry(
 /// Query of `GET /v1/jobs`.
 #[derive(Debug, Deserialize)]
 pub struct ListJobsQuery {
-    status: Option<String>,
+    status: Option<Status>,
     tenant: Option<TenantId>,
     #[serde(rename = "type")]
     job_type: Option<String>,
@@ -161,12 +161,6 @@ pub async fn list(
     State(s): State<AppState>,
     QueryParams(q): QueryParams<ListJobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {
-    let status = q
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("query `status`: {e}")))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(ApiError::invalid(format!(
@@ -174,7 +168,7 @@ pub async fn list(
         )));
     }
     let filter = JobFilter {
-        status,
+        status: q.status,
         tenant: q.tenant,
         job_type: q.job_type,
         limit,

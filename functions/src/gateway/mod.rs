@@ -24,6 +24,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Root of the local artifact store (`SPLAI_ARTIFACT_ROOT`).
     pub artifact_root: PathBuf,
+    /// Turns `true` when the server starts shutting down; open event streams end then.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The gateway's routes.

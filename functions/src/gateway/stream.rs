@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use serde_json::json;
 use splai_shared::domain::{JobId, JobRecord};
 use splai_shared::engine::{Engine, JobEvent};
@@ -88,6 +88,12 @@ pub async fn stream(
                 Err(RecvError::Closed) => return None,
             }
         }
+    });
+    // End the stream when the server shuts down, so it does not hold the drain open; clients
+    // reconnect and get a fresh snapshot.
+    let mut shutdown = s.shutdown.clone();
+    let events = events.take_until(async move {
+        let _ = shutdown.wait_for(|stopping| *stopping).await;
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::default()))
 }

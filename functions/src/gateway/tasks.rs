@@ -16,7 +16,7 @@ use crate::extract::QueryParams;
 /// Query of the task listing: exact-match filters and non-negative paging, as the original.
 #[derive(Debug, Deserialize)]
 pub struct ListTasksQuery {
-    status: Option<String>,
+    status: Option<Status>,
     worker_id: Option<WorkerId>,
     limit: Option<u32>,
     offset: Option<u32>,
@@ -40,15 +40,9 @@ pub async fn list(
     QueryParams(q): QueryParams<ListTasksQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let id = job_id(id)?;
-    let status = q
-        .status
-        .as_deref()
-        .map(str::parse::<Status>)
-        .transpose()
-        .map_err(|e| ApiError::invalid(format!("query `status`: {e}")))?;
     let (limit, offset) = (q.limit.unwrap_or(0), q.offset.unwrap_or(0));
     let filter = TaskFilter {
-        status,
+        status: q.status,
         worker_id: q.worker_id,
         limit: (limit > 0).then_some(limit),
         offset,

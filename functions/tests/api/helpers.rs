@@ -19,7 +19,8 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub engine: Arc<Engine>,
     pub dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -49,11 +50,21 @@ pub async fn spawn_app() -> TestApp {
         clock,
         engine: running.engine,
         dir,
-        _stop: stop,
+        stop: Some(stop),
+        handle: Some(running.handle),
     }
 }
 
 impl TestApp {
+    /// Signals shutdown (as Ctrl-C would) and waits for the server to stop.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let handle = self.handle.take().expect("server handle");
+        handle.await.expect("server task")
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -283,3 +283,27 @@ async fn task_output_is_served_from_the_artifact_root() {
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.text().await.unwrap(), "the answer");
 }
+
+/// Shutdown drains promptly even with an event stream open: the stream ends, the server stops.
+#[tokio::test]
+async fn shutdown_ends_open_streams_and_stops() {
+    let app = spawn_app().await;
+    let job = app.submit(dag(&[("a", &[])])).await;
+    let resp = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{job}/stream")))
+        .send()
+        .await
+        .unwrap();
+    let reader = tokio::spawn(async move { resp.text().await });
+    tokio::time::timeout(Duration::from_secs(5), app.shutdown())
+        .await
+        .expect("stops in time")
+        .unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(5), reader)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(text.contains("event: job.snapshot"), "{text}");
+}
