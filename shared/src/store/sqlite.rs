@@ -12,8 +12,10 @@ use sqlx::Row;
 pub use self::db::SqliteDb;
 pub(crate) use self::db::{queue_err, store_err};
 pub(crate) use self::rows::id as row_id;
-pub(crate) use self::rows::{SqliteQuery, bind_entry, entry_columns, entry_from_row, opt_id, ts};
-use self::rows::{to_json, worker_from_row};
+use self::rows::worker_from_row;
+pub(crate) use self::rows::{
+    bind_entry, entries_json, entry_columns, entry_from_row, entry_values, opt_id, to_json, ts,
+};
 use super::{
     ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,
     JobStore, LeaseRenewal, StoreError, TaskFilter, TaskPage, WorkerStore,
@@ -29,6 +31,7 @@ mod jobs;
 mod rows;
 #[cfg(test)]
 mod tests;
+mod update;
 
 /// [`JobStore`], [`WorkerStore`] and [`DispatchOutbox`] on a SQLite file.
 #[derive(Debug, Clone)]
@@ -92,7 +95,7 @@ impl JobStore for SqliteStore {
             )));
         }
         jobs::insert_job(&mut tx, record).await.map_err(store_err)?;
-        jobs::dispatch(&mut tx, self.dispatch, ready)
+        update::dispatch(&mut tx, self.dispatch, ready)
             .await
             .map_err(store_err)?;
         tx.commit().await.map_err(store_err)?;
@@ -136,42 +139,25 @@ impl JobStore for SqliteStore {
             .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))
     }
 
-    /// The whole batch is one transaction: reports for many jobs commit (and fsync) together,
-    /// which is where the throughput comes from.
-    #[tracing::instrument(skip_all, fields(jobs = ids.len()))]
+    /// The whole batch is one transaction of a fixed number of statements: reports for many
+    /// jobs commit (and fsync) together, which is where the throughput comes from.
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError> {
         let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        for id in ids {
-            let Some(before) = jobs::load_record(&mut tx, id).await.map_err(store_err)? else {
-                continue;
-            };
-            let mut after = before.clone();
-            let ready = apply(&mut after);
-            jobs::write_changes(&mut tx, &before, &after)
-                .await
-                .map_err(store_err)?;
-            jobs::dispatch(&mut tx, self.dispatch, &ready)
-                .await
-                .map_err(store_err)?;
-        }
+        update::update_jobs(&mut tx, self.dispatch, ids, apply)
+            .await
+            .map_err(store_err)?;
         tx.commit().await.map_err(store_err)
     }
 
-    #[tracing::instrument(skip_all, fields(renewals = renewals.len()))]
     async fn renew_leases(
         &self,
         renewals: &[LeaseRenewal],
         until: Timestamp,
     ) -> Result<Vec<Option<Status>>, StoreError> {
         let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        let mut out = Vec::with_capacity(renewals.len());
-        for r in renewals {
-            out.push(
-                jobs::renew_lease(&mut tx, r, until)
-                    .await
-                    .map_err(store_err)?,
-            );
-        }
+        let out = update::renew_leases(&mut tx, renewals, until)
+            .await
+            .map_err(store_err)?;
         tx.commit().await.map_err(store_err)?;
         Ok(out)
     }
@@ -297,14 +283,12 @@ impl DispatchOutbox for SqliteStore {
         if self.dispatch == Dispatch::Direct || ids.is_empty() {
             return Ok(());
         }
-        let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        for id in ids {
-            sqlx::query("DELETE FROM outbox WHERE id = ?1")
-                .bind(id)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_err)?;
-        }
-        tx.commit().await.map_err(store_err)
+        let ids = to_json(&ids).map_err(store_err)?;
+        sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
+            .bind(ids)
+            .execute(self.db.writer())
+            .await
+            .map_err(store_err)?;
+        Ok(())
     }
 }

@@ -347,6 +347,51 @@ async fn update_jobs_writes_changes_and_dispatches() {
     );
 }
 
+/// A job listed twice is applied twice, the second time to the first's result; tasks may be
+/// reordered, replaced and dropped; entries from every job are dispatched in apply order.
+#[tokio::test]
+async fn update_jobs_reapplies_repeated_ids_and_dispatches_in_order() {
+    let (_dir, store, queue) = setup(Dispatch::Direct).await;
+    for id in ["job-1", "job-2"] {
+        store
+            .create_job(&a_record(id, &["a", "b", "c"]), &[], None)
+            .await
+            .unwrap();
+    }
+    let ids = [job_id("job-2"), job_id("job-1"), job_id("job-2")];
+    let mut calls = 0;
+    store
+        .update_jobs(&ids, &mut |r: &mut JobRecord| {
+            calls += 1;
+            r.job.task_count += 1;
+            r.job.message = format!("{} {}", r.job.message, calls);
+            if r.job.job_id == job_id("job-2") {
+                r.tasks.swap(0, 2);
+                r.tasks.retain(|t| t.task_id.as_str() != "b");
+                let extra = a_task(&r.job, &format!("x{calls}"));
+                r.tasks.push(extra);
+            }
+            vec![entry_for(r.tasks.last().unwrap())]
+        })
+        .await
+        .unwrap();
+    let two = store.load_job(&job_id("job-2")).await.unwrap().unwrap();
+    assert_eq!((two.job.task_count, two.job.message.as_str()), (5, " 1 3"));
+    let tasks: Vec<_> = two.tasks.iter().map(|t| t.task_id.as_str()).collect();
+    assert_eq!(tasks, ["x1", "a", "c", "x3"]);
+    let one = store.load_job(&job_id("job-1")).await.unwrap().unwrap();
+    assert_eq!(one.job.message, " 2");
+    let leases = queue
+        .claim(&WorkerCaps::default(), 10, Duration::from_secs(5), at(0))
+        .await
+        .unwrap();
+    let order: Vec<_> = leases
+        .iter()
+        .map(|l| format!("{}/{}", l.entry.job_id, l.entry.task_id))
+        .collect();
+    assert_eq!(order, ["job-2/x1", "job-1/c", "job-2/x3"]);
+}
+
 /// Jobs list newest first, filter on status/tenant/type, and page with a cursor that is only
 /// handed out for full pages.
 #[tokio::test]

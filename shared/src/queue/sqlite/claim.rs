@@ -1,0 +1,74 @@
+//! Claiming: one statement finds the entries a worker may run, in claim order, and leases them.
+
+use std::time::Duration;
+
+use sqlx::{Row, SqlitePool};
+
+use super::lease_from_row;
+use crate::clock::{to_millis, truncate_millis};
+use crate::domain::{Lease, LeaseId, Timestamp, WorkerCaps};
+use crate::store::sqlite::{entry_columns, to_json};
+
+/// Leases up to `?8` claimable entries to worker `?2` until `?3`, and returns them.
+///
+/// The inner SELECT walks the `queue_claim` index (`state`, `priority_rank`, `seq`) from its
+/// start: higher classes first, FIFO within a class, stopping at the limit. So its cost follows
+/// the entries skipped (in backoff or not for this worker), not the queue length, and no sort
+/// is needed. The filter is [`Requirements::admit`](crate::domain::Requirements::admit) in SQL
+/// (`?5` gpu, `?6`/`?7` JSON arrays of the worker's backends and models); the test
+/// `claim_filter_agrees_with_admit` holds the two to the same answers.
+///
+/// Each row's lease id is the claim's fresh prefix `?1` (a time-ordered UUID) plus its rank and
+/// zero-padded `seq`: unique without a random id per row, never reused because the prefix is
+/// new for every claim, and, like one generated id per row in claim order, sorting in claim
+/// order, which is how `expire` breaks ties between leases with the same deadline.
+pub(super) const CLAIM: &str = concat!(
+    "UPDATE queue_entries SET state = 'leased', attempt = attempt + 1,
+         lease_id = ?1 || printf('%d-%019d', priority_rank, seq),
+         leased_by = ?2, lease_expires_ms = ?3
+     WHERE seq IN (
+         SELECT seq FROM queue_entries
+         WHERE state = 'pending' AND not_before_ms <= ?4
+           AND (requires_gpu = 0 OR ?5)
+           AND (backend IS NULL OR backend IN (SELECT value FROM json_each(?6)))
+           AND (model IS NULL OR model IN (SELECT value FROM json_each(?7)))
+           AND (target_worker IS NULL OR target_worker = ?2)
+         ORDER BY priority_rank, seq
+         LIMIT ?8)
+     RETURNING seq, ",
+    entry_columns!(),
+    ", lease_id, leased_by, lease_expires_ms"
+);
+
+/// Leases up to `max` (> 0) entries to `worker` for `lease_for` from `now`, in claim order.
+pub(super) async fn claim(
+    writer: &SqlitePool,
+    worker: &WorkerCaps,
+    max: usize,
+    lease_for: Duration,
+    now: Timestamp,
+) -> Result<Vec<Lease>, sqlx::Error> {
+    let prefix = format!("{}-", LeaseId::generate());
+    let expires_at = truncate_millis(now + lease_for);
+    let rows = sqlx::query(CLAIM)
+        .bind(prefix)
+        .bind(worker.worker_id.as_ref().map(|w| w.as_str()))
+        .bind(to_millis(expires_at))
+        .bind(to_millis(now))
+        .bind(worker.gpu)
+        .bind(to_json(&worker.backends)?)
+        .bind(to_json(&worker.models)?)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(writer)
+        .await?;
+    // RETURNING comes in no promised order; claim order is priority, then FIFO.
+    let mut leases = rows
+        .iter()
+        .map(|r| {
+            let order: (i64, i64) = (r.try_get("priority_rank")?, r.try_get("seq")?);
+            Ok((order, lease_from_row(r)?))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    leases.sort_by_key(|(order, _)| *order);
+    Ok(leases.into_iter().map(|(_, l)| l).collect())
+}
