@@ -180,33 +180,37 @@ impl Engine {
         mut rule: impl FnMut(&mut JobRecord, &mut Effects) -> R + Send,
     ) -> Result<HashMap<JobId, R>, EngineError> {
         // Keyed by job so that a backend retrying a job's apply overwrites, not duplicates.
-        let mut results: HashMap<JobId, (R, Effects, Vec<JobEvent>)> = HashMap::new();
+        let mut results: HashMap<JobId, (R, Effects, Vec<JobEvent>, bool)> = HashMap::new();
         let mut apply = |record: &mut JobRecord| -> Vec<QueueEntry> {
             let before = record.clone();
             let mut fx = Effects::default();
             let r = rule(record, &mut fx);
             let events = events::diff(&before, record);
             let enqueue = std::mem::take(&mut fx.enqueue);
-            results.insert(record.job.job_id.clone(), (r, fx, events));
+            results.insert(
+                record.job.job_id.clone(),
+                (r, fx, events, !enqueue.is_empty()),
+            );
             enqueue
         };
         self.backends.jobs.update_jobs(ids, &mut apply).await?;
 
         let mut effects = Effects::default();
         let mut out = HashMap::with_capacity(results.len());
-        let mut any_events = false;
-        for (id, (r, fx, evs)) in results {
+        let mut dispatched = false;
+        for (id, (r, fx, evs, enqueued)) in results {
             effects.extend(fx);
+            dispatched |= enqueued;
             for ev in evs {
                 self.count_terminal(&ev);
-                any_events = true;
                 let _ = self.events.send(Arc::new(ev));
             }
             out.insert(id, r);
         }
         self.carry_out(effects).await?;
-        if any_events {
-            // New ready entries may have been dispatched by the store transaction.
+        if dispatched {
+            // The store transaction dispatched ready entries: relay them if they went to the
+            // outbox, and wake claimers either way.
             self.after_dispatch().await?;
         }
         Ok(out)
