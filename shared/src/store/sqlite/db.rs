@@ -14,11 +14,18 @@ use crate::store::StoreError;
 
 /// Migrations in order: (version, name, SQL). The SQL is compiled in, so a binary always
 /// carries the schema it was built against.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init",
-    include_str!("../../../../migrations/sqlite/0001_init.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init",
+        include_str!("../../../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_drop_unused_task_lease_index",
+        include_str!("../../../../migrations/sqlite/0002_drop_unused_task_lease_index.sql"),
+    ),
+];
 
 /// Connections in the read pool. Readers never block the writer in WAL mode, so a few are
 /// enough to serve list/get traffic while a write transaction is open.
@@ -65,7 +72,12 @@ impl SqliteDb {
             // WAL + NORMAL syncs the WAL at checkpoints rather than at every commit. A commit
             // still survives a crash of this process (the OS has the pages), which is the
             // durability we promise; a power loss may lose the last few transactions.
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            // A 64 MiB page cache per connection (default 2 MiB) and memory-mapped reads keep
+            // the hot jobs/tasks/queue pages out of read(2) as the file grows.
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "268435456")
+            .pragma("temp_store", "memory");
         // SQLite has one writer at a time. A single writer connection serialises our writes
         // in the pool queue instead of in SQLite's lock, so a transaction never has to upgrade
         // a read lock (the SQLITE_BUSY deadlock of deferred transactions), and BEGIN IMMEDIATE
@@ -271,7 +283,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/splai.db");
         let db = SqliteDb::connect(&path).await.unwrap();
-        assert_eq!(db.migrate().await.unwrap(), vec!["0001_init".to_owned()]);
+        let all: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|(_, name, _)| (*name).to_owned())
+            .collect();
+        assert_eq!(db.migrate().await.unwrap(), all);
         assert!(db.migrate().await.unwrap().is_empty());
         drop(db);
         let db = SqliteDb::open(&path).await.unwrap();
