@@ -8,7 +8,9 @@
 //! - the same claim+report loop calling the engine directly, to show what HTTP costs.
 //!
 //! Run: `cargo bench -p splai-functions --bench api`. Knobs: `BENCH_JOBS` (10000),
-//! `BENCH_BATCH` (100), `BENCH_WORKERS` (4), `BENCH_CLIENTS` (16), `BENCH_ROUNDS` (5).
+//! `BENCH_BATCH` (100), `BENCH_WORKERS` (4), `BENCH_CLIENTS` (16), `BENCH_ROUNDS` (5),
+//! `BENCH_TASKS_PER_JOB` (1: every task change also changes its job; more independent tasks
+//! per job amortise the job row).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -33,6 +35,7 @@ struct Knobs {
     workers: usize,
     clients: usize,
     rounds: usize,
+    tasks_per_job: usize,
 }
 
 async fn start(dir: &std::path::Path) -> (String, Arc<Engine>, tokio::sync::oneshot::Sender<()>) {
@@ -49,11 +52,21 @@ async fn start(dir: &std::path::Path) -> (String, Arc<Engine>, tokio::sync::ones
     (format!("http://{}", running.addr), running.engine, stop)
 }
 
-fn job_body() -> String {
-    json!({ "type": "chat", "input": "benchmark prompt", "tasks": [{ "task_id": "t", "type": "llm_inference" }] }).to_string()
+fn job_body(tasks: usize) -> String {
+    let tasks: Vec<Value> = (0..tasks)
+        .map(|i| json!({ "task_id": format!("t{i}"), "type": "llm_inference" }))
+        .collect();
+    json!({ "type": "chat", "input": "benchmark prompt", "tasks": tasks }).to_string()
 }
 
-async fn submits(base: &str, http: &reqwest::Client, total: usize, clients: usize) -> f64 {
+/// Submits `total` jobs; returns jobs per second.
+async fn submits(
+    base: &str,
+    http: &reqwest::Client,
+    total: usize,
+    clients: usize,
+    tasks: usize,
+) -> f64 {
     let started = Instant::now();
     let per = total / clients;
     let mut handles = Vec::new();
@@ -63,7 +76,7 @@ async fn submits(base: &str, http: &reqwest::Client, total: usize, clients: usiz
             for _ in 0..per {
                 let resp = http
                     .post(&url)
-                    .body(job_body())
+                    .body(job_body(tasks))
                     .send()
                     .await
                     .expect("submit");
@@ -169,7 +182,10 @@ fn main() {
         workers: knob("BENCH_WORKERS", 4),
         clients: knob("BENCH_CLIENTS", 16),
         rounds: knob("BENCH_ROUNDS", 5),
+        tasks_per_job: knob("BENCH_TASKS_PER_JOB", 1),
     };
+    // Keep the number of tasks per round the same whatever the shape.
+    let jobs = (k.jobs / k.tasks_per_job).max(k.clients);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -177,9 +193,9 @@ fn main() {
         let http = reqwest::Client::builder().pool_max_idle_per_host(64).build().expect("client");
         let (mut sub, mut rt_http, mut rt_engine) = (Vec::new(), Vec::new(), Vec::new());
         for round in 1..=k.rounds {
-            let s = submits(&base, &http, k.jobs, k.clients).await;
+            let s = submits(&base, &http, jobs, k.clients, k.tasks_per_job).await;
             let h = http_round_trips(&base, &http, &k).await;
-            submits(&base, &http, k.jobs, k.clients).await;
+            submits(&base, &http, jobs, k.clients, k.tasks_per_job).await;
             let e = engine_round_trips(&engine, &k).await;
             println!("round {round}: submits/s {s:.0}  http claim+report tasks/s {h:.0}  engine claim+report tasks/s {e:.0}");
             sub.push(s);
@@ -187,8 +203,11 @@ fn main() {
             rt_engine.push(e);
         }
         let (s, h, e) = (median(sub), median(rt_http), median(rt_engine));
-        println!("\nmedian over {} rounds ({} jobs, batch {}, {} workers, {} clients):", k.rounds, k.jobs, k.batch, k.workers, k.clients);
-        println!("  submits/s                          {s:>9.0}");
+        println!(
+            "\nmedian over {} rounds ({jobs} jobs of {} task(s), batch {}, {} workers, {} clients):",
+            k.rounds, k.tasks_per_job, k.batch, k.workers, k.clients
+        );
+        println!("  submits/s (jobs)                   {s:>9.0}");
         println!("  claim+report tasks/s (HTTP)        {h:>9.0}   ({:.0} task state changes/s)", 2.0 * h);
         println!("  claim+report tasks/s (engine)      {e:>9.0}   ({:.0} task state changes/s)", 2.0 * e);
         println!("  HTTP / engine                      {:>9.2}", h / e);
