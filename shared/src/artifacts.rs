@@ -13,11 +13,6 @@ pub enum ArtifactUriError {
     Shape(String),
 }
 
-/// The URI of an artifact.
-pub fn uri(job: &str, task: &str, name: &str) -> String {
-    format!("artifact://{job}/{task}/{name}")
-}
-
 /// The file behind an artifact URI under `root`. Rejects anything that could leave `root`.
 ///
 /// # Errors
