@@ -37,12 +37,12 @@ impl ApiError {
         }
     }
 
-    /// 413.
-    pub fn too_large(limit: usize) -> Self {
+    /// 413. The body limit is a layer setting the extractor cannot see, so it is not named.
+    pub fn too_large() -> Self {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             code: "payload_too_large",
-            message: format!("request body is larger than the {limit}-byte limit"),
+            message: "request body is too large".into(),
         }
     }
 

@@ -49,11 +49,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 fn body_error(e: BytesRejection) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError {
-            status: StatusCode::PAYLOAD_TOO_LARGE,
-            code: "payload_too_large",
-            message: "request body is too large".into(),
-        };
+        return ApiError::too_large();
     }
     ApiError::invalid(format!("could not read the request body: {e}"))
 }

@@ -46,10 +46,19 @@ pub fn app(state: AppState, max_body_bytes: usize) -> Router {
     gateway::router(state)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(CatchPanicLayer::custom(|_| {
-            axum::response::IntoResponse::into_response(ApiError::internal(&"handler panicked"))
-        }))
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
+}
+
+/// A 500 for a panicking handler; the panic message goes to the log, not to the client.
+fn panic_response(payload: Box<dyn std::any::Any + Send>) -> axum::response::Response {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a non-string panic payload".to_owned());
+    let cause = format!("handler panicked: {message}");
+    axum::response::IntoResponse::into_response(ApiError::internal(&cause))
 }
 
 /// Requeues expired leases and relays the outbox until `shutdown` resolves.

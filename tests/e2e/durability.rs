@@ -1,7 +1,6 @@
 //! Kill -9 the real `splai` process with tasks leased and queued, restart it on the same
 //! database, and every job still completes.
 
-use reqwest::StatusCode;
 use serde_json::{Value, json};
 use splai_e2e::SplaiServer;
 
@@ -14,19 +13,25 @@ const FAST_LEASES: &[(&str, &str)] = &[
     ("SPLAI_SWEEP_INTERVAL_MS", "100"),
 ];
 
-async fn call(
-    http: &reqwest::Client,
-    method: reqwest::Method,
-    url: String,
-    body: Option<Value>,
-) -> Value {
-    let mut req = http.request(method, url);
-    if let Some(b) = body {
-        req = req.json(&b);
-    }
+async fn send(req: reqwest::RequestBuilder) -> Value {
     let resp = req.send().await.expect("request");
-    assert!(resp.status().is_success() || resp.status() == StatusCode::ACCEPTED);
-    resp.json().await.expect("json")
+    let status = resp.status();
+    let body: Value = resp.json().await.expect("json");
+    assert!(status.is_success(), "{status}: {body}");
+    body
+}
+
+async fn get(http: &reqwest::Client, url: String) -> Value {
+    send(http.get(url)).await
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> Value {
+    send(http.post(url).json(&body)).await
+}
+
+/// A success report for an assignment.
+fn completed(a: &Value) -> Value {
+    json!({ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"], "status": "Completed" })
 }
 
 /// Jobs submitted, partly claimed and partly completed survive a SIGKILL: after a restart a
@@ -38,11 +43,10 @@ async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
     let http = reqwest::Client::new();
     let first = SplaiServer::start(&db, FAST_LEASES);
     let base = first.base.clone();
-    call(
+    post(
         &http,
-        reqwest::Method::POST,
         format!("{base}/v1/workers/register"),
-        Some(json!({ "worker_id": "w1" })),
+        json!({ "worker_id": "w1" }),
     )
     .await;
     let mut jobs = Vec::new();
@@ -53,34 +57,20 @@ async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
             { "task_id": "c", "type": "aggregation", "dependencies": ["a", "b"] },
         ]);
         let priority = ["interactive", "standard", "batch"][i % 3];
-        let resp = call(
-            &http,
-            reqwest::Method::POST,
-            format!("{base}/v1/jobs"),
-            Some(json!({ "type": "chat", "priority": priority, "tasks": tasks })),
-        )
-        .await;
+        let body = json!({ "type": "chat", "priority": priority, "tasks": tasks });
+        let resp = post(&http, format!("{base}/v1/jobs"), body).await;
         jobs.push(resp["job_id"].as_str().unwrap().to_owned());
     }
     // Lease 10 tasks and complete 5 of them; the rest stay leased or queued at the kill.
-    let got = call(
+    let got = get(
         &http,
-        reqwest::Method::GET,
         format!("{base}/v1/workers/w1/assignments?max_tasks=10"),
-        None,
     )
     .await;
     let leased = got["assignments"].as_array().unwrap().clone();
     assert_eq!(leased.len(), 10);
     for a in &leased[..5] {
-        let report = json!({ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"], "status": "Completed" });
-        call(
-            &http,
-            reqwest::Method::POST,
-            format!("{base}/v1/tasks/report"),
-            Some(report),
-        )
-        .await;
+        post(&http, format!("{base}/v1/tasks/report"), completed(a)).await;
     }
     first.kill();
 
@@ -89,38 +79,39 @@ async fn sigkill_with_tasks_leased_and_queued_loses_nothing() {
     eventually(|| {
         let (http, base) = (http.clone(), base.clone());
         async move {
-            let got = call(&http, reqwest::Method::GET, format!("{base}/v1/workers/w1/assignments?max_tasks=50"), None).await;
+            let got = get(
+                &http,
+                format!("{base}/v1/workers/w1/assignments?max_tasks=50"),
+            )
+            .await;
             let batch: Vec<Value> = got["assignments"]
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|a| json!({ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"], "status": "Completed" }))
+                .map(completed)
                 .collect();
             if !batch.is_empty() {
-                call(&http, reqwest::Method::POST, format!("{base}/v1/tasks/report"), Some(json!({ "reports": batch }))).await;
+                post(
+                    &http,
+                    format!("{base}/v1/tasks/report"),
+                    json!({ "reports": batch }),
+                )
+                .await;
             }
-            let done = call(&http, reqwest::Method::GET, format!("{base}/v1/jobs?status=Completed&limit=100"), None).await;
+            let done = get(&http, format!("{base}/v1/jobs?status=Completed&limit=100")).await;
             done["jobs"].as_array().unwrap().len() == 20
         }
     })
     .await;
     for job in &jobs {
-        let tasks = call(
-            &http,
-            reqwest::Method::GET,
-            format!("{base}/v1/jobs/{job}/tasks"),
-            None,
-        )
-        .await;
+        let tasks = get(&http, format!("{base}/v1/jobs/{job}/tasks")).await;
         assert_eq!(tasks["total"], 3);
-        assert!(
-            tasks["tasks"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|t| t["status"] == "Completed"),
-            "{tasks}"
-        );
+        let all_done = tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|t| t["status"] == "Completed");
+        assert!(all_done, "{tasks}");
     }
     drop(second);
 }

@@ -154,14 +154,13 @@ impl TestApp {
 
     /// Moves the server's clock past the lease and waits until the sweeper has acted.
     pub async fn expire_leases(&self) {
-        let before = self.engine.counters().snapshot()["queue_expired_requeued_total"]
-            + self.engine.counters().snapshot()["dead_letter_total"];
-        self.clock.advance(LEASE + Duration::from_secs(1));
-        eventually(|| async {
+        let expired = || {
             let c = self.engine.counters().snapshot();
-            c["queue_expired_requeued_total"] + c["dead_letter_total"] > before
-        })
-        .await;
+            c["queue_expired_requeued_total"] + c["dead_letter_total"]
+        };
+        let before = expired();
+        self.clock.advance(LEASE + Duration::from_secs(1));
+        eventually(|| async { expired() > before }).await;
     }
 }
 
