@@ -1,5 +1,6 @@
 //! Domain types: jobs, tasks, workers, leases and queue entries. Types only, no I/O.
 
+mod artifact;
 mod ids;
 mod job;
 mod queue;
@@ -7,6 +8,7 @@ mod status;
 mod task;
 mod worker;
 
+pub use artifact::Artifact;
 pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
 pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};

@@ -105,6 +105,9 @@ pub struct Task {
     pub lease_expires: Option<Timestamp>,
     /// Where the output artifact is, once completed.
     pub output_artifact_uri: Option<String>,
+    /// What is known about the output artifact, when the worker said.
+    #[serde(default)]
+    pub output_artifact: Option<super::Artifact>,
     /// The last failure.
     pub error: Option<String>,
     /// The idempotency key of the last applied report.

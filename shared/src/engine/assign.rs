@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use super::{Engine, EngineError, metrics, rules};
@@ -13,8 +13,9 @@ use crate::domain::{
 };
 use crate::store::LeaseRenewal;
 
-/// A task handed to a worker under a lease.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// A task handed to a worker under a lease: the wire contract of the assignment endpoint, read
+/// by the worker with the same type.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Assignment {
     /// The job.
     pub job_id: JobId,

@@ -74,6 +74,7 @@ pub fn build_record(
             lease_id: None,
             lease_expires: None,
             output_artifact_uri: None,
+            output_artifact: None,
             error: None,
             last_report_key: None,
             created_at: now,

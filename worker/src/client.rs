@@ -1,0 +1,299 @@
+//! The worker's only connection: HTTP(S) to the gateway's worker endpoints.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use splai_shared::domain::{
+    Artifact, Heartbeat, JobId, LeaseId, Status, TaskId, TaskRef, WorkerId, WorkerRegistration,
+};
+use splai_shared::engine::Assignment;
+
+use crate::config::Secret;
+
+/// Why a gateway call failed, classified for the caller's retry decision.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GatewayError {
+    /// The gateway could not be reached or timed out: retry with backoff.
+    #[error("gateway unreachable: {0}")]
+    Unreachable(String),
+    /// The gateway failed (5xx) or is overloaded (429): retry with backoff.
+    #[error("gateway failed: {status}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The gateway's message.
+        message: String,
+    },
+    /// The gateway does not know this worker (its state was reset): register again.
+    #[error("worker is not registered: {0}")]
+    NotRegistered(String),
+    /// The gateway refused the request (400, 401, 403, ...): retrying the same request
+    /// cannot help.
+    #[error("gateway refused the request: {status}: {message}")]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The gateway's message.
+        message: String,
+    },
+}
+
+impl GatewayError {
+    /// Whether the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Unreachable(_) | Self::Server { .. })
+    }
+}
+
+/// A lease the worker holds, as heartbeats and hand-backs name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HeldLease {
+    /// The job.
+    pub job_id: JobId,
+    /// The task.
+    pub task_id: TaskId,
+    /// The lease.
+    pub lease_id: LeaseId,
+}
+
+/// What the gateway said to a heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default)]
+pub struct HeartbeatReply {
+    /// Leases extended.
+    pub renewed: Vec<TaskRef>,
+    /// Tasks to stop: their job was canceled or failed.
+    pub cancel: Vec<TaskRef>,
+    /// Leases no longer held: stop, and do not report.
+    pub lost: Vec<TaskRef>,
+}
+
+/// One attempt's result, as the report endpoint takes it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// The job.
+    pub job_id: JobId,
+    /// The task.
+    pub task_id: TaskId,
+    /// The lease the attempt ran under.
+    pub lease_id: LeaseId,
+    /// `<lease>:<status>`, so a resent report is recognised as the same report.
+    pub idempotency_key: String,
+    /// `Completed` or `Failed`.
+    pub status: Status,
+    /// Where the output is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_artifact_uri: Option<String>,
+    /// What the output is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output_artifact: Option<Artifact>,
+    /// Why the attempt failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Whether another attempt may succeed.
+    pub retryable: bool,
+}
+
+impl Report {
+    /// A success with its output.
+    pub fn completed(lease: &HeldLease, artifact: Artifact) -> Self {
+        Self {
+            job_id: lease.job_id.clone(),
+            task_id: lease.task_id.clone(),
+            lease_id: lease.lease_id.clone(),
+            idempotency_key: format!("{}:Completed", lease.lease_id),
+            status: Status::Completed,
+            output_artifact_uri: Some(artifact.url.clone()),
+            output_artifact: Some(artifact),
+            error: None,
+            retryable: false,
+        }
+    }
+
+    /// A failure.
+    pub fn failed(lease: &HeldLease, error: String, retryable: bool) -> Self {
+        Self {
+            job_id: lease.job_id.clone(),
+            task_id: lease.task_id.clone(),
+            lease_id: lease.lease_id.clone(),
+            idempotency_key: format!("{}:Failed", lease.lease_id),
+            status: Status::Failed,
+            output_artifact_uri: None,
+            output_artifact: None,
+            error: Some(error),
+            retryable,
+        }
+    }
+}
+
+/// The gateway's worker API.
+#[derive(Debug, Clone)]
+pub struct GatewayClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<Secret>,
+    worker_id: WorkerId,
+}
+
+/// Time a request may take beyond any long-poll it asks for.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl GatewayClient {
+    /// A client for the gateway at `base` acting as `worker_id`.
+    ///
+    /// # Errors
+    /// When the HTTP client cannot be built (TLS set-up).
+    pub fn new(base: &str, token: Option<Secret>, worker_id: WorkerId) -> anyhow::Result<Self> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()?;
+        Ok(Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            token,
+            worker_id,
+        })
+    }
+
+    /// The worker this client speaks for.
+    pub fn worker_id(&self) -> &WorkerId {
+        &self.worker_id
+    }
+
+    /// Registers the worker; returns the gateway's heartbeat interval.
+    ///
+    /// # Errors
+    /// Classified gateway failures.
+    pub async fn register(&self, reg: &WorkerRegistration) -> Result<Duration, GatewayError> {
+        let mut body = serde_json::to_value(reg).unwrap_or_else(|_| json!({}));
+        body["worker_id"] = json!(self.worker_id);
+        let reply: Value = self
+            .send(self.post("/v1/workers/register").json(&body))
+            .await?;
+        let secs = reply["heartbeat_interval_seconds"].as_u64().unwrap_or(5);
+        Ok(Duration::from_secs(secs.max(1)))
+    }
+
+    /// Sends a heartbeat with the leases held; the reply says what to stop.
+    ///
+    /// # Errors
+    /// Classified gateway failures.
+    pub async fn heartbeat(
+        &self,
+        load: &Heartbeat,
+        leases: &[HeldLease],
+    ) -> Result<HeartbeatReply, GatewayError> {
+        let mut body = serde_json::to_value(load).unwrap_or_else(|_| json!({}));
+        body["leases"] = json!(leases);
+        let path = format!("/v1/workers/{}/heartbeat", self.worker_id);
+        self.send(self.post(&path).json(&body)).await
+    }
+
+    /// Claims up to `max` tasks, waiting up to `wait` for work to appear.
+    ///
+    /// # Errors
+    /// Classified gateway failures.
+    pub async fn claim(&self, max: usize, wait: Duration) -> Result<Vec<Assignment>, GatewayError> {
+        #[derive(Deserialize)]
+        struct Claimed {
+            assignments: Vec<Assignment>,
+        }
+        let path = format!(
+            "/v1/workers/{}/assignments?max_tasks={max}&wait_seconds={}",
+            self.worker_id,
+            wait.as_secs()
+        );
+        let req = self
+            .authorized(self.http.get(self.url(&path)))
+            .timeout(wait + REQUEST_TIMEOUT);
+        let claimed: Claimed = self.send(req).await?;
+        Ok(claimed.assignments)
+    }
+
+    /// Reports attempts' results in one request.
+    ///
+    /// # Errors
+    /// Classified gateway failures; then none of the reports may be assumed applied.
+    pub async fn report(&self, reports: &[Report]) -> Result<(), GatewayError> {
+        let _: Value = self
+            .send(self.post("/v1/tasks/report").json(&json!({ "reports": reports })))
+            .await?;
+        Ok(())
+    }
+
+    /// Hands leases back unfinished, so their tasks are requeued at once.
+    ///
+    /// # Errors
+    /// Classified gateway failures.
+    pub async fn release(&self, leases: &[HeldLease]) -> Result<(), GatewayError> {
+        let path = format!("/v1/workers/{}/release", self.worker_id);
+        let _: Value = self
+            .send(self.post(&path).json(&json!({ "leases": leases })))
+            .await?;
+        Ok(())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.authorized(self.http.post(self.url(path)))
+            .timeout(REQUEST_TIMEOUT)
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => req
+                .header("X-SPLAI-Token", t.expose())
+                .bearer_auth(t.expose()),
+            None => req,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, GatewayError> {
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| GatewayError::Server {
+                status: status.as_u16(),
+                message: format!("unreadable answer: {e}"),
+            });
+        }
+        let message = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+        let code = status.as_u16();
+        Err(match code {
+            404 if message.contains("not registered") => GatewayError::NotRegistered(message),
+            408 | 429 | 500..=599 => GatewayError::Server {
+                status: code,
+                message,
+            },
+            _ => GatewayError::Rejected {
+                status: code,
+                message,
+            },
+        })
+    }
+}
+
+/// A transport error with its causes (reqwest's own message rarely says why).
+fn unreachable(e: &reqwest::Error) -> GatewayError {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        msg = format!("{msg}: {s}");
+        source = s.source();
+    }
+    GatewayError::Unreachable(msg)
+}

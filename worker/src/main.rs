@@ -1,0 +1,50 @@
+//! The `splai-worker` binary: reads its configuration, sets up logging, and runs the worker
+//! until SIGTERM or Ctrl-C.
+
+use tracing_subscriber::EnvFilter;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let filter = EnvFilter::try_from_env("SPLAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    match start().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start() -> anyhow::Result<()> {
+    let config = splai_worker::config::Config::from_env()?;
+    let deps = splai_worker::build(&config).await?;
+    tracing::info!(
+        worker_id = %deps.gateway.worker_id(),
+        gateway = %config.gateway.url,
+        backends = ?deps.registration.backends,
+        max_parallel = config.gateway.max_parallel,
+        "splai-worker starting"
+    );
+    splai_worker::run(config.gateway, deps, shutdown_signal()).await
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+    tracing::info!("shutdown requested: no new claims; finishing running tasks");
+}

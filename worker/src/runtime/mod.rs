@@ -1,0 +1,320 @@
+//! The worker's loops: register, claim in batches under a parallelism limit, heartbeat with
+//! the held leases, report in batches, and shut down without losing or stranding work.
+
+mod backoff;
+mod execute;
+mod registry;
+mod reporter;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use splai_shared::artifacts::ArtifactStore;
+use splai_shared::domain::{WorkerId, WorkerRegistration};
+use tokio::sync::{Notify, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::backoff::Backoff;
+use self::registry::{Registry, Stop};
+use self::reporter::Reports;
+use crate::client::{GatewayClient, GatewayError};
+use crate::config::GatewayConfig;
+use crate::executor::Executors;
+
+pub(crate) use execute::OUTPUT_NAME;
+
+/// Most tasks one claim asks for (the gateway's limit).
+const MAX_CLAIM: usize = 256;
+
+/// How long undelivered reports and hand-backs are retried at shutdown.
+const FLUSH_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the worker runs with, built once by `main` (or by `splai dev`).
+pub struct Deps {
+    /// The gateway.
+    pub gateway: GatewayClient,
+    /// The executors.
+    pub executors: Executors,
+    /// Where outputs are stored.
+    pub artifacts: Arc<dyn ArtifactStore>,
+    /// What the worker registers with; refreshed by `inventory` when models change.
+    pub registration: WorkerRegistration,
+    /// Re-reads the model inventory after a `model_download`.
+    pub inventory: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+}
+
+/// State every loop shares.
+pub(crate) struct Shared {
+    gateway: GatewayClient,
+    executors: Executors,
+    artifacts: Arc<dyn ArtifactStore>,
+    registry: Registry,
+    reports: Reports,
+    worker_id: WorkerId,
+    retry_max: Duration,
+    registration: Mutex<WorkerRegistration>,
+    inventory: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    inventory_changed: Notify,
+}
+
+impl Shared {
+    fn registration(&self) -> WorkerRegistration {
+        self.registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Runs the worker until `shutdown` resolves, then stops claiming, lets running tasks finish
+/// within the grace period, hands the rest back, flushes reports and returns.
+///
+/// # Errors
+/// None at present: gateway failures are retried forever, so the worker never silently
+/// stops consuming; the signature leaves room for start-up checks.
+pub async fn run(
+    config: GatewayConfig,
+    deps: Deps,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let (reports, report_rx) = Reports::channel();
+    let shared = Arc::new(Shared {
+        worker_id: deps.gateway.worker_id().clone(),
+        gateway: deps.gateway,
+        executors: deps.executors,
+        artifacts: deps.artifacts,
+        registry: Registry::default(),
+        reports,
+        retry_max: config.retry_max,
+        registration: Mutex::new(deps.registration),
+        inventory: deps.inventory,
+        inventory_changed: Notify::new(),
+    });
+    let stop = CancellationToken::new();
+    tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            shutdown.await;
+            stop.cancel();
+        }
+    });
+    let Some(server_interval) = register(&shared, &stop).await else {
+        return Ok(());
+    };
+    let (closing, give_up, stop_heartbeats) = (
+        CancellationToken::new(),
+        CancellationToken::new(),
+        CancellationToken::new(),
+    );
+    let reporter = tokio::spawn(reporter::deliver_reports(
+        shared.clone(),
+        report_rx,
+        closing.clone(),
+        give_up.clone(),
+    ));
+    let heartbeats = tokio::spawn(heartbeat_loop(
+        shared.clone(),
+        config.heartbeat.min(server_interval),
+        stop_heartbeats.clone(),
+    ));
+    let slots = Arc::new(Semaphore::new(config.max_parallel));
+    let tracker = TaskTracker::new();
+    claim_loop(&shared, &config, &slots, &tracker, &stop).await;
+
+    // Shutdown: claiming has stopped. Running tasks get the grace period to finish.
+    let all = u32::try_from(config.max_parallel).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(config.shutdown_grace, slots.acquire_many(all)).await;
+    if drained.is_err() {
+        let n = shared.registry.stop_all_running(Stop::HandBack);
+        tracing::info!(tasks = n, "grace period over; handing unfinished tasks back");
+    }
+    tracker.close();
+    tracker.wait().await;
+    closing.cancel();
+    let deadline = Instant::now() + FLUSH_DEADLINE;
+    let mut reporter = reporter;
+    if tokio::time::timeout_at(deadline, &mut reporter).await.is_err() {
+        give_up.cancel();
+        let _ = reporter.await;
+    }
+    hand_back(&shared, deadline).await;
+    stop_heartbeats.cancel();
+    let _ = heartbeats.await;
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+/// Registers until it succeeds; `None` when `stop` fired first.
+async fn register(shared: &Shared, stop: &CancellationToken) -> Option<Duration> {
+    let mut backoff = Backoff::new(Duration::from_millis(100), shared.retry_max);
+    loop {
+        match shared.gateway.register(&shared.registration()).await {
+            Ok(interval) => {
+                tracing::info!(worker_id = %shared.worker_id, "registered with the gateway");
+                return Some(interval);
+            }
+            Err(e) => {
+                log_retry(&backoff, &e, "registration failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = stop.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Claims as many tasks as there are free slots, long-polling, until `stop` fires.
+async fn claim_loop(
+    shared: &Arc<Shared>,
+    config: &GatewayConfig,
+    slots: &Arc<Semaphore>,
+    tracker: &TaskTracker,
+    stop: &CancellationToken,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), shared.retry_max);
+    loop {
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            () = stop.cancelled() => return,
+        };
+        // Invariant: the semaphore is never closed.
+        let mut permits = vec![first.expect("slots are never closed")];
+        while permits.len() < MAX_CLAIM {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let asked_at = Instant::now();
+        let claimed = tokio::select! {
+            r = shared.gateway.claim(permits.len(), config.assignment_wait) => r,
+            () = stop.cancelled() => return,
+        };
+        match claimed {
+            Ok(tasks) if tasks.is_empty() => {
+                backoff.reset();
+                drop(permits);
+                // A gateway that did not long-poll is polled no faster than SPLAI_POLL_MILLIS.
+                tokio::select! {
+                    () = tokio::time::sleep_until(asked_at + config.poll) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+            Ok(tasks) => {
+                backoff.reset();
+                for (task, permit) in tasks.into_iter().zip(permits) {
+                    let (lease, cancel) = shared.registry.insert(&task);
+                    tracker.spawn(execute::execute(shared.clone(), task, lease, cancel, permit));
+                }
+            }
+            Err(GatewayError::NotRegistered(_)) => {
+                drop(permits);
+                tracing::warn!("the gateway forgot this worker; registering again");
+                if register(shared, stop).await.is_none() {
+                    return;
+                }
+            }
+            Err(e) => {
+                drop(permits);
+                log_retry(&backoff, &e, "claiming tasks failed");
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.next_delay()) => {}
+                    () = stop.cancelled() => return,
+                }
+            }
+        }
+    }
+}
+
+/// Heartbeats with every held lease, stopping the tasks the gateway says to stop, and
+/// re-registers when the model inventory changes or the gateway forgot the worker.
+async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut backoff = Backoff::new(every, every);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shared.inventory_changed.notified() => {
+                refresh_inventory(&shared).await;
+                continue;
+            }
+            () = stop.cancelled() => return,
+        }
+        let leases = shared.registry.leases();
+        let load = crate::sysinfo::load(shared.registry.running());
+        match shared.gateway.heartbeat(&load, &leases).await {
+            Ok(reply) => {
+                backoff.reset();
+                for t in &reply.cancel {
+                    shared.registry.stop(t, Stop::Canceled);
+                }
+                for t in &reply.lost {
+                    shared.registry.stop(t, Stop::Lost);
+                }
+                if !reply.cancel.is_empty() || !reply.lost.is_empty() {
+                    tracing::info!(cancel = reply.cancel.len(), lost = reply.lost.len(), "stopping tasks");
+                }
+            }
+            Err(GatewayError::NotRegistered(_)) => {
+                if let Err(e) = shared.gateway.register(&shared.registration()).await {
+                    tracing::warn!(error = %e, "re-registration failed");
+                }
+            }
+            Err(e) => {
+                log_retry(&backoff, &e, "heartbeat failed");
+                let _ = backoff.next_delay();
+            }
+        }
+    }
+}
+
+async fn refresh_inventory(shared: &Shared) {
+    let models = (shared.inventory)();
+    let reg = {
+        let mut reg = shared.registration.lock().unwrap_or_else(|p| p.into_inner());
+        reg.models = models;
+        reg.clone()
+    };
+    match shared.gateway.register(&reg).await {
+        Ok(_) => tracing::info!(models = ?reg.models, "model inventory updated"),
+        Err(e) => tracing::warn!(error = %e, "could not update the model inventory"),
+    }
+}
+
+/// Hands leases stopped at shutdown back to the gateway, so their tasks are requeued now
+/// rather than when the leases expire.
+async fn hand_back(shared: &Shared, deadline: Instant) {
+    let leases = shared.registry.handed_back();
+    if leases.is_empty() {
+        return;
+    }
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
+    loop {
+        match shared.gateway.release(&leases).await {
+            Ok(()) => {
+                tracing::info!(tasks = leases.len(), "handed unfinished tasks back");
+                return;
+            }
+            Err(e) if e.is_transient() && Instant::now() < deadline => {
+                log_retry(&backoff, &e, "handing tasks back failed");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, tasks = leases.len(), "could not hand tasks back; their leases will expire");
+                return;
+            }
+        }
+    }
+}
+
+/// Logs the first failure of a streak and then every tenth, so an outage is visible without
+/// flooding the log.
+fn log_retry(backoff: &Backoff, e: &GatewayError, what: &str) {
+    if backoff.failures() % 10 == 0 {
+        tracing::warn!(error = %e, failures = backoff.failures() + 1, "{what}; retrying");
+    }
+}

@@ -1,0 +1,1 @@
+//! Worker integration tests: executors against a model-server double.
