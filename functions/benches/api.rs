@@ -154,6 +154,7 @@ async fn engine_round_trips(engine: &Arc<Engine>, k: &Knobs) -> f64 {
                         idempotency_key: a.lease_id.to_string(),
                         status: Status::Completed,
                         output_artifact_uri: Some("artifact://x/y/z".into()),
+                        output_artifact: None,
                         error: None,
                         retryable: true,
                     })

@@ -88,6 +88,14 @@ impl Config {
             llm_timeout: secs("SPLAI_LLM_PLANNER_TIMEOUT_SECONDS", 10)?,
             max_tasks: parse_or(&var, "SPLAI_MAX_TASKS_PER_JOB", 1000)?,
         };
+        match var("SPLAI_ARTIFACT_BACKEND").as_deref() {
+            None | Some("local") => {}
+            Some(other @ ("s3" | "minio")) => bail!(
+                "SPLAI_ARTIFACT_BACKEND={other} is not supported by this build yet; use `local` \
+                 (S3/MinIO artifacts arrive with the AWS backends)"
+            ),
+            Some(other) => bail!("invalid SPLAI_ARTIFACT_BACKEND=`{other}`: expected local"),
+        }
         let port: u16 = parse_or(&var, "SPLAI_GATEWAY_PORT", 8080)?;
         Ok(Self {
             backends,

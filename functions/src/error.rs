@@ -5,6 +5,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
+use splai_shared::artifacts::ArtifactError;
 use splai_shared::engine::EngineError;
 
 /// An error answered to an API client.
@@ -82,6 +83,17 @@ impl From<EngineError> for ApiError {
             },
             EngineError::Store(StoreError::Unavailable(_))
             | EngineError::Queue(QueueError::Unavailable(_)) => Self::unavailable(&e),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<ArtifactError> for ApiError {
+    fn from(e: ArtifactError) -> Self {
+        match e {
+            ArtifactError::NotFound(m) => Self::not_found(format!("artifact not found: {m}")),
+            ArtifactError::InvalidUri(u) => Self::not_found(u.to_string()),
+            ArtifactError::Unavailable(_) => Self::unavailable(&e),
             other => Self::internal(&other),
         }
     }

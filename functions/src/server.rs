@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use splai_shared::artifacts::local::LocalArtifactStore;
 use splai_shared::clock::{Clock, SystemClock};
 use splai_shared::engine::Engine;
 use splai_shared::planner::Planner;
@@ -111,7 +112,7 @@ pub async fn start(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         engine: engine.clone(),
-        artifact_root: config.artifact_root.clone(),
+        artifacts: Arc::new(LocalArtifactStore::new(&config.artifact_root)),
         shutdown: stop_rx.clone(),
     };
     let app = app(state, config.max_body_bytes);

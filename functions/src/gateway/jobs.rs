@@ -5,15 +5,17 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use splai_shared::domain::{
     IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TaskSpec, TenantId,
 };
+use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
 
 use super::{AppState, job_id};
 use crate::error::ApiError;
-use crate::extract::{JsonBody, QueryParams};
+use crate::extract::{JsonBody, QueryParams, parse_json};
 
 /// The submit body, as the original API defines it plus the new fields.
 #[derive(Debug, Deserialize)]
@@ -38,6 +40,8 @@ pub struct SubmitJobRequest {
     #[serde(default)]
     metadata: Map<String, Value>,
     tasks: Option<Vec<TaskSpec>>,
+    /// The `Idempotency-Key` header's equivalent, for bulk submits where each job has its own.
+    idempotency_key: Option<String>,
 }
 
 impl SubmitJobRequest {
@@ -61,10 +65,23 @@ impl SubmitJobRequest {
                 .transpose()
                 .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
         };
-        let idempotency_key = header(headers, "idempotency-key")?
-            .map(IdempotencyKey::parse)
-            .transpose()
-            .map_err(|e| ApiError::invalid(format!("header Idempotency-Key: {e}")))?;
+        let header_key = header(headers, "idempotency-key")?;
+        let idempotency_key = match (header_key, self.idempotency_key.as_deref()) {
+            (Some(h), Some(b)) if h != b => {
+                return Err(ApiError::invalid(
+                    "header Idempotency-Key and field `idempotency_key` differ; send one",
+                ));
+            }
+            (Some(k), _) => Some(
+                IdempotencyKey::parse(k)
+                    .map_err(|e| ApiError::invalid(format!("header Idempotency-Key: {e}")))?,
+            ),
+            (None, Some(k)) => Some(
+                IdempotencyKey::parse(k)
+                    .map_err(|e| ApiError::invalid(format!("field `idempotency_key`: {e}")))?,
+            ),
+            (None, None) => None,
+        };
         Ok(NewJob {
             tenant,
             job_type: self.job_type,
@@ -109,6 +126,89 @@ pub async fn submit(
     } else {
         (StatusCode::ACCEPTED, body).into_response()
     })
+}
+
+/// The bulk submit body: jobs kept raw so that each is parsed, and rejected, on its own.
+#[derive(Debug, Deserialize)]
+pub struct SubmitBatchRequest {
+    jobs: Vec<Box<RawValue>>,
+}
+
+/// Most jobs one bulk submit may carry.
+const MAX_BATCH_JOBS: usize = 10_000;
+
+/// Submits many jobs: 200 with one result per job, in order, each `accepted`, `replayed` or
+/// `rejected` (with the error a single submit would have got). Per-job idempotency keys go in
+/// each job's `idempotency_key` field.
+pub async fn submit_batch(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(req): JsonBody<SubmitBatchRequest>,
+) -> Result<Json<Value>, ApiError> {
+    if headers.contains_key("idempotency-key") {
+        return Err(ApiError::invalid(
+            "a bulk submit takes no Idempotency-Key header: give each job an `idempotency_key`",
+        ));
+    }
+    if req.jobs.len() > MAX_BATCH_JOBS {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_BATCH_JOBS} jobs per bulk submit, got {}",
+            req.jobs.len()
+        )));
+    }
+    // Each job is parsed alone, so one bad job is rejected without failing the others.
+    let mut valid = Vec::with_capacity(req.jobs.len());
+    let mut parsed: Vec<Result<(), ApiError>> = Vec::with_capacity(req.jobs.len());
+    for raw in &req.jobs {
+        match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
+            .and_then(|r| r.into_new_job(&headers))
+        {
+            Ok(job) => {
+                valid.push(job);
+                parsed.push(Ok(()));
+            }
+            Err(e) => parsed.push(Err(e)),
+        }
+    }
+    let mut submitted = s.engine.submit_many(valid).await?.into_iter();
+    let mut counts = [0usize; 3];
+    let results: Vec<Value> = parsed
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let outcome = p.and_then(|()| {
+                submitted
+                    .next()
+                    .unwrap_or_else(|| Err(EngineError::Invalid("job was not processed".into())))
+                    .map_err(ApiError::from)
+            });
+            batch_result(i, outcome, &mut counts)
+        })
+        .collect();
+    Ok(Json(json!({
+        "accepted": counts[0],
+        "replayed": counts[1],
+        "rejected": counts[2],
+        "results": results,
+    })))
+}
+
+fn batch_result(i: usize, outcome: Result<Submitted, ApiError>, counts: &mut [usize; 3]) -> Value {
+    match outcome {
+        Ok(done) if done.replayed => {
+            counts[1] += 1;
+            json!({ "index": i, "status": "replayed", "job_id": done.job_id })
+        }
+        Ok(done) => {
+            counts[0] += 1;
+            json!({ "index": i, "status": "accepted", "job_id": done.job_id })
+        }
+        Err(e) => {
+            counts[2] += 1;
+            let message = format!("jobs[{i}]: {}", e.message);
+            json!({ "index": i, "status": "rejected", "error": { "code": e.code, "message": message } })
+        }
+    }
 }
 
 /// One job.

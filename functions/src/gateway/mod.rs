@@ -7,11 +7,11 @@ mod stream;
 mod tasks;
 mod workers;
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::routing::{get, post};
+use splai_shared::artifacts::ArtifactStore;
 use splai_shared::domain::JobId;
 use splai_shared::engine::Engine;
 
@@ -22,8 +22,8 @@ use crate::error::ApiError;
 pub struct AppState {
     /// The engine.
     pub engine: Arc<Engine>,
-    /// Root of the local artifact store (`SPLAI_ARTIFACT_ROOT`).
-    pub artifact_root: PathBuf,
+    /// Where task outputs are read from (`SPLAI_ARTIFACT_BACKEND`, `SPLAI_ARTIFACT_ROOT`).
+    pub artifacts: Arc<dyn ArtifactStore>,
     /// Turns `true` when the server starts shutting down; open event streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }
@@ -32,6 +32,7 @@ pub struct AppState {
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
+        .route("/v1/jobs/batch", post(jobs::submit_batch))
         .route("/v1/jobs/{id}", get(jobs::get).delete(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
         .route("/v1/jobs/{id}/tasks", get(tasks::list))
@@ -41,6 +42,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers/register", post(workers::register))
         .route("/v1/workers/{id}/heartbeat", post(workers::heartbeat))
         .route("/v1/workers/{id}/assignments", get(workers::assignments))
+        .route("/v1/workers/{id}/release", post(workers::release))
         .route("/v1/tasks/report", post(reports::report))
         .route("/v1/metrics", get(health::metrics))
         .route("/healthz", get(health::healthz))

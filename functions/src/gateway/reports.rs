@@ -5,7 +5,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use splai_shared::domain::{JobId, LeaseId, Status, TaskId, TaskRef};
+use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
 use splai_shared::engine::Report;
 
 use super::AppState;
@@ -22,6 +22,7 @@ pub struct ReportRequest {
     idempotency_key: Option<String>,
     status: Status,
     output_artifact_uri: Option<String>,
+    output_artifact: Option<Artifact>,
     error: Option<String>,
     #[serde(default = "yes")]
     retryable: bool,
@@ -55,6 +56,15 @@ impl ReportRequest {
                 "{at}`idempotency_key` must be 1 to 200 characters"
             )));
         }
+        let output_artifact_uri = match (self.output_artifact_uri, &self.output_artifact) {
+            (Some(uri), Some(a)) if uri != a.url => {
+                return Err(ApiError::invalid(format!(
+                    "{at}`output_artifact.url` must equal `output_artifact_uri`"
+                )));
+            }
+            (None, Some(a)) => Some(a.url.clone()),
+            (uri, _) => uri,
+        };
         Ok(Report {
             task: TaskRef {
                 job_id: self.job_id,
@@ -63,7 +73,8 @@ impl ReportRequest {
             lease_id: self.lease_id,
             idempotency_key: key,
             status: self.status,
-            output_artifact_uri: self.output_artifact_uri,
+            output_artifact_uri,
+            output_artifact: self.output_artifact,
             error: self.error,
             retryable: self.retryable,
         })

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use serde::{Deserialize, Serialize};
+use splai_shared::artifacts::{ArtifactError, Download};
 use splai_shared::domain::{JobId, Status, Task, TaskId, WorkerId};
 use splai_shared::store::TaskFilter;
 
@@ -58,7 +59,8 @@ pub async fn list(
     }))
 }
 
-/// The output of a completed task: local artifacts are streamed, remote URLs redirected.
+/// The output of a completed task: served from the artifact store (bytes, or a redirect to a
+/// URL the store hands out); an http(s) output URI is redirected to as is.
 pub async fn output(
     State(s): State<AppState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -76,34 +78,30 @@ pub async fn output(
     if uri.starts_with("http://") || uri.starts_with("https://") {
         return Ok(Redirect::temporary(uri).into_response());
     }
-    let path = splai_shared::artifacts::local_path(&s.artifact_root, uri).map_err(|e| {
-        ApiError::not_found(format!("output of task {task_id} is not downloadable: {e}"))
+    let download = s.artifacts.open(uri).await.map_err(|e| match e {
+        ArtifactError::Unavailable(_) => ApiError::from(e),
+        other => ApiError::not_found(format!(
+            "output of task {task_id} is not available: {other}"
+        )),
     })?;
-    let file = tokio::fs::File::open(&path).await.map_err(|_| {
-        ApiError::not_found(format!(
-            "output of task {task_id} is missing from the artifact store"
-        ))
-    })?;
-    let body = Body::from_stream(tokio_util_stream(file));
-    Ok((
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        body,
-    )
-        .into_response())
-}
-
-fn tokio_util_stream(
-    file: tokio::fs::File,
-) -> impl futures::Stream<Item = std::io::Result<axum::body::Bytes>> {
-    futures::stream::try_unfold(file, |mut f| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        let n = f.read(&mut buf).await?;
-        if n == 0 {
-            return Ok(None);
+    let mime = task
+        .output_artifact
+        .as_ref()
+        .map_or("application/octet-stream", |a| a.mime_type.as_str())
+        .to_owned();
+    Ok(match download {
+        Download::Redirect(url) => Redirect::temporary(&url).into_response(),
+        Download::Bytes { body, size } => {
+            let mut resp = (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, mime)],
+                Body::from_stream(body),
+            )
+                .into_response();
+            if let Some(n) = size {
+                resp.headers_mut().insert(header::CONTENT_LENGTH, n.into());
+            }
+            resp
         }
-        buf.truncate(n);
-        Ok(Some((axum::body::Bytes::from(buf), f)))
     })
 }

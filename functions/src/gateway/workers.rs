@@ -9,6 +9,7 @@ use serde_json::{Value, json};
 use splai_shared::domain::{
     Heartbeat, JobId, LeaseId, TaskId, TaskRef, WorkerId, WorkerRegistration,
 };
+use splai_shared::engine::ReleaseOutcome;
 use splai_shared::store::LeaseRenewal;
 
 use super::AppState;
@@ -97,17 +98,7 @@ pub async fn heartbeat(
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let id = worker_id(id)?;
-    let leases: Vec<LeaseRenewal> = req
-        .leases
-        .into_iter()
-        .map(|l| LeaseRenewal {
-            task: TaskRef {
-                job_id: l.job_id,
-                task_id: l.task_id,
-            },
-            lease_id: l.lease_id,
-        })
-        .collect();
+    let leases: Vec<LeaseRenewal> = req.leases.into_iter().map(renewal).collect();
     let load = Heartbeat {
         queue_depth: req.queue_depth,
         running_tasks: req.running_tasks,
@@ -122,6 +113,53 @@ pub async fn heartbeat(
         "cancel": reply.cancel,
         "lost": reply.lost,
     })))
+}
+
+/// The hand-back body: leases the worker gives up unfinished.
+#[derive(Debug, Deserialize)]
+pub struct ReleaseRequest {
+    leases: Vec<HeldLease>,
+}
+
+/// Most leases one hand-back may carry.
+const MAX_RELEASE: usize = 1000;
+
+/// Takes leases back from a worker shutting down: their tasks are queued again at once.
+pub async fn release(
+    State(s): State<AppState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<ReleaseRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let id = worker_id(id)?;
+    if req.leases.len() > MAX_RELEASE {
+        return Err(ApiError::invalid(format!(
+            "at most {MAX_RELEASE} leases per request"
+        )));
+    }
+    let leases: Vec<LeaseRenewal> = req.leases.into_iter().map(renewal).collect();
+    let outcomes = s.engine.release(&id, &leases).await?;
+    let (released, stale): (Vec<_>, Vec<_>) = leases
+        .into_iter()
+        .zip(outcomes)
+        .partition(|(_, o)| *o == ReleaseOutcome::Released);
+    let tasks = |v: Vec<(LeaseRenewal, ReleaseOutcome)>| -> Vec<TaskRef> {
+        v.into_iter().map(|(l, _)| l.task).collect()
+    };
+    Ok(Json(json!({
+        "accepted": true,
+        "released": tasks(released),
+        "stale": tasks(stale),
+    })))
+}
+
+fn renewal(l: HeldLease) -> LeaseRenewal {
+    LeaseRenewal {
+        task: TaskRef {
+            job_id: l.job_id,
+            task_id: l.task_id,
+        },
+        lease_id: l.lease_id,
+    }
 }
 
 /// Query of the assignment endpoint.

@@ -2,6 +2,7 @@
 //! with the tests acting as clients and workers over HTTP.
 
 mod bad_input;
+mod bulk;
 mod helpers;
 mod jobs;
 mod workers;

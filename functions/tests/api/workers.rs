@@ -134,3 +134,64 @@ async fn unknown_workers_are_not_found() {
     let (status, _) = app.post("/v1/workers/ghost/heartbeat", &json!({})).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
 }
+
+/// A worker shutting down hands its lease back: another worker can claim the task at once,
+/// before any lease expiry, and the attempt is not counted.
+#[tokio::test]
+async fn handed_back_lease_is_claimable_at_once() {
+    let app = spawn_app().await;
+    app.register("w1").await;
+    app.register("w2").await;
+    app.submit(dag(&[("a", &[])])).await;
+    let a = app.claim("w1", 1).await.remove(0);
+    let held = json!({ "leases": [{ "job_id": a["job_id"], "task_id": a["task_id"], "lease_id": a["lease_id"] }] });
+    let (status, reply) = app.post("/v1/workers/w2/release", &held).await;
+    assert_eq!(status, StatusCode::OK, "{reply}");
+    assert_eq!(
+        reply["stale"].as_array().unwrap().len(),
+        1,
+        "not w2's lease"
+    );
+    let (_, reply) = app.post("/v1/workers/w1/release", &held).await;
+    assert_eq!(reply["released"][0]["task_id"], "a", "{reply}");
+    let taken = app.claim("w2", 1).await.remove(0);
+    assert_eq!(taken["attempt"], 1);
+    assert_eq!(app.report(&a, "Completed").await["outcome"], "stale");
+}
+
+/// A report may carry the output's metadata; the task records it and the download uses its
+/// media type.
+#[tokio::test]
+async fn report_records_output_artifact_metadata() {
+    let app = spawn_app().await;
+    app.register("w1").await;
+    let job = app.submit(dag(&[("a", &[])])).await;
+    let a = app.claim("w1", 1).await.remove(0);
+    let dir = app.dir.path().join("artifacts").join(&job).join("a");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("output.json"), r#"{"text":"hi"}"#).unwrap();
+    let uri = format!("artifact://{job}/a/output.json");
+    let meta = json!({ "type": "local", "url": uri, "size_bytes": 13, "mime_type": "application/json", "expires_at": null });
+    let mismatch = json!({ "job_id": a["job_id"], "task_id": "a", "lease_id": a["lease_id"], "status": "Completed",
+        "output_artifact_uri": "artifact://x/y/z", "output_artifact": meta });
+    let (status, _) = app.post("/v1/tasks/report", &mismatch).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "url and uri must agree");
+    let report = json!({ "job_id": a["job_id"], "task_id": "a", "lease_id": a["lease_id"], "status": "Completed",
+        "output_artifact": meta });
+    let (status, reply) = app.post("/v1/tasks/report", &report).await;
+    assert_eq!(
+        (status, &reply["outcome"]),
+        (StatusCode::OK, &json!("completed"))
+    );
+    let task = &app.tasks(&job).await[0];
+    assert_eq!(task["output_artifact_uri"], uri);
+    assert_eq!(task["output_artifact"]["size_bytes"], 13);
+    let resp = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{job}/tasks/a/output")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    assert_eq!(resp.text().await.unwrap(), r#"{"text":"hi"}"#);
+}

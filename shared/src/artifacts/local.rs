@@ -132,14 +132,22 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalArtifactStore::new(dir.path());
         let a = store
-            .put(&key("output.json"), Bytes::from_static(b"{\"a\":1}"), "application/json")
+            .put(
+                &key("output.json"),
+                Bytes::from_static(b"{\"a\":1}"),
+                "application/json",
+            )
             .await
             .unwrap();
         assert_eq!(a.url, "artifact://job-1/t1/output.json");
         assert_eq!((a.kind.as_str(), a.size_bytes), ("local", 7));
         assert_eq!(a.mime_type, "application/json");
         store
-            .put(&key("output.json"), Bytes::from_static(b"{}"), "application/json")
+            .put(
+                &key("output.json"),
+                Bytes::from_static(b"{}"),
+                "application/json",
+            )
             .await
             .unwrap();
         assert_eq!(&store.get(&a.url).await.unwrap()[..], b"{}");

@@ -23,7 +23,7 @@ pub use assign::{Assignment, HeartbeatReply};
 pub use control::SweepReport;
 pub use events::JobEvent;
 pub use report::ReportResult;
-pub use rules::{Report, ReportOutcome, TaskDefaults};
+pub use rules::{ReleaseOutcome, Report, ReportOutcome, TaskDefaults};
 pub use submit::Submitted;
 
 use crate::clock::Clock;
@@ -237,6 +237,9 @@ impl Engine {
         if !fx.ack.is_empty() {
             q.ack(&fx.ack).await?;
             metrics::add(&c.queue_acked_total, fx.ack.len());
+        }
+        if !fx.release.is_empty() {
+            q.release(&fx.release).await?;
         }
         if !fx.nack.is_empty() {
             q.nack(&fx.nack).await?;

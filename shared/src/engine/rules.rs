@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::domain::{
-    Expired, ExpiryOutcome, Job, JobId, JobRecord, Lease, LeaseId, NewJob, QueueEntry,
-    Requirements, Status, Task, TaskId, TaskRef, TaskSpec, TenantId, Timestamp,
+    Artifact, Expired, ExpiryOutcome, Job, JobId, JobRecord, Lease, LeaseId, NewJob, QueueEntry,
+    Requirements, Status, Task, TaskId, TaskRef, TaskSpec, TenantId, Timestamp, WorkerId,
 };
 
 /// Values used where a task spec leaves them out.
@@ -26,6 +26,8 @@ pub struct Effects {
     pub enqueue: Vec<QueueEntry>,
     /// Leases whose entries are done with.
     pub ack: Vec<LeaseId>,
+    /// Leases handed back unused: pending again at once, the delivery not counted.
+    pub release: Vec<LeaseId>,
     /// Leases to return to pending at a later time.
     pub nack: Vec<(LeaseId, Timestamp)>,
     /// Leases to move to the dead letters.
@@ -39,6 +41,7 @@ impl Effects {
     pub fn extend(&mut self, other: Effects) {
         self.enqueue.extend(other.enqueue);
         self.ack.extend(other.ack);
+        self.release.extend(other.release);
         self.nack.extend(other.nack);
         self.dead_letter.extend(other.dead_letter);
         self.discard.extend(other.discard);
@@ -218,6 +221,8 @@ pub struct Report {
     pub status: Status,
     /// Where the output is, on success.
     pub output_artifact_uri: Option<String>,
+    /// What the output is (size, type), when the worker says.
+    pub output_artifact: Option<Artifact>,
     /// What went wrong, on failure.
     pub error: Option<String>,
     /// `false` for failures that no retry can fix.
@@ -284,6 +289,7 @@ fn complete(
     if let Some(task) = record.task_mut(&id) {
         task.status = Status::Completed;
         task.output_artifact_uri = uri.clone();
+        task.output_artifact = report.output_artifact.clone();
         task.error = None;
         task.last_report_key = Some(report.idempotency_key.clone());
         task.lease_expires = None;
@@ -416,6 +422,63 @@ pub fn apply_expiry(record: &mut JobRecord, expired: &Expired, now: Timestamp, f
         ExpiryOutcome::Requeued => task.status = Status::Queued,
         ExpiryOutcome::DeadLettered => fail_task(record, id, now, fx),
     }
+}
+
+/// What a hand-back did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    /// The task is queued again, its attempt not counted.
+    Released,
+    /// The lease is not the task's current lease held by this worker, or the job is over;
+    /// nothing changed.
+    Stale,
+    /// No such task.
+    NotFound,
+}
+
+/// Hands a running task back from `worker` unfinished (the worker is shutting down): the task
+/// is queued again at once and the attempt it started does not count.
+pub fn release(
+    record: &mut JobRecord,
+    task: &TaskId,
+    lease: &LeaseId,
+    worker: &WorkerId,
+    now: Timestamp,
+    fx: &mut Effects,
+) -> ReleaseOutcome {
+    let Some(t) = record.task(task) else {
+        return ReleaseOutcome::NotFound;
+    };
+    let held = t.status == Status::Running
+        && t.lease_id.as_ref() == Some(lease)
+        && t.worker_id.as_ref() == Some(worker);
+    if record.job.status.is_terminal() {
+        // The job is over: the entry has no further use, whoever holds it.
+        fx.ack.push(lease.clone());
+        return ReleaseOutcome::Stale;
+    }
+    if !held {
+        // Not this worker's lease to give back (it may be another's by now): leave it alone.
+        return ReleaseOutcome::Stale;
+    }
+    let Some(t) = record.task_mut(task) else {
+        return ReleaseOutcome::NotFound;
+    };
+    t.status = Status::Queued;
+    t.attempt = t.attempt.saturating_sub(1);
+    t.lease_id = None;
+    t.lease_expires = None;
+    t.started_at = None;
+    t.updated_at = now;
+    fx.release.push(lease.clone());
+    let started = record
+        .tasks
+        .iter()
+        .any(|t| matches!(t.status, Status::Running | Status::Completed));
+    if !started {
+        set_job_status(&mut record.job, Status::Queued, "queued", now);
+    }
+    ReleaseOutcome::Released
 }
 
 /// Cancels the job. Returns `false` when it had already finished (nothing changed).

@@ -4,7 +4,9 @@ use sha2::{Digest, Sha256};
 
 use super::{Engine, EngineError, JobEvent, metrics, rules};
 use crate::domain::{IdempotencyKey, Job, JobId, JobRecord, NewJob, TenantId};
-use crate::store::{CreateOutcome, IdempotencyClaim, JobFilter, JobPage, TaskFilter, TaskPage};
+use crate::store::{
+    CreateOutcome, IdempotencyClaim, JobFilter, JobPage, NewJobWrite, TaskFilter, TaskPage,
+};
 
 /// The result of a submit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +80,109 @@ impl Engine {
             job_id: record.job.job_id,
             replayed: false,
         })
+    }
+
+    /// Submits many jobs at once. Each is validated, planned and accepted or rejected on its
+    /// own (idempotency keys per job); the accepted ones are written with their ready tasks in
+    /// one store call, so a bulk submit costs one transaction on SQLite. Returns each job's
+    /// result in order.
+    ///
+    /// # Errors
+    /// A backend failure, in which case no job of the batch was written.
+    pub async fn submit_many(
+        &self,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<Result<Submitted, EngineError>>, EngineError> {
+        use futures::StreamExt;
+
+        let mut results: Vec<Option<Result<Submitted, EngineError>>> =
+            (0..jobs.len()).map(|_| None).collect();
+        let mut to_plan = Vec::with_capacity(jobs.len());
+        for (i, new) in jobs.into_iter().enumerate() {
+            let tenant = new.tenant.clone().unwrap_or_else(TenantId::default_tenant);
+            let claim = new.idempotency_key.as_ref().map(|key| IdempotencyClaim {
+                tenant: tenant.clone(),
+                key: key.clone(),
+                request_hash: request_hash(&new),
+            });
+            if let Some(claim) = &claim
+                && let Some((job_id, hash)) = self
+                    .backends
+                    .jobs
+                    .find_idempotency(&tenant, &claim.key)
+                    .await?
+            {
+                results[i] = Some(replay(claim, job_id, &hash));
+                continue;
+            }
+            to_plan.push((i, tenant, claim, new));
+        }
+        // In order, a few at a time: templates answer at once, an LLM planner should not see
+        // thousands of concurrent calls.
+        let planned: Vec<_> = futures::stream::iter(to_plan)
+            .map(|(i, tenant, claim, new)| async move {
+                let plan = self.planner.plan(&new).await;
+                (i, tenant, claim, new, plan)
+            })
+            .buffered(16)
+            .collect()
+            .await;
+        let now = self.clock.now();
+        let mut staged = Vec::with_capacity(planned.len());
+        for (i, tenant, claim, new, plan) in planned {
+            match plan {
+                Err(e) => results[i] = Some(Err(e.into())),
+                Ok(specs) => {
+                    let id = JobId::generate();
+                    let defaults = self.config.task_defaults;
+                    let record = rules::build_record(id, tenant, &new, specs, defaults, now);
+                    let ready = rules::ready_entries(&record, now);
+                    staged.push((i, record, ready, claim));
+                }
+            }
+        }
+        let writes: Vec<NewJobWrite<'_>> = staged
+            .iter()
+            .map(|(_, record, ready, claim)| NewJobWrite {
+                record,
+                ready,
+                idempotency: claim.as_ref(),
+            })
+            .collect();
+        let outcomes = self.backends.jobs.create_jobs(&writes).await?;
+        let mut created = 0;
+        for ((i, record, _, claim), outcome) in staged.into_iter().zip(outcomes) {
+            results[i] = Some(match (outcome, &claim) {
+                (CreateOutcome::Created, _) => {
+                    created += 1;
+                    let _ = self
+                        .events
+                        .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+                    Ok(Submitted {
+                        job_id: record.job.job_id,
+                        replayed: false,
+                    })
+                }
+                (
+                    CreateOutcome::Replayed {
+                        job_id,
+                        request_hash,
+                    },
+                    Some(claim),
+                ) => replay(claim, job_id, &request_hash),
+                (CreateOutcome::Replayed { .. }, None) => {
+                    Err(EngineError::Conflict("job id collision".into()))
+                }
+            });
+        }
+        if created > 0 {
+            metrics::add(&self.counters.jobs_submitted_total, created);
+            self.after_dispatch().await?;
+        }
+        Ok(results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(EngineError::Invalid("job was not processed".into()))))
+            .collect())
     }
 
     /// The job alone.

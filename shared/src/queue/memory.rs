@@ -215,6 +215,19 @@ impl LeaseQueue for MemoryLeaseQueue {
         Ok(())
     }
 
+    async fn release(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
+        let mut s = self.lock();
+        for id in leases {
+            let Some((mut slot, _)) = s.take_leased(id) else {
+                continue;
+            };
+            slot.entry.attempt = slot.entry.attempt.saturating_sub(1);
+            slot.state = SlotState::Pending;
+            s.file(slot);
+        }
+        Ok(())
+    }
+
     async fn dead_letter(
         &self,
         leases: &[(LeaseId, String)],

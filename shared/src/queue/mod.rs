@@ -86,6 +86,11 @@ pub trait LeaseQueue: Send + Sync {
     /// Returns leased entries to the pending set, claimable again at `retry_at`.
     async fn nack(&self, leases: &[(LeaseId, Timestamp)]) -> Result<(), QueueError>;
 
+    /// Returns leased entries to pending as if they had never been claimed: the delivery is
+    /// handed back unused (a worker shutting down), so the attempt count goes back down by
+    /// one and the entry keeps its FIFO position.
+    async fn release(&self, leases: &[LeaseId]) -> Result<(), QueueError>;
+
     /// Moves leased entries to the dead letters with a reason.
     async fn dead_letter(
         &self,

@@ -50,6 +50,12 @@ const NACK: &str = "UPDATE queue_entries SET state = 'pending', not_before_ms = 
     FROM (SELECT value->>0 AS id, value->>1 AS at FROM json_each(?1)) AS n
     WHERE queue_entries.lease_id = n.id AND +queue_entries.state = 'leased'";
 
+/// Returns leased entries (`?1` a JSON array of lease ids) to pending, taking back the
+/// attempt their claim counted.
+const RELEASE: &str = "UPDATE queue_entries SET state = 'pending', attempt = MAX(attempt - 1, 0),
+        lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
+    WHERE +state = 'leased' AND lease_id IN (SELECT value FROM json_each(?1))";
+
 /// Moves leased entries to the dead letters at `?2`; `?1` is a JSON array of
 /// `[lease id, reason]`. They go after every existing dead letter, in array order: `dead_seq`
 /// is the newest one's plus the array index plus one. The maximum is taken once, in `b`,
@@ -206,6 +212,11 @@ impl LeaseQueue for SqliteLeaseQueue {
             .map(|(id, at)| (id.as_str(), to_millis(*at)))
             .collect();
         self.run_batch(NACK, &rows, None).await
+    }
+
+    async fn release(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
+        let ids: Vec<&str> = leases.iter().map(LeaseId::as_str).collect();
+        self.run_batch(RELEASE, &ids, None).await
     }
 
     async fn dead_letter(

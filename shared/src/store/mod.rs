@@ -56,6 +56,18 @@ pub struct IdempotencyClaim {
     pub request_hash: String,
 }
 
+/// One job of a batch submit: its record, the entries of its ready tasks, and its
+/// idempotency claim.
+#[derive(Debug, Clone, Copy)]
+pub struct NewJobWrite<'a> {
+    /// The planned job.
+    pub record: &'a JobRecord,
+    /// Entries for the tasks that can start now.
+    pub ready: &'a [QueueEntry],
+    /// The submit's idempotency key, if it had one.
+    pub idempotency: Option<&'a IdempotencyClaim>,
+}
+
 /// What `create_job` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CreateOutcome {
@@ -142,6 +154,22 @@ pub trait JobStore: Send + Sync {
         ready: &[QueueEntry],
         idempotency: Option<&IdempotencyClaim>,
     ) -> Result<CreateOutcome, StoreError>;
+
+    /// Writes many new jobs, each as `create_job` would, in as few transactions as the backend
+    /// allows (SQLite: one). Returns each job's outcome in order; a job whose idempotency key
+    /// was already used, by an earlier request or an earlier job of this batch, is `Replayed`
+    /// and not written. Backends that can write the batch atomically do (SQLite: all or none);
+    /// this default writes job by job.
+    async fn create_jobs(
+        &self,
+        jobs: &[NewJobWrite<'_>],
+    ) -> Result<Vec<CreateOutcome>, StoreError> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            out.push(self.create_job(j.record, j.ready, j.idempotency).await?);
+        }
+        Ok(out)
+    }
 
     /// Looks up a used idempotency key: the job it created and the first request's hash.
     async fn find_idempotency(

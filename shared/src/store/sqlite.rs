@@ -18,7 +18,7 @@ pub(crate) use self::rows::{
 };
 use super::{
     ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,
-    JobStore, LeaseRenewal, StoreError, TaskFilter, TaskPage, WorkerStore,
+    JobStore, LeaseRenewal, NewJobWrite, StoreError, TaskFilter, TaskPage, WorkerStore,
 };
 use crate::clock::to_millis;
 use crate::domain::{
@@ -59,30 +59,12 @@ impl JobStore for SqliteStore {
         idempotency: Option<&IdempotencyClaim>,
     ) -> Result<CreateOutcome, StoreError> {
         let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        if let Some(claim) = idempotency {
-            // The key row goes first: if it is already there, this is a repeat and nothing
-            // else may be written (dropping `tx` rolls back).
-            let inserted = sqlx::query(
-                "INSERT INTO idempotency_keys (tenant, idem_key, job_id, request_hash, created_at_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-            )
-            .bind(claim.tenant.as_str())
-            .bind(claim.key.as_str())
-            .bind(record.job.job_id.as_str())
-            .bind(&claim.request_hash)
-            .bind(to_millis(record.job.created_at))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_err)?;
-            if inserted.rows_affected() == 0 {
-                let (job_id, request_hash) = idempotency_row(&mut tx, &claim.tenant, &claim.key)
-                    .await?
-                    .ok_or_else(|| StoreError::Corrupt("idempotency key vanished".into()))?;
-                return Ok(CreateOutcome::Replayed {
-                    job_id,
-                    request_hash,
-                });
-            }
+        // The key row goes first: if it is already there, this is a repeat and nothing else
+        // may be written (dropping `tx` rolls back).
+        if let Some(claim) = idempotency
+            && let Some(replayed) = claim_key(&mut tx, claim, record).await?
+        {
+            return Ok(replayed);
         }
         if jobs::load_job(&mut tx, &record.job.job_id)
             .await
@@ -100,6 +82,38 @@ impl JobStore for SqliteStore {
             .map_err(store_err)?;
         tx.commit().await.map_err(store_err)?;
         Ok(CreateOutcome::Created)
+    }
+
+    /// One transaction for the whole batch: a key row per keyed job (to detect repeats),
+    /// then one statement each for all job rows, all task rows and all ready entries.
+    #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
+    async fn create_jobs(
+        &self,
+        jobs: &[NewJobWrite<'_>],
+    ) -> Result<Vec<CreateOutcome>, StoreError> {
+        let mut tx = self.db.begin_write().await.map_err(store_err)?;
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut fresh = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if let Some(claim) = j.idempotency
+                && let Some(replayed) = claim_key(&mut tx, claim, j.record).await?
+            {
+                outcomes.push(replayed);
+                continue;
+            }
+            outcomes.push(CreateOutcome::Created);
+            fresh.push(j);
+        }
+        let records: Vec<&JobRecord> = fresh.iter().map(|j| j.record).collect();
+        jobs::insert_jobs(&mut tx, &records)
+            .await
+            .map_err(store_err)?;
+        let ready: Vec<QueueEntry> = fresh.iter().flat_map(|j| j.ready.iter().cloned()).collect();
+        update::dispatch(&mut tx, self.dispatch, &ready)
+            .await
+            .map_err(store_err)?;
+        tx.commit().await.map_err(store_err)?;
+        Ok(outcomes)
     }
 
     async fn find_idempotency(
@@ -165,6 +179,36 @@ impl JobStore for SqliteStore {
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(store_err)
     }
+}
+
+/// Writes the key row of a keyed submit; `Some(Replayed)` when the key was already used.
+async fn claim_key(
+    conn: &mut sqlx::SqliteConnection,
+    claim: &IdempotencyClaim,
+    record: &JobRecord,
+) -> Result<Option<CreateOutcome>, StoreError> {
+    let inserted = sqlx::query(
+        "INSERT INTO idempotency_keys (tenant, idem_key, job_id, request_hash, created_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+    )
+    .bind(claim.tenant.as_str())
+    .bind(claim.key.as_str())
+    .bind(record.job.job_id.as_str())
+    .bind(&claim.request_hash)
+    .bind(to_millis(record.job.created_at))
+    .execute(&mut *conn)
+    .await
+    .map_err(store_err)?;
+    if inserted.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let (job_id, request_hash) = idempotency_row(conn, &claim.tenant, &claim.key)
+        .await?
+        .ok_or_else(|| StoreError::Corrupt("idempotency key vanished".into()))?;
+    Ok(Some(CreateOutcome::Replayed {
+        job_id,
+        request_hash,
+    }))
 }
 
 async fn idempotency_row(

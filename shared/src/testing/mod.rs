@@ -142,6 +142,25 @@ impl Harness {
             .expect("heartbeat")
     }
 
+    /// Hands these assignments back from `worker`.
+    pub async fn release(
+        &self,
+        worker: &WorkerId,
+        held: &[&Assignment],
+    ) -> Vec<crate::engine::ReleaseOutcome> {
+        let leases: Vec<LeaseRenewal> = held
+            .iter()
+            .map(|a| LeaseRenewal {
+                task: TaskRef {
+                    job_id: a.job_id.clone(),
+                    task_id: a.task_id.clone(),
+                },
+                lease_id: a.lease_id.clone(),
+            })
+            .collect();
+        self.engine.release(worker, &leases).await.expect("release")
+    }
+
     /// Moves time forward.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
@@ -165,6 +184,7 @@ pub fn report_for(
         idempotency_key: format!("{}:{}", a.lease_id, status.as_str()),
         status,
         output_artifact_uri: uri,
+        output_artifact: None,
         error,
         retryable,
     }

@@ -36,6 +36,8 @@ macro_rules! engine_suite {
             job_listing_filters_and_pages,
             task_listing_filters_and_pages,
             claims_are_batched_up_to_max,
+            handed_back_lease_is_claimable_at_once_uncounted,
+            bulk_submit_accepts_or_rejects_each_job_on_its_own,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -174,6 +176,28 @@ pub async fn expired_lease_is_requeued_for_another_worker(h: Harness) {
         (t.status, t.worker_id.as_ref()),
         (Status::Completed, Some(&w2))
     );
+}
+
+/// A worker shutting down hands its lease back: the task is claimable at once by another
+/// worker (no wait for expiry), the attempt is not counted, and a stranger cannot release it.
+pub async fn handed_back_lease_is_claimable_at_once_uncounted(h: Harness) {
+    use crate::engine::ReleaseOutcome;
+    let (w1, w2) = (h.cpu_worker("w1").await, h.cpu_worker("w2").await);
+    let job = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let first = h.claim(&w1, 1).await.remove(0);
+    assert_eq!(h.release(&w2, &[&first]).await, [ReleaseOutcome::Stale]);
+    assert!(h.claim(&w2, 1).await.is_empty(), "still leased to w1");
+
+    assert_eq!(h.release(&w1, &[&first]).await, [ReleaseOutcome::Released]);
+    let t = &tasks_of(&h, &job).await[0];
+    assert_eq!((t.status, t.attempt), (Status::Queued, 0));
+    assert_eq!(status_of(&h, &job).await, Status::Queued);
+    let second = h.claim(&w2, 1).await.remove(0);
+    assert_eq!(second.attempt, 1, "the handed-back attempt did not count");
+    assert_eq!(h.complete(&first).await.outcome, "stale");
+    assert_eq!(h.release(&w1, &[&first]).await, [ReleaseOutcome::Stale]);
+    assert_eq!(h.complete(&second).await.outcome, "completed");
+    assert_eq!(status_of(&h, &job).await, Status::Completed);
 }
 
 /// Heartbeats renew the lease, so a long task is not taken away.
@@ -415,6 +439,68 @@ pub async fn idempotent_submit_returns_the_first_job(h: Harness) {
         !h.engine.submit(other_tenant).await.unwrap().replayed,
         "keys are per tenant"
     );
+}
+
+/// A bulk submit answers per job: valid jobs are written with their ready tasks, an invalid
+/// DAG is rejected alone, a key used before (or earlier in the batch) replays, and a key reused
+/// for a different request conflicts.
+pub async fn bulk_submit_accepts_or_rejects_each_job_on_its_own(h: Harness) {
+    let w = h.cpu_worker("w1").await;
+    let key = |k: &str| Some(crate::domain::IdempotencyKey::parse(k).unwrap());
+    let keyed = NewJob {
+        idempotency_key: key("k1"),
+        ..a_single_task_job()
+    };
+    let earlier = h.engine.submit(keyed.clone()).await.unwrap().job_id;
+    let cyclic = a_job_with(vec![a_task("x", &["y"]), a_task("y", &["x"])]);
+    let in_batch = NewJob {
+        idempotency_key: key("k2"),
+        ..a_chain_job()
+    };
+    let reused = NewJob {
+        input: json!("different"),
+        ..keyed.clone()
+    };
+    let batch = vec![
+        a_single_task_job(),
+        cyclic,
+        keyed,
+        in_batch.clone(),
+        in_batch,
+        reused,
+        a_chain_job(),
+    ];
+    let out = h.engine.submit_many(batch).await.unwrap();
+    assert_eq!(out.len(), 7);
+    let ok = |i: usize| out[i].as_ref().unwrap().clone();
+    assert!(!ok(0).replayed);
+    assert!(matches!(out[1], Err(EngineError::Plan(_))), "{:?}", out[1]);
+    assert_eq!((ok(2).job_id, ok(2).replayed), (earlier.clone(), true));
+    assert!(!ok(3).replayed);
+    assert_eq!((ok(4).job_id, ok(4).replayed), (ok(3).job_id, true));
+    assert!(
+        matches!(out[5], Err(EngineError::Conflict(_))),
+        "{:?}",
+        out[5]
+    );
+    let listed = h
+        .engine
+        .list_jobs(&JobFilter {
+            limit: 50,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(listed.jobs.len(), 4, "earlier job + three new ones");
+    assert_eq!(
+        listed.jobs[0].job_id,
+        ok(6).job_id,
+        "batch order is creation order"
+    );
+    // The ready tasks of the new jobs (one each) were enqueued with them; `earlier`'s too.
+    let claimed = h.claim(&w, 10).await;
+    assert_eq!(claimed.len(), 4);
+    assert_eq!(status_of(&h, &ok(3).job_id).await, Status::Running);
 }
 
 /// One report call can carry results for tasks of many jobs.

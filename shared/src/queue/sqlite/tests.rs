@@ -295,6 +295,37 @@ async fn renew_ack_and_nack_act_on_held_leases() {
     assert_eq!(expired.len(), 1);
 }
 
+/// A released lease goes back to pending at once, in its old FIFO place, without counting
+/// the delivery; an unknown or finished lease is ignored.
+#[tokio::test]
+async fn release_hands_a_delivery_back_uncounted() {
+    let (_dir, q) = a_queue().await;
+    q.enqueue(&[
+        an_entry("a", Priority::Standard),
+        an_entry("b", Priority::Standard),
+    ])
+    .await
+    .unwrap();
+    let leases = q.claim(&cpu(), 1, LEASE, at(0)).await.unwrap();
+    assert_eq!(names(&leases), ["a"]);
+    let a = leases[0].lease_id.clone();
+    q.release(&[a.clone(), LeaseId::parse("lease-unknown").unwrap()])
+        .await
+        .unwrap();
+    assert!(
+        q.renew(std::slice::from_ref(&a), at(1))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = q.claim(&cpu(), 2, LEASE, at(1)).await.unwrap();
+    assert_eq!(names(&again), ["a", "b"], "a keeps its place ahead of b");
+    assert_eq!(
+        again[0].entry.attempt, 1,
+        "the handed-back delivery did not count"
+    );
+}
+
 /// Expiry requeues entries with deliveries left and dead-letters exhausted ones.
 #[tokio::test]
 async fn expire_requeues_or_dead_letters() {
@@ -516,7 +547,7 @@ async fn behaves_like_the_memory_queue() {
             }
             4 if !held.is_empty() => {
                 let (m, s) = held[next(held.len() as u64) as usize].clone();
-                match next(4) {
+                match next(5) {
                     0 => assert_eq!(
                         mem.renew(&[m], at(now + 15_000)).await.unwrap().len(),
                         sql.renew(&[s], at(now + 15_000)).await.unwrap().len()
@@ -528,6 +559,10 @@ async fn behaves_like_the_memory_queue() {
                     2 => {
                         mem.nack(&[(m, at(now + 1_000))]).await.unwrap();
                         sql.nack(&[(s, at(now + 1_000))]).await.unwrap();
+                    }
+                    3 => {
+                        mem.release(&[m]).await.unwrap();
+                        sql.release(&[s]).await.unwrap();
                     }
                     _ => {
                         mem.dead_letter(&[(m, "x".into())], at(now)).await.unwrap();

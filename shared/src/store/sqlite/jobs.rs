@@ -33,6 +33,51 @@ pub(super) async fn insert_job(
     Changes::new_tasks(record)?.write(conn).await
 }
 
+/// Inserts many new jobs with all their tasks: one statement for the job rows (in order, so
+/// `seq` follows the batch) and one for the task rows.
+#[tracing::instrument(skip_all, fields(jobs = records.len()))]
+pub(super) async fn insert_jobs(
+    conn: &mut SqliteConnection,
+    records: &[&JobRecord],
+) -> Result<(), sqlx::Error> {
+    match records {
+        [] => return Ok(()),
+        [one] => return insert_job(conn, one).await,
+        _ => {}
+    }
+    let rows = records
+        .iter()
+        .map(|r| {
+            let job = &r.job;
+            Ok((
+                job.job_id.as_str(),
+                job.tenant.as_str(),
+                job.job_type.as_str(),
+                job.status.as_str(),
+                to_millis(job.created_at),
+                to_millis(job.updated_at),
+                to_json(job)?,
+            ))
+        })
+        .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    sqlx::query(INSERT_JOBS)
+        .bind(to_json(&rows)?)
+        .execute(&mut *conn)
+        .await?;
+    let mut changes = Changes::default();
+    for r in records {
+        changes.add_new_tasks(r)?;
+    }
+    changes.write(conn).await
+}
+
+/// Job rows from a JSON array of `[job id, tenant, type, status, created ms, updated ms,
+/// body]`, in array order.
+const INSERT_JOBS: &str = "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms,
+        updated_at_ms, body)
+    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
+    FROM json_each(?1) ORDER BY key";
+
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.
 #[tracing::instrument(skip_all)]
 pub(super) async fn load_record(

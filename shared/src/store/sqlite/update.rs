@@ -108,10 +108,16 @@ impl<'a> Changes<'a> {
     /// Every task of a new record.
     pub(super) fn new_tasks(record: &'a JobRecord) -> Result<Self, sqlx::Error> {
         let mut changes = Changes::default();
-        for (position, task) in record.tasks.iter().enumerate() {
-            changes.task(&record.job.job_id, position, task)?;
-        }
+        changes.add_new_tasks(record)?;
         Ok(changes)
+    }
+
+    /// Adds every task of a new record.
+    pub(super) fn add_new_tasks(&mut self, record: &'a JobRecord) -> Result<(), sqlx::Error> {
+        for (position, task) in record.tasks.iter().enumerate() {
+            self.task(&record.job.job_id, position, task)?;
+        }
+        Ok(())
     }
 
     /// The job row if the job changed, and only the task rows that changed, moved, appeared
