@@ -5,10 +5,12 @@
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
 //! - [`server`]: state built once, routers nested, sweeper loop, graceful shutdown.
+//! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
 
 pub mod cli;
 pub mod config;
+pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod gateway;

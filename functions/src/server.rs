@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::serve::ListenerExt;
 use splai_shared::artifacts::local::LocalArtifactStore;
 use splai_shared::clock::{Clock, SystemClock};
 use splai_shared::engine::Engine;
@@ -122,6 +123,10 @@ pub async fn start(
         wait_true(stop_rx.clone()),
     ));
     let handle = tokio::spawn(async move {
+        // No Nagle delay: small JSON answers (a claim, a report) must leave at once.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);

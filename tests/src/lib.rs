@@ -5,6 +5,8 @@
 //! to build the binary it needs (a no-op when it is fresh) and reads its path from cargo's
 //! JSON messages. Cargo releases its build lock before running tests, so this does not block.
 
+pub mod model_server;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};

@@ -220,7 +220,10 @@ impl GatewayClient {
     /// Classified gateway failures; then none of the reports may be assumed applied.
     pub async fn report(&self, reports: &[Report]) -> Result<(), GatewayError> {
         let _: Value = self
-            .send(self.post("/v1/tasks/report").json(&json!({ "reports": reports })))
+            .send(
+                self.post("/v1/tasks/report")
+                    .json(&json!({ "reports": reports })),
+            )
             .await?;
         Ok(())
     }

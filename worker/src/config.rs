@@ -215,7 +215,11 @@ impl Config {
     /// # Errors
     /// A variable with an invalid value, named in the message.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let var = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let var = |k: &str| {
+            get(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let artifact_root = PathBuf::from(
             var("SPLAI_ARTIFACT_ROOT").unwrap_or_else(|| "/tmp/splai-artifacts".into()),
         );
@@ -265,8 +269,8 @@ fn gateway(var: &Var<'_>) -> anyhow::Result<GatewayConfig> {
 
 fn capabilities(var: &Var<'_>) -> anyhow::Result<Capabilities> {
     let id = var("SPLAI_WORKER_ID").unwrap_or_else(|| "worker-local".into());
-    let worker_id = WorkerId::parse(id.clone())
-        .with_context(|| format!("invalid SPLAI_WORKER_ID=`{id}`"))?;
+    let worker_id =
+        WorkerId::parse(id.clone()).with_context(|| format!("invalid SPLAI_WORKER_ID=`{id}`"))?;
     let gpu = var("SPLAI_WORKER_GPU")
         .filter(|v| v != "auto")
         .map(|v| parse_bool("SPLAI_WORKER_GPU", &v))

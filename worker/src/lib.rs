@@ -26,7 +26,7 @@ use splai_shared::domain::WorkerRegistration;
 pub use runtime::{Deps, run};
 
 use crate::client::GatewayClient;
-use crate::config::Config;
+use crate::config::{Config, ToolNetwork};
 use crate::executor::Executors;
 use crate::models::ModelBackends;
 
@@ -51,12 +51,21 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
              SPLAI_OLLAMA_BASE_URL or SPLAI_OPENAI_BASE_URL, or SPLAI_WORKER_BACKENDS=echo"
         );
     }
+    if config.executors.tool_network == ToolNetwork::Auto
+        && !executor::network_isolation_available().await
+    {
+        tracing::warn!(
+            "this host cannot give tool commands a private network namespace (unshare); \
+             tool_execution tasks will run with the host network (SPLAI_TOOL_NETWORK=none \
+             refuses them instead)"
+        );
+    }
     let artifacts = Arc::new(LocalArtifactStore::new(&config.artifact_root));
     let executors = Executors {
         models: models.clone(),
         artifacts: artifacts.clone(),
         config: Arc::new(config.executors.clone()),
-        http: reqwest::Client::new(),
+        http: models::http::client(),
     };
     let mut served = Vec::new();
     for name in models.names() {

@@ -38,7 +38,11 @@ pub fn nvidia_gpu_memory_mb() -> Option<u64> {
         .ok()
 }
 
-/// Models in the cache: every directory `<org>/<name>` (or `<name>`) holding files.
+/// Marks a model directory whose download has not finished (written by `model_download`).
+const INCOMPLETE_MARKER: &str = ".splai-download-incomplete";
+
+/// Models in the cache: every directory `<org>/<name>` (or `<name>`) holding files, except
+/// downloads still running or abandoned partway.
 pub fn cached_models(cache: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let Ok(top) = std::fs::read_dir(cache) else {
@@ -55,15 +59,20 @@ pub fn cached_models(cache: &Path) -> Vec<String> {
         let nested: Vec<_> = children.iter().filter(|c| c.path().is_dir()).collect();
         if !nested.is_empty() && nested.len() == children.len() {
             // An organisation directory: each child directory is one model.
-            for c in nested {
+            for c in nested.into_iter().filter(|c| complete(&c.path())) {
                 out.push(format!("{name}/{}", c.file_name().to_string_lossy()));
             }
-        } else if !children.is_empty() {
+        } else if !children.is_empty() && complete(&entry.path()) {
             out.push(name);
         }
     }
     out.sort();
     out
+}
+
+fn complete(model_dir: &Path) -> bool {
+    std::fs::read_dir(model_dir).is_ok_and(|mut d| d.next().is_some())
+        && !model_dir.join(INCOMPLETE_MARKER).exists()
 }
 
 /// Load figures for a heartbeat.
@@ -98,6 +107,8 @@ mod tests {
         std::fs::create_dir_all(p.join("tiny")).unwrap();
         std::fs::write(p.join("tiny/model.bin"), "x").unwrap();
         std::fs::create_dir_all(p.join("empty")).unwrap();
+        std::fs::create_dir_all(p.join("org/half")).unwrap();
+        std::fs::write(p.join("org/half/.splai-download-incomplete"), "").unwrap();
         assert_eq!(cached_models(p), ["meta-llama/Llama-3-8B", "tiny"]);
     }
 }

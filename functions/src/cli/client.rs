@@ -15,9 +15,16 @@ pub struct SubmitArgs {
     /// The job's input text.
     #[arg(long, conflicts_with = "file")]
     pub input: Option<String>,
-    /// A JSON file with the whole submit body (`-` for stdin).
+    /// A JSON file with the whole submit body (`-` for stdin); a `.jsonl` file (or any file
+    /// with `--jsonl`) holds one job per line, submitted in bulk.
     #[arg(long)]
     pub file: Option<String>,
+    /// Read `--file` as JSON lines, one job per line, and submit them through the bulk API.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Jobs per bulk request when submitting JSON lines.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
     /// Priority class: interactive, standard or batch.
     #[arg(long)]
     pub priority: Option<String>,
@@ -31,7 +38,7 @@ pub struct SubmitArgs {
     #[arg(long)]
     pub idempotency_key: Option<String>,
     #[command(flatten)]
-    target: Target,
+    pub(super) target: Target,
 }
 
 /// Arguments of `splai tasks`.
@@ -71,7 +78,7 @@ pub struct JobsArgs {
     target: Target,
 }
 
-fn url(target: &Target, path: &str) -> String {
+pub(super) fn url(target: &Target, path: &str) -> String {
     format!("{}{path}", target.server.trim_end_matches('/'))
 }
 
@@ -88,7 +95,7 @@ async fn print_response(resp: reqwest::Response) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn client() -> reqwest::Client {
+pub(super) fn client() -> reqwest::Client {
     reqwest::Client::new()
 }
 
@@ -123,6 +130,13 @@ pub async fn send(target: &Target, method: reqwest::Method, path: &str) -> anyho
 /// # Errors
 /// An unreadable file, connection failures and non-2xx answers.
 pub async fn submit(a: SubmitArgs) -> anyhow::Result<()> {
+    let is_jsonl = a.jsonl
+        || a.file
+            .as_deref()
+            .is_some_and(|f| f.ends_with(".jsonl") || f.ends_with(".ndjson"));
+    if is_jsonl {
+        return super::bulk::submit_lines(a).await;
+    }
     let mut body: Value = match a.file.as_deref() {
         Some("-") => {
             serde_json::from_reader(std::io::stdin()).context("reading the job from stdin")?

@@ -1,5 +1,8 @@
-//! The `splai` command line: `serve` and `migrate`, and client commands for a running server.
+//! The `splai` command line: `serve`, `dev`, `migrate` and `bench`, and client commands for a
+//! running server.
 
+mod bench;
+mod bulk;
 mod client;
 
 use clap::{Parser, Subcommand};
@@ -37,9 +40,21 @@ pub enum Command {
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
     },
+    /// Run the server and one in-process worker on the embedded default: the quickest way to
+    /// run jobs end to end. Uses Ollama or an OpenAI-compatible server when one is configured,
+    /// the echo backend otherwise.
+    Dev {
+        /// Address to listen on; default 127.0.0.1 on SPLAI_GATEWAY_PORT (8080).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
-    /// Submit a job; prints its id.
+    /// Benchmark the embedded default end to end: a `splai serve` process, `splai-worker`
+    /// processes on the echo backend, no-op jobs through the bulk API, then single jobs to
+    /// idle workers.
+    Bench(bench::BenchArgs),
+    /// Submit a job and print its id, or a JSON-lines file of jobs through the bulk API.
     Submit(client::SubmitArgs),
     /// Show a job.
     Status {
@@ -92,6 +107,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             crate::server::serve(config).await
         }
+        Command::Dev { listen } => crate::dev::run(Config::from_env()?, listen).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Migrate => {
             let config = Config::from_env()?;
             crate::server::build_engine(

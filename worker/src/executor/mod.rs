@@ -8,6 +8,7 @@
 //! - `tool.rs`: `tool_execution`, a command in a sandbox directory with a timeout.
 //! - `model_download.rs`: `model_download` into the model cache.
 //! - `deps.rs`: reading dependency outputs (`dep:<task>:output_uri`).
+//! - `inputs.rs`: typed inputs (numbers, flags, lists, JSON-encoded `*_json` inputs).
 
 use std::sync::Arc;
 
@@ -22,9 +23,12 @@ use crate::models::{ModelBackend, ModelBackends, ModelError};
 mod aggregation;
 mod deps;
 mod embedding;
+mod inputs;
 mod llm;
 mod model_download;
 mod retrieval;
+#[cfg(test)]
+mod testing;
 mod tool;
 
 pub use tool::network_isolation_available;

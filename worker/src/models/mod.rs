@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::ModelServers;
 
 mod echo;
-mod http;
+pub(crate) mod http;
 mod ollama;
 mod openai;
 
@@ -78,6 +78,9 @@ pub struct EmbeddingRequest {
     pub model: Option<String>,
     /// One vector is returned per text, in order.
     pub inputs: Vec<String>,
+    /// Retries of a retryable failure, when the task's settings differ from the backend's
+    /// (`SPLAI_EMBEDDING_HTTP_RETRIES`).
+    pub retries: Option<u32>,
     /// Vector size, for backends that choose one (echo).
     pub dimensions: Option<usize>,
 }
@@ -210,8 +213,9 @@ impl ModelBackends {
         let http = http::client();
         let build = |name: &str| -> anyhow::Result<Arc<dyn ModelBackend>> {
             let endpoint = |e: &Option<crate::config::Endpoint>, var: &str| {
-                e.clone()
-                    .ok_or_else(|| anyhow::anyhow!("backend `{name}` is advertised but {var} is not set"))
+                e.clone().ok_or_else(|| {
+                    anyhow::anyhow!("backend `{name}` is advertised but {var} is not set")
+                })
             };
             let retries = servers.http_retries;
             let default_model = servers.default_model.clone();

@@ -102,11 +102,7 @@ async fn store_output(
         Ok(b) => Bytes::from(b),
         Err(e) => return Report::failed(lease, format!("encoding the output: {e}"), false),
     };
-    match shared
-        .artifacts
-        .put(&key, bytes, "application/json")
-        .await
-    {
+    match shared.artifacts.put(&key, bytes, "application/json").await {
         Ok(artifact) => Report::completed(lease, artifact),
         Err(e) => Report::failed(lease, format!("storing the output: {e}"), true),
     }

@@ -23,8 +23,6 @@ use crate::client::{GatewayClient, GatewayError};
 use crate::config::GatewayConfig;
 use crate::executor::Executors;
 
-pub(crate) use execute::OUTPUT_NAME;
-
 /// Most tasks one claim asks for (the gateway's limit).
 const MAX_CLAIM: usize = 256;
 
@@ -128,14 +126,20 @@ pub async fn run(
     let drained = tokio::time::timeout(config.shutdown_grace, slots.acquire_many(all)).await;
     if drained.is_err() {
         let n = shared.registry.stop_all_running(Stop::HandBack);
-        tracing::info!(tasks = n, "grace period over; handing unfinished tasks back");
+        tracing::info!(
+            tasks = n,
+            "grace period over; handing unfinished tasks back"
+        );
     }
     tracker.close();
     tracker.wait().await;
     closing.cancel();
     let deadline = Instant::now() + FLUSH_DEADLINE;
     let mut reporter = reporter;
-    if tokio::time::timeout_at(deadline, &mut reporter).await.is_err() {
+    if tokio::time::timeout_at(deadline, &mut reporter)
+        .await
+        .is_err()
+    {
         give_up.cancel();
         let _ = reporter.await;
     }
@@ -207,7 +211,13 @@ async fn claim_loop(
                 backoff.reset();
                 for (task, permit) in tasks.into_iter().zip(permits) {
                     let (lease, cancel) = shared.registry.insert(&task);
-                    tracker.spawn(execute::execute(shared.clone(), task, lease, cancel, permit));
+                    tracker.spawn(execute::execute(
+                        shared.clone(),
+                        task,
+                        lease,
+                        cancel,
+                        permit,
+                    ));
                 }
             }
             Err(GatewayError::NotRegistered(_)) => {
@@ -256,7 +266,11 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
                     shared.registry.stop(t, Stop::Lost);
                 }
                 if !reply.cancel.is_empty() || !reply.lost.is_empty() {
-                    tracing::info!(cancel = reply.cancel.len(), lost = reply.lost.len(), "stopping tasks");
+                    tracing::info!(
+                        cancel = reply.cancel.len(),
+                        lost = reply.lost.len(),
+                        "stopping tasks"
+                    );
                 }
             }
             Err(GatewayError::NotRegistered(_)) => {
@@ -275,7 +289,10 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
 async fn refresh_inventory(shared: &Shared) {
     let models = (shared.inventory)();
     let reg = {
-        let mut reg = shared.registration.lock().unwrap_or_else(|p| p.into_inner());
+        let mut reg = shared
+            .registration
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         reg.models = models;
         reg.clone()
     };
@@ -314,7 +331,7 @@ async fn hand_back(shared: &Shared, deadline: Instant) {
 /// Logs the first failure of a streak and then every tenth, so an outage is visible without
 /// flooding the log.
 fn log_retry(backoff: &Backoff, e: &GatewayError, what: &str) {
-    if backoff.failures() % 10 == 0 {
+    if backoff.failures().is_multiple_of(10) {
         tracing::warn!(error = %e, failures = backoff.failures() + 1, "{what}; retrying");
     }
 }

@@ -72,7 +72,7 @@ async fn deliver(shared: &Shared, batch: &[Report], give_up: &CancellationToken)
         match shared.gateway.report(batch).await {
             Ok(()) => break,
             Err(e) if e.is_transient() => {
-                if backoff.failures() % 10 == 0 {
+                if backoff.failures().is_multiple_of(10) {
                     tracing::warn!(error = %e, reports = batch.len(), "report failed; retrying");
                 }
                 tokio::select! {
