@@ -6,6 +6,7 @@
 //! JSON messages. Cargo releases its build lock before running tests, so this does not block.
 
 pub mod model_server;
+pub mod worker;
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -65,8 +66,17 @@ impl SplaiServer {
     /// # Panics
     /// When the process exits before it listens.
     pub fn start(db: &Path, env: &[(&str, &str)]) -> SplaiServer {
+        SplaiServer::start_on(db, "127.0.0.1:0", env)
+    }
+
+    /// Like [`SplaiServer::start`], listening on `listen` (e.g. a port a previous server on
+    /// the same database used, so clients configured with its URL find the new one).
+    ///
+    /// # Panics
+    /// When the process exits before it listens (e.g. the address is taken).
+    pub fn start_on(db: &Path, listen: &str, env: &[(&str, &str)]) -> SplaiServer {
         let mut cmd = Command::new(binary("splai-functions", "splai"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0"])
+        cmd.args(["serve", "--listen", listen])
             .env("SPLAI_SQLITE_PATH", db)
             .env("SPLAI_LOG", "warn")
             .stdout(Stdio::null())
@@ -116,4 +126,17 @@ impl Drop for SplaiServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A local address nobody listens on right now, `127.0.0.1:<port>`: bound to an ephemeral
+/// port and released, for a server that must keep its address across a restart.
+///
+/// # Panics
+/// When no local port can be bound.
+pub fn free_local_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    let addr = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    addr.to_string()
 }

@@ -3,6 +3,11 @@
 
 use tracing_subscriber::EnvFilter;
 
+// The gateway and worker allocate many small, short-lived objects (JSON values, records);
+// mimalloc serves them markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let filter = EnvFilter::try_from_env("SPLAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));

@@ -86,7 +86,9 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
          bulk submit {} jobs/request from {} clients",
         a.tasks, a.workers, a.parallel, a.batch, a.clients
     );
+    let cpu_before = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     let bulk = bulk_phase(&http, &base, &a).await?;
+    let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     let store = SqliteStore::new(SqliteDb::open(&db_path).await?, Dispatch::Direct);
     let latencies = task_latencies(&store, "bench").await?;
     let last_done = latencies.last_finished.unwrap_or(bulk.started);
@@ -103,6 +105,12 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         elapsed,
         latencies.count as f64 / elapsed
     );
+    let per_task = |before: f64, after: f64| (after - before) * 1e6 / a.tasks as f64;
+    println!(
+        "  cpu          {:.0} us/task in the server, {:.0} us/task in the workers (user+sys)",
+        per_task(cpu_before.0, cpu_after.0),
+        per_task(cpu_before.1, cpu_after.1)
+    );
     print_percentiles("submit->start", &latencies.to_start);
     print_percentiles("submit->done", &latencies.to_done);
 
@@ -118,6 +126,26 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     drop(workers);
     drop(server);
     Ok(())
+}
+
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`; 0 where it
+/// cannot be read.
+fn cpu_secs(p: &Proc) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", p.0.id())) else {
+        return 0.0;
+    };
+    // Fields after the parenthesised command name; utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // The kernel reports in USER_HZ, 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {

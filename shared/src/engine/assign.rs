@@ -76,6 +76,8 @@ impl Engine {
             .workers
             .register_worker(id, reg, self.clock.now())
             .await?;
+        self.caps_cache
+            .put(id, WorkerCaps::of(id, reg), tokio::time::Instant::now());
         Ok(())
     }
 
@@ -193,11 +195,7 @@ impl Engine {
         max: usize,
         wait: Duration,
     ) -> Result<Vec<Assignment>, EngineError> {
-        let stale_before = self.clock.now() - self.config.worker_stale_after;
-        let worker = self.backends.workers.get_worker(id, stale_before).await?;
-        let worker = worker
-            .ok_or_else(|| EngineError::NotFound(format!("worker {id} is not registered")))?;
-        let caps = WorkerCaps::of(id, &worker.registration);
+        let caps = self.worker_caps(id).await?;
         let deadline = tokio::time::Instant::now() + wait.min(self.config.max_wait);
         loop {
             // Register interest before looking, so a dispatch in between is not missed.
@@ -215,6 +213,22 @@ impl Engine {
             let nap = (deadline - now).min(self.config.poll_interval);
             let _ = tokio::time::timeout(nap, notified).await;
         }
+    }
+
+    /// A registered worker's capabilities, from a short-lived cache: a busy worker claims
+    /// many times a second, and re-reading its registration each time costs a read.
+    async fn worker_caps(&self, id: &WorkerId) -> Result<WorkerCaps, EngineError> {
+        let now = tokio::time::Instant::now();
+        if let Some(caps) = self.caps_cache.get(id, now) {
+            return Ok(caps);
+        }
+        let stale_before = self.clock.now() - self.config.worker_stale_after;
+        let worker = self.backends.workers.get_worker(id, stale_before).await?;
+        let worker = worker
+            .ok_or_else(|| EngineError::NotFound(format!("worker {id} is not registered")))?;
+        let caps = WorkerCaps::of(id, &worker.registration);
+        self.caps_cache.put(id, caps.clone(), now);
+        Ok(caps)
     }
 
     async fn try_assign(
@@ -292,6 +306,32 @@ impl Engine {
             metrics::add(&self.counters.queue_acked_total, stale.len());
         }
         Ok(out)
+    }
+}
+
+/// Workers' capabilities for a few seconds, so claims need not re-read registrations. A
+/// re-registration through another gateway instance is seen when the entry ages out.
+#[derive(Default)]
+pub(super) struct CapsCache {
+    // A std mutex: lookups are short and never await.
+    entries: std::sync::Mutex<HashMap<WorkerId, (WorkerCaps, tokio::time::Instant)>>,
+}
+
+/// How long cached capabilities are trusted.
+const CAPS_TTL: Duration = Duration::from_secs(5);
+
+impl CapsCache {
+    fn get(&self, id: &WorkerId, now: tokio::time::Instant) -> Option<WorkerCaps> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries
+            .get(id)
+            .filter(|(_, at)| now.duration_since(*at) < CAPS_TTL)
+            .map(|(caps, _)| caps.clone())
+    }
+
+    fn put(&self, id: &WorkerId, caps: WorkerCaps, now: tokio::time::Instant) {
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.insert(id.clone(), (caps, now));
     }
 }
 

@@ -109,6 +109,15 @@ pub struct Backends {
     pub queue: Arc<dyn LeaseQueue>,
 }
 
+/// What a rule did to one job, kept until its transaction commits.
+struct Applied<R> {
+    result: R,
+    effects: Effects,
+    events: Vec<JobEvent>,
+    new_status: Option<crate::domain::Status>,
+    dispatched: bool,
+}
+
 /// The execution engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     backends: Backends,
@@ -119,6 +128,7 @@ pub struct Engine {
     work_ready: Notify,
     relay_lock: Mutex<()>,
     counters: metrics::Counters,
+    caps_cache: assign::CapsCache,
 }
 
 impl Engine {
@@ -139,6 +149,7 @@ impl Engine {
             work_ready: Notify::new(),
             relay_lock: Mutex::new(()),
             counters: metrics::Counters::default(),
+            caps_cache: assign::CapsCache::default(),
         }
     }
 
@@ -180,17 +191,28 @@ impl Engine {
         mut rule: impl FnMut(&mut JobRecord, &mut Effects) -> R + Send,
     ) -> Result<HashMap<JobId, R>, EngineError> {
         // Keyed by job so that a backend retrying a job's apply overwrites, not duplicates.
-        let mut results: HashMap<JobId, (R, Effects, Vec<JobEvent>, bool)> = HashMap::new();
+        let mut results: HashMap<JobId, Applied<R>> = HashMap::new();
+        // Events are built only for live subscribers: diffing needs a copy of every record.
+        let watched = self.events.receiver_count() > 0;
         let mut apply = |record: &mut JobRecord| -> Vec<QueueEntry> {
-            let before = record.clone();
+            let before = watched.then(|| record.clone());
+            let status_before = record.job.status;
             let mut fx = Effects::default();
             let r = rule(record, &mut fx);
-            let events = events::diff(&before, record);
+            let events = match &before {
+                Some(before) => events::diff(before, record),
+                None => Vec::new(),
+            };
+            let new_status = (record.job.status != status_before).then_some(record.job.status);
             let enqueue = std::mem::take(&mut fx.enqueue);
-            results.insert(
-                record.job.job_id.clone(),
-                (r, fx, events, !enqueue.is_empty()),
-            );
+            let applied = Applied {
+                result: r,
+                effects: fx,
+                events,
+                new_status,
+                dispatched: !enqueue.is_empty(),
+            };
+            results.insert(record.job.job_id.clone(), applied);
             enqueue
         };
         self.backends.jobs.update_jobs(ids, &mut apply).await?;
@@ -198,14 +220,16 @@ impl Engine {
         let mut effects = Effects::default();
         let mut out = HashMap::with_capacity(results.len());
         let mut dispatched = false;
-        for (id, (r, fx, evs, enqueued)) in results {
-            effects.extend(fx);
-            dispatched |= enqueued;
-            for ev in evs {
-                self.count_terminal(&ev);
+        for (id, a) in results {
+            effects.extend(a.effects);
+            dispatched |= a.dispatched;
+            if let Some(status) = a.new_status {
+                self.count_job_status(status);
+            }
+            for ev in a.events {
                 let _ = self.events.send(Arc::new(ev));
             }
-            out.insert(id, r);
+            out.insert(id, a.result);
         }
         self.carry_out(effects).await?;
         if dispatched {
@@ -216,16 +240,15 @@ impl Engine {
         Ok(out)
     }
 
-    fn count_terminal(&self, ev: &JobEvent) {
+    /// Counts a job reaching a terminal status (after its change committed).
+    fn count_job_status(&self, status: crate::domain::Status) {
         use crate::domain::Status;
-        if let JobEvent::Job(j) = ev {
-            let c = &self.counters;
-            match j.status {
-                Status::Completed => metrics::add(&c.jobs_completed_total, 1),
-                Status::Failed => metrics::add(&c.jobs_failed_total, 1),
-                Status::Canceled => metrics::add(&c.jobs_canceled_total, 1),
-                _ => {}
-            }
+        let c = &self.counters;
+        match status {
+            Status::Completed => metrics::add(&c.jobs_completed_total, 1),
+            Status::Failed => metrics::add(&c.jobs_failed_total, 1),
+            Status::Canceled => metrics::add(&c.jobs_canceled_total, 1),
+            _ => {}
         }
     }
 

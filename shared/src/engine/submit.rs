@@ -72,9 +72,11 @@ impl Engine {
             }
         }
         metrics::add(&self.counters.jobs_submitted_total, 1);
-        let _ = self
-            .events
-            .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+        if self.events.receiver_count() > 0 {
+            let _ = self
+                .events
+                .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+        }
         self.after_dispatch().await?;
         Ok(Submitted {
             job_id: record.job.job_id,
@@ -155,9 +157,11 @@ impl Engine {
             results[i] = Some(match (outcome, &claim) {
                 (CreateOutcome::Created, _) => {
                     created += 1;
-                    let _ = self
-                        .events
-                        .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+                    if self.events.receiver_count() > 0 {
+                        let _ = self
+                            .events
+                            .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+                    }
                     Ok(Submitted {
                         job_id: record.job.job_id,
                         replayed: false,

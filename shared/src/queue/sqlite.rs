@@ -5,9 +5,11 @@
 //! batch bound as a JSON array (`json_each(?)`), so its cost is one round trip to the driver's
 //! thread rather than one per item; a lone statement is also its own write transaction.
 //!
-//! Statements that look rows up by lease id write the state test as `+state`: the unary plus
-//! keeps SQLite from answering `state = ?` with the `queue_claim`/`queue_expiry` index (a walk
-//! over every leased row) instead of seeking the unique `lease_id` index once per item.
+//! Each state's rows sit in a partial index of their own (`queue_pending`, `queue_leased`,
+//! `queue_dead`), so a transition moves a row between two small indexes. Statements that look
+//! rows up by lease id write the state test as `+state`: the unary plus keeps SQLite from
+//! walking the `queue_leased` index (every leased row) instead of seeking `queue_lease` once
+//! per item.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -83,6 +85,13 @@ const REVIVE: &str = "UPDATE queue_entries SET state = 'pending', attempt = 0,
     WHERE +state = 'dead'
       AND (job_id, task_id) IN (SELECT value->>0, value->>1 FROM json_each(?1))
     RETURNING job_id, task_id";
+
+/// Entries per state (and class, for pending ones). Each part counts one state's partial
+/// index without touching the table.
+const DEPTH: &str = "SELECT 'pending' AS state, priority_rank, COUNT(*) AS n FROM queue_entries
+        WHERE state = 'pending' GROUP BY priority_rank
+    UNION ALL SELECT 'leased', 0, COUNT(*) FROM queue_entries WHERE state = 'leased'
+    UNION ALL SELECT 'dead', 0, COUNT(*) FROM queue_entries WHERE state = 'dead'";
 
 /// A [`LeaseQueue`] in the `queue_entries` table of a SQLite file.
 #[derive(Debug, Clone)]
@@ -339,14 +348,10 @@ impl LeaseQueue for SqliteLeaseQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        // Answered from the `queue_claim` index alone.
-        let rows = sqlx::query(
-            "SELECT state, priority_rank, COUNT(*) AS n FROM queue_entries
-             GROUP BY state, priority_rank",
-        )
-        .fetch_all(self.db.reader())
-        .await
-        .map_err(queue_err)?;
+        let rows = sqlx::query(DEPTH)
+            .fetch_all(self.db.reader())
+            .await
+            .map_err(queue_err)?;
         let mut depth = QueueDepth::default();
         for row in &rows {
             let state: &str = row.try_get("state").map_err(queue_err)?;

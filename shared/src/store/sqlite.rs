@@ -9,12 +9,13 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
+pub(crate) use self::batch::execute as execute_batch;
 pub use self::db::SqliteDb;
 pub(crate) use self::db::{queue_err, store_err};
 pub(crate) use self::rows::id as row_id;
 use self::rows::worker_from_row;
 pub(crate) use self::rows::{
-    bind_entry, entries_json, entry_columns, entry_from_row, entry_values, opt_id, to_json, ts,
+    ENTRY_COLUMNS, bind_entry, entry_columns, entry_from_row, opt_id, to_json, ts,
 };
 use super::{
     ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,
@@ -26,6 +27,7 @@ use crate::domain::{
     Worker, WorkerId, WorkerRegistration,
 };
 
+mod batch;
 mod db;
 mod jobs;
 mod rows;

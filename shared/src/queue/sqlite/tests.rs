@@ -167,7 +167,7 @@ async fn claim_honours_requirements_past_unclaimable_entries() {
 async fn claim_uses_the_claim_index() {
     let (_dir, q) = a_queue().await;
     let plan = query_plan(&q, claim::CLAIM).await;
-    assert!(plan.contains("USING INDEX queue_claim (state=?)"), "{plan}");
+    assert!(plan.contains("USING INDEX queue_pending"), "{plan}");
     assert!(
         plan.contains("USING INTEGER PRIMARY KEY (rowid=?)"),
         "{plan}"
@@ -179,7 +179,7 @@ async fn claim_uses_the_claim_index() {
 #[tokio::test]
 async fn batch_statements_seek_per_item() {
     let (_dir, q) = a_queue().await;
-    let by_lease = "USING INDEX sqlite_autoindex_queue_entries_1 (lease_id=?)";
+    let by_lease = "USING INDEX queue_lease (lease_id=?)";
     let by_task = "(job_id=? AND task_id=?)";
     for (sql, seek) in [
         (RENEW, by_lease),
@@ -187,12 +187,23 @@ async fn batch_statements_seek_per_item() {
         (NACK, by_lease),
         (BURY, by_lease),
         (REQUEUE, by_lease),
+        (RELEASE, by_lease),
         (DISCARD, by_task),
         (REVIVE, by_task),
     ] {
         let plan = query_plan(&q, sql).await;
         assert!(plan.contains(seek), "{sql}\n{plan}");
         assert!(!plan.contains("SCAN queue_entries"), "{sql}\n{plan}");
+    }
+}
+
+/// Depth counts each state from its partial index alone.
+#[tokio::test]
+async fn depth_counts_from_the_partial_indexes() {
+    let (_dir, q) = a_queue().await;
+    let plan = query_plan(&q, DEPTH).await;
+    for index in ["queue_pending", "queue_leased", "queue_dead"] {
+        assert!(plan.contains(&format!("COVERING INDEX {index}")), "{plan}");
     }
 }
 

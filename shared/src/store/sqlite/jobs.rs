@@ -4,66 +4,45 @@
 use sqlx::sqlite::SqliteRow;
 use sqlx::{AssertSqlSafe, Row, SqliteConnection};
 
+use super::batch;
 use super::rows::{json, to_json};
 use super::update::Changes;
 use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, Status, Task};
 use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
-/// Inserts a new job row and all its task rows (in one statement).
-#[tracing::instrument(skip_all)]
+/// Inserts a new job row and all its task rows.
 pub(super) async fn insert_job(
     conn: &mut SqliteConnection,
     record: &JobRecord,
 ) -> Result<(), sqlx::Error> {
-    let job = &record.job;
-    sqlx::query(
-        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-    )
-    .bind(job.job_id.as_str())
-    .bind(job.tenant.as_str())
-    .bind(&job.job_type)
-    .bind(job.status.as_str())
-    .bind(to_millis(job.created_at))
-    .bind(to_millis(job.updated_at))
-    .bind(to_json(job)?)
-    .execute(&mut *conn)
-    .await?;
-    Changes::new_tasks(record)?.write(conn).await
+    insert_jobs(conn, &[record]).await
 }
 
-/// Inserts many new jobs with all their tasks: one statement for the job rows (in order, so
-/// `seq` follows the batch) and one for the task rows.
+/// Inserts many new jobs with all their tasks: job rows in order (so `seq` follows the
+/// batch), then task rows, a few multi-row statements each.
 #[tracing::instrument(skip_all, fields(jobs = records.len()))]
 pub(super) async fn insert_jobs(
     conn: &mut SqliteConnection,
     records: &[&JobRecord],
 ) -> Result<(), sqlx::Error> {
-    match records {
-        [] => return Ok(()),
-        [one] => return insert_job(conn, one).await,
-        _ => {}
-    }
     let rows = records
         .iter()
         .map(|r| {
             let job = &r.job;
-            Ok((
-                job.job_id.as_str(),
-                job.tenant.as_str(),
-                job.job_type.as_str(),
-                job.status.as_str(),
-                to_millis(job.created_at),
-                to_millis(job.updated_at),
-                to_json(job)?,
-            ))
+            Ok((job, to_json(job)?))
         })
         .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    sqlx::query(INSERT_JOBS)
-        .bind(to_json(&rows)?)
-        .execute(&mut *conn)
-        .await?;
+    batch::execute(conn, &rows, insert_jobs_sql, |q, (job, body)| {
+        q.bind(job.job_id.as_str())
+            .bind(job.tenant.as_str())
+            .bind(job.job_type.as_str())
+            .bind(job.status.as_str())
+            .bind(to_millis(job.created_at))
+            .bind(to_millis(job.updated_at))
+            .bind(body.as_str())
+    })
+    .await?;
     let mut changes = Changes::default();
     for r in records {
         changes.add_new_tasks(r)?;
@@ -71,12 +50,14 @@ pub(super) async fn insert_jobs(
     changes.write(conn).await
 }
 
-/// Job rows from a JSON array of `[job id, tenant, type, status, created ms, updated ms,
-/// body]`, in array order.
-const INSERT_JOBS: &str = "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms,
-        updated_at_ms, body)
-    SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6
-    FROM json_each(?1) ORDER BY key";
+/// `rows` new job rows, in order.
+fn insert_jobs_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
+         VALUES {}",
+        batch::values(rows, 7)
+    )
+}
 
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.
 #[tracing::instrument(skip_all)]

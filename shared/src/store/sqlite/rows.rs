@@ -16,8 +16,7 @@ use crate::domain::{
 /// A SQLite query with positional arguments.
 pub(crate) type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
 
-/// The queue-entry columns shared by `outbox` and `queue_entries`, in [`bind_entry`] and
-/// [`entries_json`] order.
+/// The queue-entry columns shared by `outbox` and `queue_entries`, in [`bind_entry`] order.
 /// A macro so that statements can `concat!` it into static SQL.
 macro_rules! entry_columns {
     () => {
@@ -27,17 +26,11 @@ macro_rules! entry_columns {
 }
 pub(crate) use entry_columns;
 
-/// The [`entry_columns!`] of one `json_each` row over an [`entries_json`] array, in order.
-macro_rules! entry_values {
-    () => {
-        "value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, \
-         value->>7, value->>8, value->>9, value->>10"
-    };
-}
-pub(crate) use entry_values;
+/// How many [`entry_columns!`] there are.
+pub(crate) const ENTRY_COLUMNS: usize = 11;
 
 /// Binds an entry's [`entry_columns!`] as the next eleven parameters.
-pub(crate) fn bind_entry<'q>(q: SqliteQuery<'q>, e: &QueueEntry) -> SqliteQuery<'q> {
+pub(crate) fn bind_entry<'q>(q: SqliteQuery<'q>, e: &'q QueueEntry) -> SqliteQuery<'q> {
     q.bind(e.job_id.as_str())
         .bind(e.task_id.as_str())
         .bind(e.tenant.as_str())
@@ -49,30 +42,6 @@ pub(crate) fn bind_entry<'q>(q: SqliteQuery<'q>, e: &QueueEntry) -> SqliteQuery<
         .bind(e.attempt)
         .bind(e.max_attempts)
         .bind(to_millis(e.not_before))
-}
-
-/// Entries as a JSON array of [`entry_columns!`] tuples, for one set-based statement over
-/// `json_each(?)` instead of one statement (one round trip to the driver's thread) per entry.
-pub(crate) fn entries_json(entries: &[QueueEntry]) -> Result<String, sqlx::Error> {
-    let rows: Vec<_> = entries
-        .iter()
-        .map(|e| {
-            (
-                e.job_id.as_str(),
-                e.task_id.as_str(),
-                e.tenant.as_str(),
-                e.priority.rank(),
-                e.requirements.gpu,
-                e.requirements.backend.as_deref(),
-                e.requirements.model.as_deref(),
-                e.requirements.worker_id.as_ref().map(|w| w.as_str()),
-                e.attempt,
-                e.max_attempts,
-                to_millis(e.not_before),
-            )
-        })
-        .collect();
-    to_json(&rows)
 }
 
 /// Reads an entry from a row holding [`entry_columns!`].

@@ -10,9 +10,8 @@ use std::collections::hash_map::Entry;
 
 use sqlx::{Row, SqliteConnection};
 
-use super::rows::{
-    SqliteQuery, bind_entry, entries_json, entry_columns, entry_values, json, to_json,
-};
+use super::batch::{self, values};
+use super::rows::{ENTRY_COLUMNS, bind_entry, entry_columns, json, to_json};
 use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
@@ -25,44 +24,29 @@ const LOAD_JOBS: &str =
 const LOAD_TASKS: &str = "SELECT job_id, body FROM tasks
     WHERE job_id IN (SELECT value FROM json_each(?1)) ORDER BY job_id, position";
 
-/// Rewrites one job row, bound as a [`JobRow`].
-const UPDATE_JOB: &str = "UPDATE jobs SET tenant = ?2, job_type = ?3, status = ?4,
-        updated_at_ms = ?5, body = ?6
-    WHERE job_id = ?1";
-
-/// Rewrites job rows from a JSON array of [`JobRow`]s.
-const UPDATE_JOBS: &str = "UPDATE jobs SET tenant = n.tenant, job_type = n.job_type,
-        status = n.status, updated_at_ms = n.updated_at_ms, body = n.body
-    FROM (SELECT value->>0 AS job_id, value->>1 AS tenant, value->>2 AS job_type,
-                 value->>3 AS status, value->>4 AS updated_at_ms, value->>5 AS body
-          FROM json_each(?1)) AS n
-    WHERE jobs.job_id = n.job_id";
-
-/// An upsert of task rows ([`TaskRow`]s) from `$source`.
-macro_rules! upsert_tasks_from {
-    ($source:literal) => {
-        concat!(
-            "INSERT INTO tasks (job_id, task_id, position, status, worker_id, lease_id,
-                                lease_expires_ms, body) ",
-            $source,
-            " ON CONFLICT (job_id, task_id) DO UPDATE SET
-                 position = excluded.position, status = excluded.status,
-                 worker_id = excluded.worker_id, lease_id = excluded.lease_id,
-                 lease_expires_ms = excluded.lease_expires_ms, body = excluded.body"
-        )
-    };
+/// Rewrites `rows` job rows, each bound as a [`JobRow`].
+fn update_jobs_sql(rows: usize) -> String {
+    format!(
+        "UPDATE jobs SET tenant = n.column2, job_type = n.column3, status = n.column4,
+             updated_at_ms = n.column5, body = n.column6
+         FROM (VALUES {}) AS n WHERE jobs.job_id = n.column1",
+        values(rows, 6)
+    )
 }
 
-/// Writes one task row, new or not.
-const UPSERT_TASK: &str = upsert_tasks_from!("VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)");
-
-/// Writes task rows, new or not, from a JSON array. `WHERE true` resolves the parser
-/// ambiguity between a join's ON and the upsert's ON.
-const UPSERT_TASKS: &str = upsert_tasks_from!(
-    "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6,
-            value->>7
-     FROM json_each(?1) WHERE true"
-);
+/// Writes `rows` task rows, new or not, each bound as a [`TaskRow`].
+fn upsert_tasks_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO tasks (job_id, task_id, position, status, worker_id, lease_id,
+                            lease_expires_ms, body)
+         VALUES {}
+         ON CONFLICT (job_id, task_id) DO UPDATE SET
+             position = excluded.position, status = excluded.status,
+             worker_id = excluded.worker_id, lease_id = excluded.lease_id,
+             lease_expires_ms = excluded.lease_expires_ms, body = excluded.body",
+        values(rows, 8)
+    )
+}
 
 /// Deletes task rows named by a JSON array of `[job id, task id]`.
 const DELETE_TASKS: &str = "DELETE FROM tasks
@@ -74,12 +58,16 @@ const LOAD_LEASES: &str = "SELECT r.key AS k, tasks.status, tasks.lease_id, task
     FROM json_each(?1) AS r
     JOIN tasks ON tasks.job_id = r.value->>0 AND tasks.task_id = r.value->>1";
 
-/// Sets the lease deadline `?2` of tasks, with their re-encoded bodies (`?1` a JSON array of
-/// `[job id, task id, body]`).
-const EXTEND_LEASES: &str = "UPDATE tasks SET lease_expires_ms = ?2, body = n.body
-    FROM (SELECT value->>0 AS job_id, value->>1 AS task_id, value->>2 AS body
-          FROM json_each(?1)) AS n
-    WHERE tasks.job_id = n.job_id AND tasks.task_id = n.task_id";
+/// Sets the lease deadline and re-encoded body of `rows` tasks, each bound as
+/// `(job id, task id, deadline ms, body)`.
+fn extend_leases_sql(rows: usize) -> String {
+    format!(
+        "UPDATE tasks SET lease_expires_ms = n.column3, body = n.column4
+         FROM (VALUES {}) AS n
+         WHERE tasks.job_id = n.column1 AND tasks.task_id = n.column2",
+        values(rows, 4)
+    )
+}
 
 /// A `jobs` row: job id, tenant, type, status, updated at (ms), body.
 type JobRow<'a> = (&'a str, &'a str, &'a str, &'a str, i64, String);
@@ -105,13 +93,6 @@ pub(super) struct Changes<'a> {
 }
 
 impl<'a> Changes<'a> {
-    /// Every task of a new record.
-    pub(super) fn new_tasks(record: &'a JobRecord) -> Result<Self, sqlx::Error> {
-        let mut changes = Changes::default();
-        changes.add_new_tasks(record)?;
-        Ok(changes)
-    }
-
     /// Adds every task of a new record.
     pub(super) fn add_new_tasks(&mut self, record: &'a JobRecord) -> Result<(), sqlx::Error> {
         for (position, task) in record.tasks.iter().enumerate() {
@@ -173,58 +154,34 @@ impl<'a> Changes<'a> {
         Ok(())
     }
 
-    /// Writes the rows, one statement per kind of change that has any.
+    /// Writes the rows, a few statements per kind of change that has any.
     #[tracing::instrument(skip_all)]
     pub(super) async fn write(&self, conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-        if let Some(q) = self.jobs_query()? {
-            q.execute(&mut *conn).await?;
-        }
-        if let Some(q) = self.tasks_query()? {
-            q.execute(&mut *conn).await?;
-        }
+        batch::execute(conn, &self.jobs, update_jobs_sql, |q, r| {
+            q.bind(r.0)
+                .bind(r.1)
+                .bind(r.2)
+                .bind(r.3)
+                .bind(r.4)
+                .bind(r.5.as_str())
+        })
+        .await?;
+        batch::execute(conn, &self.tasks, upsert_tasks_sql, |q, r| {
+            q.bind(r.0)
+                .bind(r.1)
+                .bind(r.2)
+                .bind(r.3)
+                .bind(r.4)
+                .bind(r.5)
+                .bind(r.6)
+                .bind(r.7.as_str())
+        })
+        .await?;
         if !self.gone.is_empty() {
             let q = sqlx::query(DELETE_TASKS).bind(to_json(&self.gone)?);
             q.execute(&mut *conn).await?;
         }
         Ok(())
-    }
-
-    // A lone row binds directly: for a single row the JSON form costs more (parsing it, and
-    // the set-up of `UPDATE ... FROM` or `INSERT ... SELECT`) than the round trip it saves.
-    // A batch of one job is common: a worker that claims one task at a time.
-
-    fn jobs_query(&self) -> Result<Option<SqliteQuery<'_>>, sqlx::Error> {
-        Ok(match self.jobs.as_slice() {
-            [] => None,
-            [(id, tenant, job_type, status, updated_at, body)] => Some(
-                sqlx::query(UPDATE_JOB)
-                    .bind(*id)
-                    .bind(*tenant)
-                    .bind(*job_type)
-                    .bind(*status)
-                    .bind(*updated_at)
-                    .bind(body.as_str()),
-            ),
-            many => Some(sqlx::query(UPDATE_JOBS).bind(to_json(&many)?)),
-        })
-    }
-
-    fn tasks_query(&self) -> Result<Option<SqliteQuery<'_>>, sqlx::Error> {
-        Ok(match self.tasks.as_slice() {
-            [] => None,
-            [(job_id, task_id, position, status, worker, lease, expires, body)] => Some(
-                sqlx::query(UPSERT_TASK)
-                    .bind(*job_id)
-                    .bind(*task_id)
-                    .bind(*position)
-                    .bind(*status)
-                    .bind(*worker)
-                    .bind(*lease)
-                    .bind(*expires)
-                    .bind(body.as_str()),
-            ),
-            many => Some(sqlx::query(UPSERT_TASKS).bind(to_json(&many)?)),
-        })
     }
 }
 
@@ -335,50 +292,34 @@ pub(super) async fn renew_leases(
         }
         out[k] = Some(status);
     }
-    if !extend.is_empty() {
-        sqlx::query(EXTEND_LEASES)
-            .bind(to_json(&extend)?)
-            .bind(to_millis(until))
-            .execute(&mut *conn)
-            .await?;
-    }
+    let until = to_millis(until);
+    batch::execute(conn, &extend, extend_leases_sql, |q, r| {
+        q.bind(r.0).bind(r.1).bind(until).bind(r.2.as_str())
+    })
+    .await?;
     Ok(out)
 }
 
-/// One outbox entry, bound by [`bind_entry`].
-const INSERT_OUTBOX_ENTRY: &str = concat!(
-    "INSERT INTO outbox (",
-    entry_columns!(),
-    ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-);
+/// `rows` outbox entries, each bound by [`bind_entry`], in order.
+fn insert_outbox_sql(rows: usize) -> String {
+    format!(
+        "INSERT INTO outbox ({}) VALUES {}",
+        entry_columns!(),
+        values(rows, ENTRY_COLUMNS)
+    )
+}
 
-/// The outbox entries of an [`entries_json`] array, in array order.
-const INSERT_OUTBOX: &str = concat!(
-    "INSERT INTO outbox (",
-    entry_columns!(),
-    ") SELECT ",
-    entry_values!(),
-    " FROM json_each(?1) ORDER BY key"
-);
-
-/// Sends entries where the store's dispatch mode says, inside the caller's transaction, in one
-/// statement; entries keep their order (queue `seq`, outbox `id`).
+/// Sends entries where the store's dispatch mode says, inside the caller's transaction;
+/// entries keep their order (queue `seq`, outbox `id`).
 pub(super) async fn dispatch(
     conn: &mut SqliteConnection,
     mode: Dispatch,
     entries: &[QueueEntry],
 ) -> Result<(), sqlx::Error> {
-    let q = match (mode, entries) {
-        (_, []) => return Ok(()),
-        (Dispatch::Direct, _) => {
-            return crate::queue::sqlite::upsert_entries(conn, entries).await;
-        }
-        // One entry binds directly, as in `Changes::write`.
-        (Dispatch::Outbox, [one]) => bind_entry(sqlx::query(INSERT_OUTBOX_ENTRY), one),
-        (Dispatch::Outbox, many) => sqlx::query(INSERT_OUTBOX).bind(entries_json(many)?),
-    };
-    q.execute(&mut *conn).await?;
-    Ok(())
+    match mode {
+        Dispatch::Direct => crate::queue::sqlite::upsert_entries(conn, entries).await,
+        Dispatch::Outbox => batch::execute(conn, entries, insert_outbox_sql, bind_entry).await,
+    }
 }
 
 #[cfg(test)]
@@ -395,15 +336,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
         for sql in [
-            LOAD_JOBS,
-            LOAD_TASKS,
-            UPDATE_JOB,
-            UPDATE_JOBS,
-            UPSERT_TASK,
-            UPSERT_TASKS,
-            DELETE_TASKS,
-            LOAD_LEASES,
-            EXTEND_LEASES,
+            LOAD_JOBS.to_owned(),
+            LOAD_TASKS.to_owned(),
+            update_jobs_sql(2),
+            upsert_tasks_sql(2),
+            DELETE_TASKS.to_owned(),
+            LOAD_LEASES.to_owned(),
+            extend_leases_sql(2),
         ] {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {sql}")))
                 .fetch_all(db.reader())
