@@ -27,6 +27,9 @@ pub struct Config {
     pub artifact_root: PathBuf,
     /// How often expired leases are swept (`SPLAI_SWEEP_INTERVAL_MS`, default 1000).
     pub sweep_interval: Duration,
+    /// Largest task output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default
+    /// 65536); larger outputs go to the artifact store. Workers learn it at registration.
+    pub max_inline_output_bytes: usize,
 }
 
 impl Config {
@@ -106,6 +109,7 @@ impl Config {
             artifact_root: var("SPLAI_ARTIFACT_ROOT")
                 .map_or_else(|| PathBuf::from("/tmp/splai-artifacts"), PathBuf::from),
             sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
+            max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
         })
     }
 }

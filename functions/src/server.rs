@@ -114,6 +114,7 @@ pub async fn start(
     let state = AppState {
         engine: engine.clone(),
         artifacts: Arc::new(LocalArtifactStore::new(&config.artifact_root)),
+        max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
     };
     let app = app(state, config.max_body_bytes);

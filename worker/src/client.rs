@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use splai_shared::domain::{
     Artifact, Heartbeat, JobId, LeaseId, Status, TaskId, TaskRef, WorkerId, WorkerRegistration,
@@ -58,6 +59,15 @@ pub struct HeldLease {
     pub lease_id: LeaseId,
 }
 
+/// What the gateway said to a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Registered {
+    /// How often to heartbeat.
+    pub heartbeat_interval: Duration,
+    /// Largest output a report may carry inline; `None` from a gateway that does not say.
+    pub max_inline_output: Option<usize>,
+}
+
 /// What the gateway said to a heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
@@ -71,7 +81,7 @@ pub struct HeartbeatReply {
 }
 
 /// One attempt's result, as the report endpoint takes it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Report {
     /// The job.
     pub job_id: JobId,
@@ -89,6 +99,9 @@ pub struct Report {
     /// What the output is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub output_artifact: Option<Artifact>,
+    /// The output itself (already encoded), when it is small enough to travel inline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<Box<RawValue>>,
     /// Why the attempt failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -107,9 +120,24 @@ impl Report {
             status: Status::Completed,
             output_artifact_uri: Some(artifact.url.clone()),
             output_artifact: Some(artifact),
+            output: None,
             error: None,
             retryable: false,
         }
+    }
+
+    /// A success whose output travels inline; `artifact` describes it (type `inline`).
+    pub fn completed_inline(lease: &HeldLease, artifact: Artifact, output: Box<RawValue>) -> Self {
+        Self {
+            output: Some(output),
+            ..Self::completed(lease, artifact)
+        }
+    }
+
+    /// Roughly how many bytes the report adds to a request.
+    pub fn encoded_len(&self) -> usize {
+        400 + self.output.as_ref().map_or(0, |o| o.get().len())
+            + self.error.as_ref().map_or(0, String::len)
     }
 
     /// A failure.
@@ -122,6 +150,7 @@ impl Report {
             status: Status::Failed,
             output_artifact_uri: None,
             output_artifact: None,
+            output: None,
             error: Some(error),
             retryable,
         }
@@ -164,18 +193,51 @@ impl GatewayClient {
         &self.worker_id
     }
 
-    /// Registers the worker; returns the gateway's heartbeat interval.
+    /// Registers the worker; returns what the gateway asks of it.
     ///
     /// # Errors
     /// Classified gateway failures.
-    pub async fn register(&self, reg: &WorkerRegistration) -> Result<Duration, GatewayError> {
+    pub async fn register(&self, reg: &WorkerRegistration) -> Result<Registered, GatewayError> {
         let mut body = serde_json::to_value(reg).unwrap_or_else(|_| json!({}));
         body["worker_id"] = json!(self.worker_id);
         let reply: Value = self
             .send(self.post("/v1/workers/register").json(&body))
             .await?;
         let secs = reply["heartbeat_interval_seconds"].as_u64().unwrap_or(5);
-        Ok(Duration::from_secs(secs.max(1)))
+        Ok(Registered {
+            heartbeat_interval: Duration::from_secs(secs.max(1)),
+            max_inline_output: reply["max_inline_output_bytes"]
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok()),
+        })
+    }
+
+    /// A completed task's output, read through the gateway (for a dependency whose output
+    /// is inline, or lives where this worker cannot read it).
+    ///
+    /// # Errors
+    /// Classified gateway failures; `Rejected` with status 404 when there is no output.
+    pub async fn task_output(&self, job: &str, task: &str) -> Result<bytes::Bytes, GatewayError> {
+        // Ids may hold `/` or `:`; each goes in as one escaped path segment.
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| GatewayError::Rejected {
+            status: 0,
+            message: format!("invalid gateway URL: {e}"),
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| GatewayError::Rejected {
+                status: 0,
+                message: "the gateway URL cannot take a path".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend(["v1", "jobs", job, "tasks", task, "output"]);
+        let req = self.authorized(self.http.get(url)).timeout(REQUEST_TIMEOUT);
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
+        if status.is_success() {
+            return Ok(bytes);
+        }
+        Err(classify(status.as_u16(), &bytes))
     }
 
     /// Sends a heartbeat with the leases held; the reply says what to stop.
@@ -271,22 +333,26 @@ impl GatewayClient {
                 message: format!("unreadable answer: {e}"),
             });
         }
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
-            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).chars().take(500).collect());
-        let code = status.as_u16();
-        Err(match code {
-            404 if message.contains("not registered") => GatewayError::NotRegistered(message),
-            408 | 429 | 500..=599 => GatewayError::Server {
-                status: code,
-                message,
-            },
-            _ => GatewayError::Rejected {
-                status: code,
-                message,
-            },
-        })
+        Err(classify(status.as_u16(), &bytes))
+    }
+}
+
+/// A gateway error answer, classified by status and message.
+fn classify(code: u16, body: &[u8]) -> GatewayError {
+    let message = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| String::from_utf8_lossy(body).chars().take(500).collect());
+    match code {
+        404 if message.contains("not registered") => GatewayError::NotRegistered(message),
+        408 | 429 | 500..=599 => GatewayError::Server {
+            status: code,
+            message,
+        },
+        _ => GatewayError::Rejected {
+            status: code,
+            message,
+        },
     }
 }
 

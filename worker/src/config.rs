@@ -55,6 +55,10 @@ pub struct GatewayConfig {
     /// Longest pause between reconnection attempts (`SPLAI_GATEWAY_RETRY_MAX_MS`, default
     /// 10000).
     pub retry_max: Duration,
+    /// Outputs up to this size travel inline in the report instead of being written to the
+    /// artifact store (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default 65536; 0 never inlines). The
+    /// gateway's own limit, learnt at registration, caps it.
+    pub max_inline_output: usize,
 }
 
 /// What the worker tells the gateway about itself, beyond what it detects.
@@ -264,6 +268,7 @@ fn gateway(var: &Var<'_>) -> anyhow::Result<GatewayConfig> {
         assignment_wait: Duration::from_secs(parse_or(var, "SPLAI_ASSIGNMENT_WAIT_SECONDS", 20)?),
         shutdown_grace: Duration::from_secs(parse_or(var, "SPLAI_SHUTDOWN_GRACE_SECONDS", 30)?),
         retry_max: Duration::from_millis(parse_or(var, "SPLAI_GATEWAY_RETRY_MAX_MS", 10_000)?),
+        max_inline_output: parse_or(var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
     })
 }
 

@@ -66,6 +66,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         artifacts: artifacts.clone(),
         config: Arc::new(config.executors.clone()),
         http: models::http::client(),
+        gateway: Some(gateway.clone()),
     };
     let mut served = Vec::new();
     for name in models.names() {

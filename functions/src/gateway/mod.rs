@@ -24,6 +24,8 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Where task outputs are read from (`SPLAI_ARTIFACT_BACKEND`, `SPLAI_ARTIFACT_ROOT`).
     pub artifacts: Arc<dyn ArtifactStore>,
+    /// Largest output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`).
+    pub max_inline_output_bytes: usize,
     /// Turns `true` when the server starts shutting down; open event streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

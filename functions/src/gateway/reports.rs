@@ -4,6 +4,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
 use splai_shared::engine::Report;
@@ -23,6 +24,7 @@ pub struct ReportRequest {
     status: Status,
     output_artifact_uri: Option<String>,
     output_artifact: Option<Artifact>,
+    output: Option<Box<RawValue>>,
     error: Option<String>,
     #[serde(default = "yes")]
     retryable: bool,
@@ -32,17 +34,18 @@ fn yes() -> bool {
     true
 }
 
-/// A batch of reports.
+/// A batch of reports; `reports` absent means the body is a single report. Other fields are
+/// ignored here, so a single report parses as "no batch" and is then read on its own.
 #[derive(Debug, Deserialize)]
 pub struct ReportBatch {
-    reports: Vec<ReportRequest>,
+    reports: Option<Vec<ReportRequest>>,
 }
 
 /// Most reports one request may carry.
 const MAX_BATCH: usize = 1000;
 
 impl ReportRequest {
-    fn into_report(self, at: &str) -> Result<Report, ApiError> {
+    fn into_report(self, at: &str, max_inline: usize) -> Result<Report, ApiError> {
         if !matches!(self.status, Status::Completed | Status::Failed) {
             return Err(ApiError::invalid(format!(
                 "{at}`status` must be Completed or Failed"
@@ -56,6 +59,19 @@ impl ReportRequest {
                 "{at}`idempotency_key` must be 1 to 200 characters"
             )));
         }
+        let output = match &self.output {
+            Some(raw) if raw.get().len() > max_inline => {
+                return Err(ApiError::invalid(format!(
+                    "{at}`output` is {} bytes; outputs over {max_inline} bytes \
+                     (SPLAI_MAX_INLINE_OUTPUT_BYTES) must be stored as artifacts",
+                    raw.get().len()
+                )));
+            }
+            Some(raw) => Some(serde_json::from_str::<Value>(raw.get()).map_err(|e| {
+                ApiError::invalid(format!("{at}`output`: {e}"))
+            })?),
+            None => None,
+        };
         let output_artifact_uri = match (self.output_artifact_uri, &self.output_artifact) {
             (Some(uri), Some(a)) if uri != a.url => {
                 return Err(ApiError::invalid(format!(
@@ -75,6 +91,7 @@ impl ReportRequest {
             status: self.status,
             output_artifact_uri,
             output_artifact: self.output_artifact,
+            output,
             error: self.error,
             retryable: self.retryable,
         })
@@ -83,24 +100,24 @@ impl ReportRequest {
 
 /// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.
 pub async fn report(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
-    let value: Value = parse_json(&body)?;
-    if value.get("reports").is_some() {
-        let batch: ReportBatch = parse_json(&body)?;
-        if batch.reports.len() > MAX_BATCH {
+    let max_inline = s.max_inline_output_bytes;
+    // One parse for a batch (the hot path); a single report is read a second time.
+    let batch: ReportBatch = parse_json(&body)?;
+    if let Some(reports) = batch.reports {
+        if reports.len() > MAX_BATCH {
             return Err(ApiError::invalid(format!(
                 "at most {MAX_BATCH} reports per request"
             )));
         }
-        let reports = batch
-            .reports
+        let reports = reports
             .into_iter()
             .enumerate()
-            .map(|(i, r)| r.into_report(&format!("reports[{i}]: ")))
+            .map(|(i, r)| r.into_report(&format!("reports[{i}]: "), max_inline))
             .collect::<Result<Vec<_>, _>>()?;
         let results = s.engine.report(&reports).await?;
         return Ok(Json(json!({ "accepted": true, "results": results })));
     }
-    let report = parse_json::<ReportRequest>(&body)?.into_report("")?;
+    let report = parse_json::<ReportRequest>(&body)?.into_report("", max_inline)?;
     let result = s
         .engine
         .report(std::slice::from_ref(&report))

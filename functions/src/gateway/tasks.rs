@@ -59,8 +59,9 @@ pub async fn list(
     }))
 }
 
-/// The output of a completed task: served from the artifact store (bytes, or a redirect to a
-/// URL the store hands out); an http(s) output URI is redirected to as is.
+/// The output of a completed task: an inline output as JSON; otherwise from the artifact
+/// store (bytes, or a redirect to a URL the store hands out); an http(s) output URI is
+/// redirected to as is.
 pub async fn output(
     State(s): State<AppState>,
     Path((id, task_id)): Path<(String, String)>,
@@ -75,6 +76,9 @@ pub async fn output(
         .output_artifact_uri
         .as_deref()
         .ok_or_else(|| ApiError::not_found(format!("task {task_id} has no output yet")))?;
+    if let Some(inline) = &task.output {
+        return Ok(Json(inline).into_response());
+    }
     if uri.starts_with("http://") || uri.starts_with("https://") {
         return Ok(Redirect::temporary(uri).into_response());
     }

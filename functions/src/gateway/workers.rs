@@ -66,9 +66,11 @@ pub async fn register(
     let (id, registration) = req.into_parts();
     s.engine.register_worker(&id, &registration).await?;
     let interval = s.engine.config().heartbeat_interval.as_secs().max(1);
-    Ok(Json(
-        json!({ "accepted": true, "heartbeat_interval_seconds": interval }),
-    ))
+    Ok(Json(json!({
+        "accepted": true,
+        "heartbeat_interval_seconds": interval,
+        "max_inline_output_bytes": s.max_inline_output_bytes,
+    })))
 }
 
 /// A lease the worker holds, as sent in a heartbeat.

@@ -36,6 +36,7 @@ pub async fn spawn_app() -> TestApp {
     config.engine.poll_interval = Duration::from_millis(20);
     config.sweep_interval = Duration::from_millis(20);
     config.max_body_bytes = 64 * 1024;
+    config.max_inline_output_bytes = 1024;
     config.planner.max_tasks = 50;
     let clock = Arc::new(ManualClock::new());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

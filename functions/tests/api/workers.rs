@@ -195,3 +195,48 @@ async fn report_records_output_artifact_metadata() {
     assert_eq!(resp.headers()["content-type"], "application/json");
     assert_eq!(resp.text().await.unwrap(), r#"{"text":"hi"}"#);
 }
+
+/// A small output travels inline in the report: the task keeps it, the download serves it,
+/// and an output over the inline limit is refused (it belongs in the artifact store).
+#[tokio::test]
+async fn inline_outputs_are_kept_on_the_task_and_served() {
+    let app = spawn_app().await;
+    app.register("w1").await;
+    let job = app.submit(dag(&[("a", &[]), ("b", &["a"])])).await;
+    let a = app.claim("w1", 1).await.remove(0);
+    let uri = format!("artifact://{job}/a/output.json");
+    let report = |output: serde_json::Value| {
+        json!({ "job_id": a["job_id"], "task_id": "a", "lease_id": a["lease_id"], "status": "Completed",
+            "output_artifact_uri": uri, "output": output,
+            "output_artifact": { "type": "inline", "url": uri, "size_bytes": 13, "mime_type": "application/json" } })
+    };
+    let (status, err) = app
+        .post(
+            "/v1/tasks/report",
+            &report(json!({ "text": "x".repeat(2_000) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("SPLAI_MAX_INLINE_OUTPUT_BYTES")
+    );
+    let (status, _) = app
+        .post("/v1/tasks/report", &report(json!({ "text": "hi" })))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let tasks = app.tasks(&job).await;
+    assert_eq!(tasks[0]["output"], json!({ "text": "hi" }));
+    assert_eq!(
+        tasks[1]["inputs"]["dep:a:output_uri"], uri,
+        "dependents see the URI"
+    );
+    let (status, out) = app.get(&format!("/v1/jobs/{job}/tasks/a/output")).await;
+    assert_eq!((status, out), (StatusCode::OK, json!({ "text": "hi" })));
+    let (_, reg) = app
+        .post("/v1/workers/register", &json!({ "worker_id": "w2" }))
+        .await;
+    assert_eq!(reg["max_inline_output_bytes"], 1024, "workers learn the limit");
+}

@@ -108,6 +108,10 @@ pub struct Task {
     /// What is known about the output artifact, when the worker said.
     #[serde(default)]
     pub output_artifact: Option<super::Artifact>,
+    /// The output itself, when it was small enough to travel inline in the report (the
+    /// artifact's `type` is then `inline`); larger outputs live in the artifact store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<Value>,
     /// The last failure.
     pub error: Option<String>,
     /// The idempotency key of the last applied report.

@@ -78,6 +78,7 @@ pub fn build_record(
             lease_expires: None,
             output_artifact_uri: None,
             output_artifact: None,
+            output: None,
             error: None,
             last_report_key: None,
             created_at: now,
@@ -223,6 +224,8 @@ pub struct Report {
     pub output_artifact_uri: Option<String>,
     /// What the output is (size, type), when the worker says.
     pub output_artifact: Option<Artifact>,
+    /// The output itself, when it travels inline.
+    pub output: Option<Value>,
     /// What went wrong, on failure.
     pub error: Option<String>,
     /// `false` for failures that no retry can fix.
@@ -290,6 +293,7 @@ fn complete(
         task.status = Status::Completed;
         task.output_artifact_uri = uri.clone();
         task.output_artifact = report.output_artifact.clone();
+        task.output = report.output.clone();
         task.error = None;
         task.last_report_key = Some(report.idempotency_key.clone());
         task.lease_expires = None;

@@ -185,6 +185,7 @@ pub fn report_for(
         status,
         output_artifact_uri: uri,
         output_artifact: None,
+        output: None,
         error,
         retryable,
     }

@@ -6,10 +6,13 @@ use splai_shared::artifacts::ArtifactError;
 use splai_shared::engine::Assignment;
 
 use super::{Executors, TaskError};
+use crate::client::GatewayError;
 
 /// One dependency of a task: which task produced it and where its output lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Dependency {
+    /// The job (the task's own: dependencies are within a job).
+    pub job_id: String,
     /// The producing task.
     pub task_id: String,
     /// `artifact://<job>/<task>/output.json`.
@@ -39,6 +42,7 @@ pub(super) fn dependencies(task: &Assignment) -> Vec<Dependency> {
                 other => other.to_string(),
             };
             Some(Dependency {
+                job_id: task.job_id.to_string(),
                 task_id: task_id.to_owned(),
                 uri,
             })
@@ -59,22 +63,47 @@ pub(super) fn is_dependency_key(key: &str) -> bool {
 /// `Permanent` when the output does not exist or is not JSON, `Retryable` when the artifact
 /// store could not be read.
 pub(super) async fn load(ex: &Executors, dep: &Dependency) -> Result<Value, TaskError> {
-    let bytes = ex.artifacts.get(&dep.uri).await.map_err(|e| {
-        let what = format!("output of dependency `{}` ({})", dep.task_id, dep.uri);
-        match e {
-            ArtifactError::NotFound(_) | ArtifactError::InvalidUri(_) => {
-                TaskError::Permanent(format!("cannot read the {what}: {e}"))
-            }
-            // Unavailable, and kinds added later: another attempt may find the store healthy.
-            _ => TaskError::Retryable(format!("cannot read the {what}: {e}")),
+    let what = || format!("output of dependency `{}` ({})", dep.task_id, dep.uri);
+    let bytes = match ex.artifacts.get(&dep.uri).await {
+        Ok(bytes) => bytes,
+        // Not in this worker's store: inline in the task record, or written on another
+        // host. The gateway serves both.
+        Err(ArtifactError::NotFound(_)) if ex.gateway.is_some() => {
+            from_gateway(ex, dep).await.map_err(|e| classify(&what(), e))?
         }
-    })?;
+        Err(e @ (ArtifactError::NotFound(_) | ArtifactError::InvalidUri(_))) => {
+            return Err(TaskError::Permanent(format!("cannot read the {}: {e}", what())));
+        }
+        // Unavailable, and kinds added later: another attempt may find the store healthy.
+        Err(e) => {
+            return Err(TaskError::Retryable(format!("cannot read the {}: {e}", what())));
+        }
+    };
     serde_json::from_slice(&bytes).map_err(|e| {
         TaskError::Permanent(format!(
             "the output of dependency `{}` ({}) is not JSON: {e}",
             dep.task_id, dep.uri
         ))
     })
+}
+
+/// Reads a dependency's output through the gateway's task output endpoint.
+async fn from_gateway(ex: &Executors, dep: &Dependency) -> Result<bytes::Bytes, GatewayError> {
+    match &ex.gateway {
+        Some(gateway) => gateway.task_output(&dep.job_id, &dep.task_id).await,
+        None => Err(GatewayError::Rejected {
+            status: 404,
+            message: "no gateway to ask".to_owned(),
+        }),
+    }
+}
+
+fn classify(what: &str, e: GatewayError) -> TaskError {
+    if e.is_transient() {
+        TaskError::Retryable(format!("cannot read the {what} from the gateway: {e}"))
+    } else {
+        TaskError::Permanent(format!("cannot read the {what} from the gateway: {e}"))
+    }
 }
 
 /// Reads every dependency's output, in task-id order.
@@ -123,11 +152,13 @@ mod tests {
         let (ex, _dir) = executors(|_| {});
         let uri = store_output(&ex, "a", json!({"text": "hi"})).await;
         let found = Dependency {
+            job_id: "job-1".into(),
             task_id: "a".into(),
             uri,
         };
         assert_eq!(load(&ex, &found).await.unwrap()["text"], "hi");
         let missing = Dependency {
+            job_id: "job-1".into(),
             task_id: "b".into(),
             uri: "artifact://job-1/b/output.json".into(),
         };

@@ -17,6 +17,7 @@ use splai_shared::artifacts::ArtifactStore;
 use splai_shared::domain::TaskType;
 use splai_shared::engine::Assignment;
 
+use crate::client::GatewayClient;
 use crate::config::ExecutorConfig;
 use crate::models::{ModelBackend, ModelBackends, ModelError};
 
@@ -77,6 +78,9 @@ pub struct Executors {
     pub config: Arc<ExecutorConfig>,
     /// HTTP client for non-model calls (remote retrieval, model downloads).
     pub http: reqwest::Client,
+    /// The gateway, for dependency outputs this worker cannot read locally (inline outputs,
+    /// or artifacts written on another host).
+    pub gateway: Option<GatewayClient>,
 }
 
 impl Executors {

@@ -56,6 +56,7 @@ pub(crate) fn executors(tune: impl FnOnce(&mut ExecutorConfig)) -> (Executors, t
         artifacts: Arc::new(LocalArtifactStore::new(dir.path().join("artifacts"))),
         config: Arc::new(config),
         http: reqwest::Client::new(),
+        gateway: None,
     };
     (ex, dir)
 }

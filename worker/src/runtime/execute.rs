@@ -3,13 +3,15 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
+use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use splai_shared::artifacts::ArtifactKey;
-use splai_shared::domain::TaskType;
+use splai_shared::domain::{Artifact, TaskType};
 use splai_shared::engine::Assignment;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -85,7 +87,8 @@ pub(crate) async fn execute(
     shared.reports.send(report);
 }
 
-/// Writes the output artifact; a store failure fails the attempt (retryably).
+/// Stores the output: inline in the report when it is small enough, else in the artifact
+/// store (a store failure fails the attempt, retryably).
 async fn store_output(
     shared: &Shared,
     task: &Assignment,
@@ -98,11 +101,29 @@ async fn store_output(
         Ok(k) => k,
         Err(e) => return Report::failed(lease, e.to_string(), false),
     };
-    let bytes = match serde_json::to_vec(&body) {
-        Ok(b) => Bytes::from(b),
+    let encoded = match serde_json::to_string(&body) {
+        Ok(b) => b,
         Err(e) => return Report::failed(lease, format!("encoding the output: {e}"), false),
     };
-    match shared.artifacts.put(&key, bytes, "application/json").await {
+    if encoded.len() <= shared.max_inline.load(Ordering::Relaxed) {
+        let artifact = Artifact {
+            kind: "inline".to_owned(),
+            url: key.uri(),
+            size_bytes: encoded.len() as u64,
+            mime_type: "application/json".to_owned(),
+            expires_at: None,
+        };
+        // Invariant: `encoded` came from serde_json, so it is valid JSON.
+        if let Ok(raw) = RawValue::from_string(encoded) {
+            return Report::completed_inline(lease, artifact, raw);
+        }
+        return Report::failed(lease, "encoding the output".to_owned(), false);
+    }
+    match shared
+        .artifacts
+        .put(&key, Bytes::from(encoded), "application/json")
+        .await
+    {
         Ok(artifact) => Report::completed(lease, artifact),
         Err(e) => Report::failed(lease, format!("storing the output: {e}"), true),
     }

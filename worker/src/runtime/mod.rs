@@ -6,6 +6,7 @@ mod execute;
 mod registry;
 mod reporter;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use tokio_util::task::TaskTracker;
 use self::backoff::Backoff;
 use self::registry::{Registry, Stop};
 use self::reporter::Reports;
-use crate::client::{GatewayClient, GatewayError};
+use crate::client::{GatewayClient, GatewayError, Registered};
 use crate::config::GatewayConfig;
 use crate::executor::Executors;
 
@@ -55,9 +56,20 @@ pub(crate) struct Shared {
     registration: Mutex<WorkerRegistration>,
     inventory: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
     inventory_changed: Notify,
+    /// This worker's inline-output limit; the gateway's, learnt at registration, caps it.
+    configured_max_inline: usize,
+    max_inline: AtomicUsize,
 }
 
 impl Shared {
+    /// Adopts the gateway's limits (a gateway that names none takes no inline outputs).
+    fn accept_limits(&self, registered: &Registered) {
+        let inline = registered
+            .max_inline_output
+            .map_or(0, |g| g.min(self.configured_max_inline));
+        self.max_inline.store(inline, Ordering::Relaxed);
+    }
+
     fn registration(&self) -> WorkerRegistration {
         self.registration
             .lock()
@@ -89,6 +101,9 @@ pub async fn run(
         registration: Mutex::new(deps.registration),
         inventory: deps.inventory,
         inventory_changed: Notify::new(),
+        configured_max_inline: config.max_inline_output,
+        // Nothing inline until the gateway has said what it accepts.
+        max_inline: AtomicUsize::new(0),
     });
     let stop = CancellationToken::new();
     tokio::spawn({
@@ -98,7 +113,7 @@ pub async fn run(
             stop.cancel();
         }
     });
-    let Some(server_interval) = register(&shared, &stop).await else {
+    let Some(registered) = register(&shared, &stop).await else {
         return Ok(());
     };
     let (closing, give_up, stop_heartbeats) = (
@@ -114,7 +129,7 @@ pub async fn run(
     ));
     let heartbeats = tokio::spawn(heartbeat_loop(
         shared.clone(),
-        config.heartbeat.min(server_interval),
+        config.heartbeat.min(registered.heartbeat_interval),
         stop_heartbeats.clone(),
     ));
     let slots = Arc::new(Semaphore::new(config.max_parallel));
@@ -151,13 +166,14 @@ pub async fn run(
 }
 
 /// Registers until it succeeds; `None` when `stop` fired first.
-async fn register(shared: &Shared, stop: &CancellationToken) -> Option<Duration> {
+async fn register(shared: &Shared, stop: &CancellationToken) -> Option<Registered> {
     let mut backoff = Backoff::new(Duration::from_millis(100), shared.retry_max);
     loop {
         match shared.gateway.register(&shared.registration()).await {
-            Ok(interval) => {
+            Ok(registered) => {
+                shared.accept_limits(&registered);
                 tracing::info!(worker_id = %shared.worker_id, "registered with the gateway");
-                return Some(interval);
+                return Some(registered);
             }
             Err(e) => {
                 log_retry(&backoff, &e, "registration failed");
@@ -274,8 +290,9 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
                 }
             }
             Err(GatewayError::NotRegistered(_)) => {
-                if let Err(e) = shared.gateway.register(&shared.registration()).await {
-                    tracing::warn!(error = %e, "re-registration failed");
+                match shared.gateway.register(&shared.registration()).await {
+                    Ok(registered) => shared.accept_limits(&registered),
+                    Err(e) => tracing::warn!(error = %e, "re-registration failed"),
                 }
             }
             Err(e) => {
@@ -297,7 +314,10 @@ async fn refresh_inventory(shared: &Shared) {
         reg.clone()
     };
     match shared.gateway.register(&reg).await {
-        Ok(_) => tracing::info!(models = ?reg.models, "model inventory updated"),
+        Ok(registered) => {
+            shared.accept_limits(&registered);
+            tracing::info!(models = ?reg.models, "model inventory updated");
+        }
         Err(e) => tracing::warn!(error = %e, "could not update the model inventory"),
     }
 }

@@ -15,6 +15,10 @@ use crate::client::{GatewayError, Report};
 /// Most reports one request carries (the gateway's limit).
 const MAX_BATCH: usize = 1000;
 
+/// Most bytes of reports one request carries, well under the gateway's default 4 MiB body
+/// limit even with large inline outputs.
+const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
+
 /// The sending side: executions queue their reports here.
 #[derive(Clone)]
 pub(crate) struct Reports(mpsc::UnboundedSender<Report>);
@@ -42,22 +46,35 @@ pub(crate) async fn deliver_reports(
     closing: CancellationToken,
     give_up: CancellationToken,
 ) {
+    // A report that would have overflowed the previous batch starts the next one.
+    let mut carried: Option<Report> = None;
     loop {
-        let first = tokio::select! {
-            r = rx.recv() => r,
-            () = closing.cancelled() => rx.try_recv().ok(),
+        let first = match carried.take() {
+            Some(r) => Some(r),
+            None => tokio::select! {
+                r = rx.recv() => r,
+                () = closing.cancelled() => rx.try_recv().ok(),
+            },
         };
         let Some(first) = first else { return };
+        let mut bytes = first.encoded_len();
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(r) => batch.push(r),
+                Ok(r) if bytes + r.encoded_len() > MAX_BATCH_BYTES => {
+                    carried = Some(r);
+                    break;
+                }
+                Ok(r) => {
+                    bytes += r.encoded_len();
+                    batch.push(r);
+                }
                 Err(_) => break,
             }
         }
         if !deliver(&shared, &batch, &give_up).await {
             tracing::warn!(
-                unsent = batch.len() + rx.len(),
+                unsent = batch.len() + rx.len() + usize::from(carried.is_some()),
                 "giving up on reports at shutdown; their leases will expire and the tasks rerun"
             );
             return;

@@ -91,6 +91,7 @@ pub fn executors(
         artifacts: Arc::new(LocalArtifactStore::new(dir.path().join("artifacts"))),
         config: Arc::new(config),
         http: reqwest::Client::new(),
+        gateway: None,
     };
     (ex, dir)
 }

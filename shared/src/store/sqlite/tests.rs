@@ -69,6 +69,7 @@ fn a_task(job: &Job, id: &str) -> Task {
         lease_expires: None,
         output_artifact_uri: None,
         output_artifact: None,
+        output: None,
         error: None,
         last_report_key: None,
         created_at: at(0),
