@@ -75,8 +75,25 @@ impl SplaiServer {
     /// # Panics
     /// When the process exits before it listens (e.g. the address is taken).
     pub fn start_on(db: &Path, listen: &str, env: &[(&str, &str)]) -> SplaiServer {
+        Self::spawn(&["serve", "--listen", listen], db, env)
+    }
+
+    /// Starts `splai dev` (the server plus its in-process worker) on `db` with extra
+    /// environment, and waits until it listens.
+    ///
+    /// # Panics
+    /// When the process exits before it listens.
+    pub fn start_dev(db: &Path, env: &[(&str, &str)]) -> SplaiServer {
+        Self::spawn(&["dev", "--listen", "127.0.0.1:0"], db, env)
+    }
+
+    fn spawn(args: &[&str], db: &Path, env: &[(&str, &str)]) -> SplaiServer {
         let mut cmd = Command::new(binary("splai-functions", "splai"));
-        cmd.args(["serve", "--listen", listen])
+        // A developer's own SPLAI_* settings must not leak into the process under test.
+        for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SPLAI_")) {
+            cmd.env_remove(k);
+        }
+        cmd.args(args)
             .env("SPLAI_SQLITE_PATH", db)
             .env("SPLAI_LOG", "warn")
             .stdout(Stdio::null())

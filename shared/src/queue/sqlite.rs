@@ -177,7 +177,7 @@ impl LeaseQueue for SqliteLeaseQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        claim::claim(self.db.writer(), worker, max, lease_for, now)
+        claim::claim(self.db.reader(), self.db.writer(), worker, max, lease_for, now)
             .await
             .map_err(queue_err)
     }

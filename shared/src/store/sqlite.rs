@@ -68,17 +68,15 @@ impl JobStore for SqliteStore {
         {
             return Ok(replayed);
         }
-        if jobs::load_job(&mut tx, &record.job.job_id)
+        // A job id used before fails the insert on `jobs.job_id`'s uniqueness.
+        jobs::insert_job(&mut tx, record)
             .await
-            .map_err(store_err)?
-            .is_some()
-        {
-            return Err(StoreError::Conflict(format!(
-                "job {} already exists",
-                record.job.job_id
-            )));
-        }
-        jobs::insert_job(&mut tx, record).await.map_err(store_err)?;
+            .map_err(|e| match store_err(e) {
+                StoreError::Conflict(_) => {
+                    StoreError::Conflict(format!("job {} already exists", record.job.job_id))
+                }
+                other => other,
+            })?;
         update::dispatch(&mut tx, self.dispatch, ready)
             .await
             .map_err(store_err)?;

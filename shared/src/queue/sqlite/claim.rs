@@ -40,14 +40,39 @@ pub(super) const CLAIM: &str = concat!(
     ", lease_id, leased_by, lease_expires_ms"
 );
 
+/// Whether any entry is claimable by `?2` at `?1`: the claim's filter, read-only. Idle workers
+/// long-poll, and every dispatch wakes all of them; asking a reader first keeps the ones
+/// that would find nothing off the single writer connection.
+pub(super) const ANY_CLAIMABLE: &str = "SELECT EXISTS (
+        SELECT 1 FROM queue_entries
+        WHERE state = 'pending' AND not_before_ms <= ?1
+          AND (requires_gpu = 0 OR ?3)
+          AND (backend IS NULL OR backend IN (SELECT value FROM json_each(?4)))
+          AND (model IS NULL OR model IN (SELECT value FROM json_each(?5)))
+          AND (target_worker IS NULL OR target_worker = ?2))";
+
 /// Leases up to `max` (> 0) entries to `worker` for `lease_for` from `now`, in claim order.
 pub(super) async fn claim(
+    reader: &SqlitePool,
     writer: &SqlitePool,
     worker: &WorkerCaps,
     max: usize,
     lease_for: Duration,
     now: Timestamp,
 ) -> Result<Vec<Lease>, sqlx::Error> {
+    let backends = to_json(&worker.backends)?;
+    let models = to_json(&worker.models)?;
+    let any: bool = sqlx::query_scalar(ANY_CLAIMABLE)
+        .bind(to_millis(now))
+        .bind(worker.worker_id.as_ref().map(|w| w.as_str()))
+        .bind(worker.gpu)
+        .bind(&backends)
+        .bind(&models)
+        .fetch_one(reader)
+        .await?;
+    if !any {
+        return Ok(Vec::new());
+    }
     let prefix = format!("{}-", LeaseId::generate());
     let expires_at = truncate_millis(now + lease_for);
     let rows = sqlx::query(CLAIM)
@@ -56,8 +81,8 @@ pub(super) async fn claim(
         .bind(to_millis(expires_at))
         .bind(to_millis(now))
         .bind(worker.gpu)
-        .bind(to_json(&worker.backends)?)
-        .bind(to_json(&worker.models)?)
+        .bind(backends)
+        .bind(models)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
         .fetch_all(writer)
         .await?;

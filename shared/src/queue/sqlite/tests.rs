@@ -173,6 +173,8 @@ async fn claim_uses_the_claim_index() {
         "{plan}"
     );
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+    let check = query_plan(&q, claim::ANY_CLAIMABLE).await;
+    assert!(check.contains("USING INDEX queue_pending"), "{check}");
 }
 
 /// Batch statements seek one index entry per item instead of walking a whole state.
