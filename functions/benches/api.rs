@@ -155,6 +155,7 @@ async fn engine_round_trips(engine: &Arc<Engine>, k: &Knobs) -> f64 {
                         status: Status::Completed,
                         output_artifact_uri: Some("artifact://x/y/z".into()),
                         output_artifact: None,
+                        output: None,
                         error: None,
                         retryable: true,
                     })

@@ -67,9 +67,10 @@ impl ReportRequest {
                     raw.get().len()
                 )));
             }
-            Some(raw) => Some(serde_json::from_str::<Value>(raw.get()).map_err(|e| {
-                ApiError::invalid(format!("{at}`output`: {e}"))
-            })?),
+            Some(raw) => Some(
+                serde_json::from_str::<Value>(raw.get())
+                    .map_err(|e| ApiError::invalid(format!("{at}`output`: {e}")))?,
+            ),
             None => None,
         };
         let output_artifact_uri = match (self.output_artifact_uri, &self.output_artifact) {

@@ -33,7 +33,7 @@ impl Follow {
         let data = json!({ "job": record.job, "tasks": record.tasks });
         self.pending.push_back(sse("job.snapshot", &data));
         if terminal {
-            self.push_event(&JobEvent::Job(record.job));
+            self.push_event(&JobEvent::Job(Box::new(record.job)));
         }
     }
 

@@ -238,5 +238,8 @@ async fn inline_outputs_are_kept_on_the_task_and_served() {
     let (_, reg) = app
         .post("/v1/workers/register", &json!({ "worker_id": "w2" }))
         .await;
-    assert_eq!(reg["max_inline_output_bytes"], 1024, "workers learn the limit");
+    assert_eq!(
+        reg["max_inline_output_bytes"], 1024,
+        "workers learn the limit"
+    );
 }

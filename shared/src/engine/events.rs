@@ -9,9 +9,9 @@ use crate::domain::{Job, JobId, JobRecord, Status, Task};
 #[serde(untagged)]
 pub enum JobEvent {
     /// The job's status changed.
-    Job(Job),
+    Job(Box<Job>),
     /// A task changed.
-    Task(Task),
+    Task(Box<Task>),
 }
 
 impl JobEvent {
@@ -50,10 +50,10 @@ pub fn diff(before: &JobRecord, after: &JobRecord) -> Vec<JobEvent> {
         .iter()
         .zip(before.tasks.iter())
         .filter(|(a, b)| a.status != b.status || a.attempt != b.attempt || a.lease_id != b.lease_id)
-        .map(|(a, _)| JobEvent::Task(a.clone()))
+        .map(|(a, _)| JobEvent::Task(Box::new(a.clone())))
         .collect();
     if after.job.status != before.job.status {
-        out.push(JobEvent::Job(after.job.clone()));
+        out.push(JobEvent::Job(Box::new(after.job.clone())));
     }
     out
 }

@@ -73,9 +73,9 @@ impl Engine {
         }
         metrics::add(&self.counters.jobs_submitted_total, 1);
         if self.events.receiver_count() > 0 {
-            let _ = self
-                .events
-                .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+            let _ = self.events.send(std::sync::Arc::new(JobEvent::Job(Box::new(
+                record.job.clone(),
+            ))));
         }
         self.after_dispatch().await?;
         Ok(Submitted {
@@ -158,9 +158,9 @@ impl Engine {
                 (CreateOutcome::Created, _) => {
                     created += 1;
                     if self.events.receiver_count() > 0 {
-                        let _ = self
-                            .events
-                            .send(std::sync::Arc::new(JobEvent::Job(record.job.clone())));
+                        let _ = self.events.send(std::sync::Arc::new(JobEvent::Job(Box::new(
+                            record.job.clone(),
+                        ))));
                     }
                     Ok(Submitted {
                         job_id: record.job.job_id,

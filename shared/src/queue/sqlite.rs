@@ -177,9 +177,16 @@ impl LeaseQueue for SqliteLeaseQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        claim::claim(self.db.reader(), self.db.writer(), worker, max, lease_for, now)
-            .await
-            .map_err(queue_err)
+        claim::claim(
+            self.db.reader(),
+            self.db.writer(),
+            worker,
+            max,
+            lease_for,
+            now,
+        )
+        .await
+        .map_err(queue_err)
     }
 
     async fn renew(

@@ -68,15 +68,21 @@ pub(super) async fn load(ex: &Executors, dep: &Dependency) -> Result<Value, Task
         Ok(bytes) => bytes,
         // Not in this worker's store: inline in the task record, or written on another
         // host. The gateway serves both.
-        Err(ArtifactError::NotFound(_)) if ex.gateway.is_some() => {
-            from_gateway(ex, dep).await.map_err(|e| classify(&what(), e))?
-        }
+        Err(ArtifactError::NotFound(_)) if ex.gateway.is_some() => from_gateway(ex, dep)
+            .await
+            .map_err(|e| classify(&what(), e))?,
         Err(e @ (ArtifactError::NotFound(_) | ArtifactError::InvalidUri(_))) => {
-            return Err(TaskError::Permanent(format!("cannot read the {}: {e}", what())));
+            return Err(TaskError::Permanent(format!(
+                "cannot read the {}: {e}",
+                what()
+            )));
         }
         // Unavailable, and kinds added later: another attempt may find the store healthy.
         Err(e) => {
-            return Err(TaskError::Retryable(format!("cannot read the {}: {e}", what())));
+            return Err(TaskError::Retryable(format!(
+                "cannot read the {}: {e}",
+                what()
+            )));
         }
     };
     serde_json::from_slice(&bytes).map_err(|e| {
