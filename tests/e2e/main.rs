@@ -24,6 +24,30 @@ pub fn ollama(double: &ModelServer) -> [(&'static str, &str); 2] {
     ]
 }
 
+/// A `sleep` duration (about 30 s) no other process is likely to use, to find a test's own
+/// command in `/proc`.
+pub fn unique_sleep_seconds() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!("29.{nanos:09}")
+}
+
+/// Pids of live processes whose command line is exactly `argv`.
+pub fn processes_running(argv: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .map(|d| d.flatten().collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == wanted))
+        .collect()
+}
+
 /// Waits (bounded) for a condition that the server will make true.
 pub async fn eventually<F, Fut>(mut check: F)
 where

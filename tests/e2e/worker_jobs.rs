@@ -150,13 +150,15 @@ async fn tool_past_its_timeout_is_killed_and_fails_the_job() {
     let _worker = fabric.worker("w-tool", &[]).await;
 
     let started = Instant::now();
+    // A duration no other process uses, so the test can find the command in /proc whatever
+    // namespaces it runs in.
+    let marker = crate::unique_sleep_seconds();
     let job = fabric
         .api
         .submit(json!({"type": "tool", "tasks": [{
             "task_id": "slow",
             "type": "tool_execution",
-            // The pid file lets the test find the command; `exec` keeps the pid.
-            "inputs": {"command": "echo $$ > pid; exec sleep 30", "timeout_sec": 1},
+            "inputs": {"argv": ["sleep", marker], "timeout_sec": 1},
             "max_retries": 0,
         }]}))
         .await;
@@ -178,15 +180,8 @@ async fn tool_past_its_timeout_is_killed_and_fails_the_job() {
             .contains("timed out"),
         "{task}"
     );
-    let sandbox = fabric
-        .artifacts
-        .join(format!("sandboxes/{job}/slow/attempt-1"));
-    let pid = std::fs::read_to_string(sandbox.join("pid")).expect("the command wrote its pid");
-    let cmdline = format!("/proc/{}/cmdline", pid.trim());
-    // Gone, or a zombie (empty cmdline) until it is reaped, or the pid reused by another
-    // program: in every case the `sleep` no longer runs.
     eventually_within(Duration::from_secs(5), "the sleep exits", || {
-        ready(std::fs::read(&cmdline).map_or(true, |c| !c.windows(5).any(|w| w == b"sleep")))
+        ready(crate::processes_running(&["sleep", &marker]).is_empty())
     })
     .await;
 }

@@ -124,6 +124,53 @@ async fn task_of_a_killed_worker_completes_on_another_after_lease_expiry() {
     assert_eq!(out["text"], "double: survive");
 }
 
+/// A worker killed outright takes its tool commands with it, children included: nothing it
+/// started keeps running unsupervised (where the host has `setpriv` and user namespaces).
+#[tokio::test]
+async fn killed_worker_leaves_no_tool_process_behind() {
+    let isolated = std::process::Command::new("unshare")
+        .args(["--net", "--pid", "--kill-child", "--map-root-user", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    let tied = std::process::Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--", "true"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !(isolated && tied) {
+        eprintln!("SKIPPED killed_worker_leaves_no_tool_process_behind: needs setpriv and unshare");
+        return;
+    }
+    let fabric = Fabric::start(&[]);
+    let mut worker = fabric.worker("w-doomed", &[]).await;
+    let (parent, child) = (crate::unique_sleep_seconds(), crate::unique_sleep_seconds());
+    let command = format!("sleep {child} & exec sleep {parent}");
+    let job = fabric
+        .api
+        .submit(json!({"type": "tool", "tasks": [tool("spawner", &command)]}))
+        .await;
+    eventually_within(Duration::from_secs(10), "both sleeps run", || {
+        ready(
+            !crate::processes_running(&["sleep", &parent]).is_empty()
+                && !crate::processes_running(&["sleep", &child]).is_empty(),
+        )
+    })
+    .await;
+    assert!(running_on(&fabric.api, &job, "spawner", "w-doomed").await);
+
+    worker.kill();
+    eventually_within(
+        Duration::from_secs(5),
+        "both sleeps die with the worker",
+        || {
+            ready(
+                crate::processes_running(&["sleep", &parent]).is_empty()
+                    && crate::processes_running(&["sleep", &child]).is_empty(),
+            )
+        },
+    )
+    .await;
+}
+
 /// On SIGTERM a worker finishes its short task, hands the long one back to others, and exits.
 #[tokio::test]
 async fn sigterm_finishes_short_tasks_and_hands_long_ones_back() {

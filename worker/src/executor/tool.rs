@@ -32,16 +32,42 @@ const SEARCH_PATH: [&str; 2] = ["/usr/bin", "/bin"];
 /// How long the isolation probe may take before the host is deemed unable to isolate.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Whether this host can give a command a private network namespace
-/// (`unshare --net --map-root-user` works). Probed once, then cached.
+/// Whether this host can give a command private network and PID namespaces
+/// (`unshare --net --pid --map-root-user` works). Probed once, then cached.
 pub async fn network_isolation_available() -> bool {
     static AVAILABLE: OnceCell<bool> = OnceCell::const_new();
-    *AVAILABLE.get_or_init(probe_isolation).await
+    *AVAILABLE
+        .get_or_init(|| probe("unshare", [UNSHARE, &["true"]].concat()))
+        .await
 }
 
-async fn probe_isolation() -> bool {
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--net", "--map-root-user", "true"])
+/// Whether `setpriv --pdeathsig` works here, so a command dies with a worker that is killed
+/// outright (no destructor runs then). Probed once, then cached.
+async fn parent_death_signal_available() -> bool {
+    static AVAILABLE: OnceCell<bool> = OnceCell::const_new();
+    *AVAILABLE
+        .get_or_init(|| probe("setpriv", [PDEATHSIG, &["true"]].concat()))
+        .await
+}
+
+/// `setpriv` arguments that SIGKILL the command when the worker dies. The kernel sends it when
+/// the thread that spawned the command exits; commands are spawned from the runtime's worker
+/// threads, which live as long as the worker.
+const PDEATHSIG: &[&str] = &["--pdeathsig", "KILL", "--"];
+
+/// `unshare` arguments: no network, and a PID namespace that the kernel empties when its
+/// first process dies (`--kill-child`), so no descendant outlives the command.
+const UNSHARE: &[&str] = &[
+    "--net",
+    "--pid",
+    "--kill-child=SIGKILL",
+    "--map-root-user",
+    "--",
+];
+
+async fn probe(program: &str, args: Vec<&str>) -> bool {
+    let mut cmd = Command::new(program);
+    cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -223,15 +249,32 @@ fn resolve_program(program: &str, dir: &Path) -> Result<PathBuf, TaskError> {
     })
 }
 
-/// The command: in a private network namespace when `isolate`, with only the sandbox's
-/// environment, in its own process group, killed if dropped.
-fn command(program: &Path, args: &[String], dir: &Path, isolate: bool) -> Command {
-    let mut cmd = if isolate {
-        let mut c = Command::new("unshare");
-        c.args(["--net", "--map-root-user", "--"]).arg(program);
-        c
-    } else {
-        Command::new(program)
+/// The command: in private network and PID namespaces when `isolate`, tied to the worker's
+/// life where `setpriv` allows, with only the sandbox's environment, in its own process
+/// group, killed if dropped.
+fn command(
+    program: &Path,
+    args: &[String],
+    dir: &Path,
+    isolate: bool,
+    die_with_worker: bool,
+) -> Command {
+    let mut wrapper: Vec<&str> = Vec::new();
+    if die_with_worker {
+        wrapper.push("setpriv");
+        wrapper.extend(PDEATHSIG);
+    }
+    if isolate {
+        wrapper.push("unshare");
+        wrapper.extend(UNSHARE);
+    }
+    let mut cmd = match wrapper.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg(program);
+            c
+        }
+        None => Command::new(program),
     };
     cmd.args(args)
         .current_dir(dir)
@@ -258,7 +301,8 @@ async fn execute(
     isolate: bool,
     limit: Duration,
 ) -> Result<Finished, TaskError> {
-    let mut cmd = command(program, args, dir, isolate);
+    let die_with_worker = parent_death_signal_available().await;
+    let mut cmd = command(program, args, dir, isolate, die_with_worker);
     let mut child = cmd.spawn().map_err(|e| {
         let message = format!("cannot start `{}`: {e}", program.display());
         match e.kind() {
