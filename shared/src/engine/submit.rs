@@ -25,63 +25,11 @@ impl Engine {
     /// `Plan` for an invalid DAG, `Conflict` for a key reused with a different request, and
     /// backend failures.
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, EngineError> {
-        let tenant = new.tenant.clone().unwrap_or_else(TenantId::default_tenant);
-        let claim = new.idempotency_key.as_ref().map(|key| IdempotencyClaim {
-            tenant: tenant.clone(),
-            key: key.clone(),
-            request_hash: request_hash(&new),
-        });
-        // A repeat is answered before planning, which may call the LLM planner.
-        if let Some(claim) = &claim
-            && let Some((job_id, hash)) = self
-                .backends
-                .jobs
-                .find_idempotency(&tenant, &claim.key)
-                .await?
-        {
-            return replay(claim, job_id, &hash);
-        }
-
-        let specs = self.planner.plan(&new).await?;
-        let now = self.clock.now();
-        let record = rules::build_record(
-            JobId::generate(),
-            tenant,
-            &new,
-            specs,
-            self.config.task_defaults,
-            now,
-        );
-        let ready = rules::ready_entries(&record, now);
-        match self
-            .backends
-            .jobs
-            .create_job(&record, &ready, claim.as_ref())
+        // One code path for one job and many: a single submit is a batch of one.
+        self.submit_many(vec![new])
             .await?
-        {
-            CreateOutcome::Created => {}
-            // Another request with the same key won the race.
-            CreateOutcome::Replayed {
-                job_id,
-                request_hash,
-            } => {
-                let claim = claim
-                    .as_ref()
-                    .ok_or_else(|| EngineError::Conflict("job id collision".into()))?;
-                return replay(claim, job_id, &request_hash);
-            }
-        }
-        metrics::add(&self.counters.jobs_submitted_total, 1);
-        if self.events.receiver_count() > 0 {
-            let _ = self.events.send(std::sync::Arc::new(JobEvent::Job(Box::new(
-                record.job.clone(),
-            ))));
-        }
-        self.after_dispatch().await?;
-        Ok(Submitted {
-            job_id: record.job.job_id,
-            replayed: false,
-        })
+            .pop()
+            .unwrap_or_else(|| Err(EngineError::Invalid("job was not processed".into())))
     }
 
     /// Submits many jobs at once. Each is validated, planned and accepted or rejected on its
