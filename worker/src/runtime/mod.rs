@@ -90,21 +90,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (reports, report_rx) = Reports::channel();
-    let shared = Arc::new(Shared {
-        worker_id: deps.gateway.worker_id().clone(),
-        gateway: deps.gateway,
-        executors: deps.executors,
-        artifacts: deps.artifacts,
-        registry: Registry::default(),
-        reports,
-        retry_max: config.retry_max,
-        registration: Mutex::new(deps.registration),
-        inventory: deps.inventory,
-        inventory_changed: Notify::new(),
-        configured_max_inline: config.max_inline_output,
-        // Nothing inline until the gateway has said what it accepts.
-        max_inline: AtomicUsize::new(0),
-    });
+    let shared = Arc::new(Shared::new(&config, deps, reports));
     let stop = CancellationToken::new();
     tokio::spawn({
         let stop = stop.clone();
@@ -116,22 +102,8 @@ pub async fn run(
     let Some(registered) = register(&shared, &stop).await else {
         return Ok(());
     };
-    let (closing, give_up, stop_heartbeats) = (
-        CancellationToken::new(),
-        CancellationToken::new(),
-        CancellationToken::new(),
-    );
-    let reporter = tokio::spawn(reporter::deliver_reports(
-        shared.clone(),
-        report_rx,
-        closing.clone(),
-        give_up.clone(),
-    ));
-    let heartbeats = tokio::spawn(heartbeat_loop(
-        shared.clone(),
-        config.heartbeat.min(registered.heartbeat_interval),
-        stop_heartbeats.clone(),
-    ));
+    let every = config.heartbeat.min(registered.heartbeat_interval);
+    let background = Background::start(&shared, report_rx, every);
     let slots = Arc::new(Semaphore::new(config.max_parallel));
     let tracker = TaskTracker::new();
     claim_loop(&shared, &config, &slots, &tracker, &stop).await;
@@ -148,21 +120,88 @@ pub async fn run(
     }
     tracker.close();
     tracker.wait().await;
-    closing.cancel();
-    let deadline = Instant::now() + FLUSH_DEADLINE;
-    let mut reporter = reporter;
-    if tokio::time::timeout_at(deadline, &mut reporter)
-        .await
-        .is_err()
-    {
-        give_up.cancel();
-        let _ = reporter.await;
-    }
-    hand_back(&shared, deadline).await;
-    stop_heartbeats.cancel();
-    let _ = heartbeats.await;
+    background.finish(&shared).await;
     tracing::info!("worker stopped");
     Ok(())
+}
+
+impl Shared {
+    fn new(config: &GatewayConfig, deps: Deps, reports: Reports) -> Self {
+        Self {
+            worker_id: deps.gateway.worker_id().clone(),
+            gateway: deps.gateway,
+            executors: deps.executors,
+            artifacts: deps.artifacts,
+            registry: Registry::default(),
+            reports,
+            retry_max: config.retry_max,
+            registration: Mutex::new(deps.registration),
+            inventory: deps.inventory,
+            inventory_changed: Notify::new(),
+            configured_max_inline: config.max_inline_output,
+            // Nothing inline until the gateway has said what it accepts.
+            max_inline: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// The reporter and the heartbeat loop, which outlive claiming: reports are flushed and
+/// leases renewed until the very end of a shutdown.
+struct Background {
+    reporter: tokio::task::JoinHandle<()>,
+    heartbeats: tokio::task::JoinHandle<()>,
+    closing: CancellationToken,
+    give_up: CancellationToken,
+    stop_heartbeats: CancellationToken,
+}
+
+impl Background {
+    fn start(
+        shared: &Arc<Shared>,
+        report_rx: tokio::sync::mpsc::UnboundedReceiver<crate::client::Report>,
+        heartbeat_every: Duration,
+    ) -> Self {
+        let (closing, give_up, stop_heartbeats) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let reporter = tokio::spawn(reporter::deliver_reports(
+            shared.clone(),
+            report_rx,
+            closing.clone(),
+            give_up.clone(),
+        ));
+        let heartbeats = tokio::spawn(heartbeat_loop(
+            shared.clone(),
+            heartbeat_every,
+            stop_heartbeats.clone(),
+        ));
+        Self {
+            reporter,
+            heartbeats,
+            closing,
+            give_up,
+            stop_heartbeats,
+        }
+    }
+
+    /// Once every task has ended: flushes the reports (for at most [`FLUSH_DEADLINE`]), hands
+    /// back what was stopped unfinished, then stops heartbeating.
+    async fn finish(mut self, shared: &Shared) {
+        self.closing.cancel();
+        let deadline = Instant::now() + FLUSH_DEADLINE;
+        if tokio::time::timeout_at(deadline, &mut self.reporter)
+            .await
+            .is_err()
+        {
+            self.give_up.cancel();
+            let _ = (&mut self.reporter).await;
+        }
+        hand_back(shared, deadline).await;
+        self.stop_heartbeats.cancel();
+        let _ = self.heartbeats.await;
+    }
 }
 
 /// Registers until it succeeds; `None` when `stop` fired first.
