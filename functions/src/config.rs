@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use splai_shared::artifacts::ArtifactBackend;
 use splai_shared::backends::BackendConfig;
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
@@ -23,6 +24,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Largest accepted request body (`SPLAI_MAX_BODY_BYTES`, default 4 MiB).
     pub max_body_bytes: usize,
+    /// Artifact store (`SPLAI_ARTIFACT_BACKEND`, default `local`).
+    pub artifact_backend: ArtifactBackend,
     /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
     pub artifact_root: PathBuf,
     /// How often expired leases are swept (`SPLAI_SWEEP_INTERVAL_MS`, default 1000).
@@ -91,14 +94,6 @@ impl Config {
             llm_timeout: secs("SPLAI_LLM_PLANNER_TIMEOUT_SECONDS", 10)?,
             max_tasks: parse_or(&var, "SPLAI_MAX_TASKS_PER_JOB", 1000)?,
         };
-        match var("SPLAI_ARTIFACT_BACKEND").as_deref() {
-            None | Some("local") => {}
-            Some(other @ ("s3" | "minio")) => bail!(
-                "SPLAI_ARTIFACT_BACKEND={other} is not supported by this build yet; use `local` \
-                 (S3/MinIO artifacts arrive with the AWS backends)"
-            ),
-            Some(other) => bail!("invalid SPLAI_ARTIFACT_BACKEND=`{other}`: expected local"),
-        }
         let port: u16 = parse_or(&var, "SPLAI_GATEWAY_PORT", 8080)?;
         Ok(Self {
             backends,
@@ -106,6 +101,7 @@ impl Config {
             planner,
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
             max_body_bytes: parse_or(&var, "SPLAI_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
+            artifact_backend: parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?,
             artifact_root: var("SPLAI_ARTIFACT_ROOT")
                 .map_or_else(|| PathBuf::from("/tmp/splai-artifacts"), PathBuf::from),
             sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
@@ -159,6 +155,11 @@ mod tests {
         let e = config(&[("SPLAI_STORE", "mongo")]).unwrap_err();
         assert!(
             format!("{e:#}").contains("supported values: sqlite, memory"),
+            "{e:#}"
+        );
+        let e = config(&[("SPLAI_ARTIFACT_BACKEND", "s3")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_ARTIFACT_BACKEND=`s3`: `s3` is not supported"),
             "{e:#}"
         );
         let e = config(&[("SPLAI_QUEUE", "kafka")]).unwrap_err();

@@ -85,14 +85,6 @@ pub async fn run(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Resu
 }
 
 fn print_banner(base: &str, config: &Config, worker: &WorkerConfig) {
-    let backends = worker.capabilities.backends.join(", ");
-    let model_note = if worker.capabilities.backends == ["echo"] {
-        "  (no model server configured: the echo backend answers every prompt with the prompt \
-         itself; set SPLAI_OLLAMA_BASE_URL or SPLAI_OPENAI_BASE_URL to use a real model)"
-            .to_owned()
-    } else {
-        String::new()
-    };
     let servers: Vec<String> = worker
         .models
         .configured()
@@ -107,9 +99,14 @@ fn print_banner(base: &str, config: &Config, worker: &WorkerConfig) {
         config.backends.sqlite_path.display()
     );
     eprintln!("  artifacts: {}", config.artifact_root.display());
+    let backends = worker.capabilities.backends.join(", ");
     if servers.is_empty() {
         eprintln!("  worker:    {}, backend: {backends}", id(worker));
-        eprintln!("{model_note}");
+        eprintln!(
+            "  (no model server configured: the echo backend answers every prompt with the \
+             prompt itself; set SPLAI_OLLAMA_BASE_URL or SPLAI_OPENAI_BASE_URL to use a real \
+             model)"
+        );
     } else {
         eprintln!(
             "  worker:    {}, backends: {backends} ({})",

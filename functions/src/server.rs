@@ -9,7 +9,6 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
-use splai_shared::artifacts::local::LocalArtifactStore;
 use splai_shared::clock::{Clock, SystemClock};
 use splai_shared::engine::Engine;
 use splai_shared::planner::Planner;
@@ -113,7 +112,7 @@ pub async fn start(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let state = AppState {
         engine: engine.clone(),
-        artifacts: Arc::new(LocalArtifactStore::new(&config.artifact_root)),
+        artifacts: config.artifact_backend.open(&config.artifact_root),
         max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
     };

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use splai_shared::artifacts::ArtifactBackend;
 use splai_shared::domain::WorkerId;
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -201,6 +202,9 @@ pub struct Config {
     pub models: ModelServers,
     /// Executor settings.
     pub executors: ExecutorConfig,
+    /// Artifact store for outputs too large to travel inline (`SPLAI_ARTIFACT_BACKEND`,
+    /// default `local`).
+    pub artifact_backend: ArtifactBackend,
     /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
     pub artifact_root: PathBuf,
 }
@@ -227,7 +231,6 @@ impl Config {
         let artifact_root = PathBuf::from(
             var("SPLAI_ARTIFACT_ROOT").unwrap_or_else(|| "/tmp/splai-artifacts".into()),
         );
-        check_artifact_backend(&var)?;
         let gateway = gateway(&var)?;
         let models = model_servers(&var)?;
         let capabilities = capabilities(&var)?;
@@ -237,6 +240,7 @@ impl Config {
             capabilities,
             models,
             executors,
+            artifact_backend: parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?,
             artifact_root,
         })
     }
@@ -355,18 +359,6 @@ fn executors(var: &Var<'_>, artifact_root: &std::path::Path) -> anyhow::Result<E
             .to_owned(),
         hf_token: var("HF_TOKEN").map(Secret::new),
     })
-}
-
-/// Only local artifacts exist in this build; S3/MinIO arrive with the AWS backends.
-fn check_artifact_backend(var: &Var<'_>) -> anyhow::Result<()> {
-    match var("SPLAI_ARTIFACT_BACKEND").as_deref() {
-        None | Some("local") => Ok(()),
-        Some(other @ ("s3" | "minio")) => bail!(
-            "SPLAI_ARTIFACT_BACKEND={other} is not supported by this build yet; use `local` \
-             (S3/MinIO uploads arrive with the AWS backends)"
-        ),
-        Some(other) => bail!("invalid SPLAI_ARTIFACT_BACKEND=`{other}`: expected local"),
-    }
 }
 
 fn csv(v: Option<String>) -> Vec<String> {

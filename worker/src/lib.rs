@@ -20,7 +20,6 @@ pub mod sysinfo;
 use std::sync::Arc;
 
 use anyhow::Context;
-use splai_shared::artifacts::local::LocalArtifactStore;
 use splai_shared::domain::WorkerRegistration;
 
 pub use runtime::{Deps, run};
@@ -60,7 +59,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
              refuses them instead)"
         );
     }
-    let artifacts = Arc::new(LocalArtifactStore::new(&config.artifact_root));
+    let artifacts = config.artifact_backend.open(&config.artifact_root);
     let executors = Executors {
         models: models.clone(),
         artifacts: artifacts.clone(),

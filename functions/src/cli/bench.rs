@@ -43,7 +43,8 @@ pub struct BenchArgs {
     /// The worker binary; default: `splai-worker` beside this binary.
     #[arg(long)]
     pub worker_bin: Option<PathBuf>,
-    /// Where the database and artifacts go; default: a fresh temporary directory.
+    /// Where the database and artifacts go, kept for inspection (it must not hold an earlier
+    /// run's `bench.db`); default: a fresh temporary directory, removed afterwards.
     #[arg(long)]
     pub dir: Option<PathBuf>,
 }
@@ -69,6 +70,13 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let dir = a.dir.clone().unwrap_or_else(|| tmp.path().to_owned());
     let db_path = dir.join("bench.db");
+    if db_path.exists() {
+        // Jobs and workers of an earlier run would be counted as this run's.
+        bail!(
+            "{} exists: give --dir an empty directory",
+            db_path.display()
+        );
+    }
     let artifacts = dir.join("artifacts");
     let (server, base) = start_server(&db_path, &artifacts)?;
     let worker_bin = match &a.worker_bin {

@@ -6,6 +6,7 @@ use axum::extract::State;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use splai_shared::artifacts::ArtifactKey;
 use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
 use splai_shared::engine::Report;
 
@@ -59,44 +60,89 @@ impl ReportRequest {
                 "{at}`idempotency_key` must be 1 to 200 characters"
             )));
         }
-        let output = match &self.output {
-            Some(raw) if raw.get().len() > max_inline => {
-                return Err(ApiError::invalid(format!(
-                    "{at}`output` is {} bytes; outputs over {max_inline} bytes \
-                     (SPLAI_MAX_INLINE_OUTPUT_BYTES) must be stored as artifacts",
-                    raw.get().len()
-                )));
-            }
-            Some(raw) => Some(
-                serde_json::from_str::<Value>(raw.get())
-                    .map_err(|e| ApiError::invalid(format!("{at}`output`: {e}")))?,
-            ),
-            None => None,
+        let task = TaskRef {
+            job_id: self.job_id,
+            task_id: self.task_id,
         };
-        let output_artifact_uri = match (self.output_artifact_uri, &self.output_artifact) {
-            (Some(uri), Some(a)) if uri != a.url => {
-                return Err(ApiError::invalid(format!(
-                    "{at}`output_artifact.url` must equal `output_artifact_uri`"
-                )));
-            }
-            (None, Some(a)) => Some(a.url.clone()),
-            (uri, _) => uri,
-        };
+        let out = output_of(
+            &task,
+            self.output_artifact_uri,
+            self.output_artifact,
+            self.output,
+            at,
+            max_inline,
+        )?;
         Ok(Report {
-            task: TaskRef {
-                job_id: self.job_id,
-                task_id: self.task_id,
-            },
+            task,
             lease_id: self.lease_id,
             idempotency_key: key,
             status: self.status,
-            output_artifact_uri,
-            output_artifact: self.output_artifact,
-            output,
+            output_artifact_uri: out.uri,
+            output_artifact: out.artifact,
+            output: out.value,
             error: self.error,
             retryable: self.retryable,
         })
     }
+}
+
+/// A report's output: where it is, what it is, and the value itself when inline. The URI and
+/// the artifact's `url` must agree; an inline output (size-checked) the worker did not
+/// describe gets the task's output URI and `inline` metadata, so downloads and dependents find
+/// it like any other output.
+fn output_of(
+    task: &TaskRef,
+    uri: Option<String>,
+    artifact: Option<Artifact>,
+    inline: Option<Box<RawValue>>,
+    at: &str,
+    max_inline: usize,
+) -> Result<Output, ApiError> {
+    if let (Some(uri), Some(a)) = (&uri, &artifact)
+        && *uri != a.url
+    {
+        return Err(ApiError::invalid(format!(
+            "{at}`output_artifact.url` must equal `output_artifact_uri`"
+        )));
+    }
+    let uri = uri.or_else(|| artifact.as_ref().map(|a| a.url.clone()));
+    let Some(raw) = inline else {
+        return Ok(Output {
+            uri,
+            artifact,
+            value: None,
+        });
+    };
+    let size = raw.get().len();
+    if size > max_inline {
+        return Err(ApiError::invalid(format!(
+            "{at}`output` is {size} bytes; outputs over {max_inline} bytes \
+             (SPLAI_MAX_INLINE_OUTPUT_BYTES) must be stored as artifacts"
+        )));
+    }
+    let value: Value = serde_json::from_str(raw.get())
+        .map_err(|e| ApiError::invalid(format!("{at}`output`: {e}")))?;
+    let uri =
+        uri.unwrap_or_else(|| ArtifactKey::output(task.job_id.clone(), task.task_id.clone()).uri());
+    let artifact = artifact.unwrap_or_else(|| Artifact {
+        kind: "inline".to_owned(),
+        url: uri.clone(),
+        size_bytes: size as u64,
+        mime_type: "application/json".to_owned(),
+        expires_at: None,
+    });
+    Ok(Output {
+        uri: Some(uri),
+        artifact: Some(artifact),
+        value: Some(value),
+    })
+}
+
+/// A report's output, as the engine records it.
+struct Output {
+    uri: Option<String>,
+    artifact: Option<Artifact>,
+    value: Option<Value>,
 }
 
 /// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.

@@ -196,8 +196,9 @@ async fn report_records_output_artifact_metadata() {
     assert_eq!(resp.text().await.unwrap(), r#"{"text":"hi"}"#);
 }
 
-/// A small output travels inline in the report: the task keeps it, the download serves it,
-/// and an output over the inline limit is refused (it belongs in the artifact store).
+/// A small output travels inline in the report: the task keeps it under its output URI (given
+/// one when the worker sent none), dependents see that URI, the download serves it, and an
+/// output over the inline limit is refused (it belongs in the artifact store).
 #[tokio::test]
 async fn inline_outputs_are_kept_on_the_task_and_served() {
     let app = spawn_app().await;
@@ -223,12 +224,21 @@ async fn inline_outputs_are_kept_on_the_task_and_served() {
             .unwrap()
             .contains("SPLAI_MAX_INLINE_OUTPUT_BYTES")
     );
-    let (status, _) = app
-        .post("/v1/tasks/report", &report(json!({ "text": "hi" })))
-        .await;
+    // The bare form the README shows: no URI, no metadata.
+    let bare = json!({ "job_id": a["job_id"], "task_id": "a", "lease_id": a["lease_id"],
+        "status": "Completed", "output": { "text": "hi" } });
+    let (status, _) = app.post("/v1/tasks/report", &bare).await;
     assert_eq!(status, StatusCode::OK);
     let tasks = app.tasks(&job).await;
     assert_eq!(tasks[0]["output"], json!({ "text": "hi" }));
+    assert_eq!(tasks[0]["output_artifact_uri"], uri);
+    assert_eq!(
+        (
+            &tasks[0]["output_artifact"]["type"],
+            &tasks[0]["output_artifact"]["size_bytes"]
+        ),
+        (&json!("inline"), &json!(13))
+    );
     assert_eq!(
         tasks[1]["inputs"]["dep:a:output_uri"], uri,
         "dependents see the URI"

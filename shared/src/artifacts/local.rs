@@ -23,11 +23,6 @@ impl LocalArtifactStore {
         Self { root: root.into() }
     }
 
-    /// The root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     fn path(&self, uri: &str) -> Result<PathBuf, ArtifactError> {
         Ok(local_path(&self.root, uri)?)
     }

@@ -5,7 +5,10 @@
 //! backends that can hand out URLs). One trait, one file per backend: `local.rs` now, S3/MinIO
 //! later.
 
+use std::path::Path;
 use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,6 +20,38 @@ pub mod local;
 mod uri;
 
 pub use uri::{ArtifactUriError, local_path};
+
+/// Which artifact store holds outputs (`SPLAI_ARTIFACT_BACKEND`): read the same way by the
+/// gateway and the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArtifactBackend {
+    /// Files under `SPLAI_ARTIFACT_ROOT`.
+    #[default]
+    Local,
+}
+
+impl FromStr for ArtifactBackend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "local" => Ok(Self::Local),
+            "s3" | "minio" => Err(format!(
+                "`{s}` is not supported by this build yet; use `local` (S3/MinIO artifacts \
+                 arrive with the AWS backends)"
+            )),
+            other => Err(format!("`{other}` is not one of local, s3, minio")),
+        }
+    }
+}
+
+impl ArtifactBackend {
+    /// The store, rooted at `root` for the local backend.
+    pub fn open(self, root: &Path) -> Arc<dyn ArtifactStore> {
+        match self {
+            Self::Local => Arc::new(local::LocalArtifactStore::new(root)),
+        }
+    }
+}
 
 /// Errors crossing the artifact boundary.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +67,9 @@ pub enum ArtifactError {
     #[error("artifact store unavailable: {0}")]
     Unavailable(String),
 }
+
+/// The name a task's output is stored under: `artifact://<job>/<task>/output.json`.
+pub const OUTPUT_NAME: &str = "output.json";
 
 /// Where an artifact goes: `artifact://<job>/<task>/<name>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +98,15 @@ impl ArtifactKey {
             return Err(ArtifactUriError::Shape(key.uri()).into());
         }
         Ok(key)
+    }
+
+    /// Where a task's output goes ([`OUTPUT_NAME`]).
+    pub fn output(job_id: JobId, task_id: TaskId) -> Self {
+        Self {
+            job_id,
+            task_id,
+            name: OUTPUT_NAME.to_owned(),
+        }
     }
 
     /// The artifact's URI.

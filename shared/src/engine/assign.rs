@@ -155,29 +155,17 @@ impl Engine {
         worker: &WorkerId,
         leases: &[LeaseRenewal],
     ) -> Result<Vec<rules::ReleaseOutcome>, EngineError> {
-        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::new();
-        for (i, l) in leases.iter().enumerate() {
-            by_job.entry(l.task.job_id.clone()).or_default().push(i);
-        }
-        let ids: Vec<JobId> = by_job.keys().cloned().collect();
         let now = self.clock.now();
-        let done = self
-            .update(&ids, |record, fx| {
-                let idx = by_job.get(&record.job.job_id).cloned().unwrap_or_default();
-                idx.into_iter()
-                    .map(|i| {
-                        let l = &leases[i];
-                        let outcome =
-                            rules::release(record, &l.task.task_id, &l.lease_id, worker, now, fx);
-                        (i, outcome)
-                    })
-                    .collect::<Vec<_>>()
-            })
+        let out = self
+            .update_each(
+                leases,
+                |l| &l.task.job_id,
+                rules::ReleaseOutcome::NotFound,
+                |record, l, fx| {
+                    rules::release(record, &l.task.task_id, &l.lease_id, worker, now, fx)
+                },
+            )
             .await?;
-        let mut out = vec![rules::ReleaseOutcome::NotFound; leases.len()];
-        for (i, o) in done.into_values().flatten() {
-            out[i] = o;
-        }
         if out.contains(&rules::ReleaseOutcome::Released) {
             // The entries are claimable again.
             self.work_ready.notify_waiters();

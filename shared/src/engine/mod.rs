@@ -240,6 +240,38 @@ impl Engine {
         Ok(out)
     }
 
+    /// Applies `rule` to every item within its job's record (one [`Engine::update`] over all
+    /// their jobs) and returns each item's result in input order; items of a job that does
+    /// not exist get `missing`.
+    async fn update_each<T: Sync, O: Clone + Send>(
+        &self,
+        items: &[T],
+        job_of: impl Fn(&T) -> &JobId,
+        missing: O,
+        mut rule: impl FnMut(&mut JobRecord, &T, &mut Effects) -> O + Send,
+    ) -> Result<Vec<O>, EngineError> {
+        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            by_job.entry(job_of(item).clone()).or_default().push(i);
+        }
+        let ids: Vec<JobId> = by_job.keys().cloned().collect();
+        let done = self
+            .update(&ids, |record, fx| {
+                let idx = by_job
+                    .get(&record.job.job_id)
+                    .map_or(&[][..], Vec::as_slice);
+                idx.iter()
+                    .map(|&i| (i, rule(record, &items[i], fx)))
+                    .collect::<Vec<_>>()
+            })
+            .await?;
+        let mut out = vec![missing; items.len()];
+        for (i, o) in done.into_values().flatten() {
+            out[i] = o;
+        }
+        Ok(out)
+    }
+
     /// Counts a job reaching a terminal status (after its change committed).
     fn count_job_status(&self, status: crate::domain::Status) {
         use crate::domain::Status;

@@ -1,12 +1,10 @@
 //! Applying workers' reports, many at a time.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 
 use super::rules::{self, Report, ReportOutcome};
 use super::{Engine, EngineError, metrics};
-use crate::domain::{JobId, TaskRef};
+use crate::domain::TaskRef;
 
 /// The outcome of one report, in request order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -27,35 +25,20 @@ impl Engine {
     /// # Errors
     /// Backend failures (then none of the reports in the failed transaction took effect).
     pub async fn report(&self, reports: &[Report]) -> Result<Vec<ReportResult>, EngineError> {
-        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::new();
-        for (i, r) in reports.iter().enumerate() {
-            by_job.entry(r.task.job_id.clone()).or_default().push(i);
-        }
-        let ids: Vec<JobId> = by_job.keys().cloned().collect();
         let now = self.clock.now();
         let (base, max) = (self.config.retry_base, self.config.retry_max);
-        let mut outcomes = self
-            .update(&ids, |record, fx| {
-                let idx = by_job.get(&record.job.job_id).cloned().unwrap_or_default();
-                idx.into_iter()
-                    .map(|i| {
-                        let retry_at =
-                            |attempt| now + rules::backoff(attempt, base, max, rand::random());
-                        (
-                            i,
-                            rules::apply_report(record, &reports[i], now, retry_at, fx),
-                        )
-                    })
-                    .collect::<Vec<_>>()
-            })
+        let results = self
+            .update_each(
+                reports,
+                |r| &r.task.job_id,
+                ReportOutcome::NotFound,
+                |record, report, fx| {
+                    let retry_at =
+                        |attempt| now + rules::backoff(attempt, base, max, rand::random());
+                    rules::apply_report(record, report, now, retry_at, fx)
+                },
+            )
             .await?;
-
-        let mut results: Vec<ReportOutcome> = vec![ReportOutcome::NotFound; reports.len()];
-        for (_, list) in outcomes.drain() {
-            for (i, o) in list {
-                results[i] = o;
-            }
-        }
         let c = &self.counters;
         Ok(reports
             .iter()

@@ -1,9 +1,10 @@
 //! SQLite lease queue: the `queue_entries` table of a [`SqliteDb`], shared with the store.
 //!
 //! One row per task; `seq` is its FIFO position and survives re-enqueue, `state` is
-//! `pending`, `leased` or `dead`. Every batch operation is one set-based statement over the
-//! batch bound as a JSON array (`json_each(?)`), so its cost is one round trip to the driver's
-//! thread rather than one per item; a lone statement is also its own write transaction.
+//! `pending`, `leased` or `dead`. Every batch operation on leases or tasks is one set-based
+//! statement over their ids bound as a JSON array (`json_each(?)`), so its cost is one round
+//! trip to the driver's thread rather than one per item; a lone statement is also its own write
+//! transaction. Enqueueing binds whole entries in multi-row statements (`enqueue.rs`).
 //!
 //! Each state's rows sit in a partial index of their own (`queue_pending`, `queue_leased`,
 //! `queue_dead`), so a transition moves a row between two small indexes. Statements that look

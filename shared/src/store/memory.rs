@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use super::{
-    ApplyFn, CreateOutcome, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage, JobStore,
-    LeaseRenewal, StoreError, TaskFilter, TaskPage, WorkerStore,
+    ApplyFn, CreateOutcome, DispatchOutbox, JobFilter, JobPage, JobStore, LeaseRenewal,
+    NewJobWrite, StoreError, TaskFilter, TaskPage, WorkerStore,
 };
 use crate::domain::{
     Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, TenantId, Timestamp,
@@ -68,37 +68,44 @@ fn with_health(mut w: Worker, stale_before: Timestamp) -> Worker {
 
 #[async_trait]
 impl JobStore for MemoryStore {
-    async fn create_job(
+    async fn create_jobs(
         &self,
-        record: &JobRecord,
-        ready: &[QueueEntry],
-        idempotency: Option<&IdempotencyClaim>,
-    ) -> Result<CreateOutcome, StoreError> {
+        jobs: &[NewJobWrite<'_>],
+    ) -> Result<Vec<CreateOutcome>, StoreError> {
         let mut s = self.lock();
-        if let Some(claim) = idempotency {
-            let key = (claim.tenant.clone(), claim.key.clone());
-            if let Some((job_id, hash)) = s.idempotency.get(&key) {
-                return Ok(CreateOutcome::Replayed {
-                    job_id: job_id.clone(),
-                    request_hash: hash.clone(),
-                });
-            }
-            s.idempotency
-                .insert(key, (record.job.job_id.clone(), claim.request_hash.clone()));
-        }
-        if s.jobs.contains_key(&record.job.job_id) {
+        // All or none: a job id already taken fails the batch before anything is written.
+        if let Some(taken) = jobs
+            .iter()
+            .find(|j| s.jobs.contains_key(&j.record.job.job_id))
+        {
             return Err(StoreError::Conflict(format!(
                 "job {} already exists",
-                record.job.job_id
+                taken.record.job.job_id
             )));
         }
-        s.next_seq += 1;
-        let seq = s.next_seq;
-        s.by_seq.insert(seq, record.job.job_id.clone());
-        s.jobs
-            .insert(record.job.job_id.clone(), (seq, record.clone()));
-        s.push_outbox(ready);
-        Ok(CreateOutcome::Created)
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        for j in jobs {
+            if let Some(claim) = j.idempotency {
+                let key = (claim.tenant.clone(), claim.key.clone());
+                if let Some((job_id, hash)) = s.idempotency.get(&key) {
+                    outcomes.push(CreateOutcome::Replayed {
+                        job_id: job_id.clone(),
+                        request_hash: hash.clone(),
+                    });
+                    continue;
+                }
+                let first = (j.record.job.job_id.clone(), claim.request_hash.clone());
+                s.idempotency.insert(key, first);
+            }
+            s.next_seq += 1;
+            let seq = s.next_seq;
+            let id = j.record.job.job_id.clone();
+            s.by_seq.insert(seq, id.clone());
+            s.jobs.insert(id, (seq, j.record.clone()));
+            s.push_outbox(j.ready);
+            outcomes.push(CreateOutcome::Created);
+        }
+        Ok(outcomes)
     }
 
     async fn find_idempotency(

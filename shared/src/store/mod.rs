@@ -146,29 +146,29 @@ pub type ApplyFn<'a> = dyn FnMut(&mut JobRecord) -> Vec<QueueEntry> + Send + 'a;
 /// Jobs and their tasks.
 #[async_trait]
 pub trait JobStore: Send + Sync {
-    /// Writes a new job with its tasks and dispatches `ready`, all in one transaction. With an
-    /// idempotency claim whose key is already used, writes nothing and returns `Replayed`.
+    /// Writes new jobs with their tasks and dispatches each job's ready entries, all or none
+    /// (SQLite: one transaction). Returns each job's outcome in order; a job whose idempotency
+    /// key was already used, by an earlier request or an earlier job of this batch, is
+    /// `Replayed` and not written. A job id already taken is a `Conflict`.
+    async fn create_jobs(&self, jobs: &[NewJobWrite<'_>])
+    -> Result<Vec<CreateOutcome>, StoreError>;
+
+    /// Writes one new job: a batch of one.
     async fn create_job(
         &self,
         record: &JobRecord,
         ready: &[QueueEntry],
         idempotency: Option<&IdempotencyClaim>,
-    ) -> Result<CreateOutcome, StoreError>;
-
-    /// Writes many new jobs, each as `create_job` would, in as few transactions as the backend
-    /// allows (SQLite: one). Returns each job's outcome in order; a job whose idempotency key
-    /// was already used, by an earlier request or an earlier job of this batch, is `Replayed`
-    /// and not written. Backends that can write the batch atomically do (SQLite: all or none);
-    /// this default writes job by job.
-    async fn create_jobs(
-        &self,
-        jobs: &[NewJobWrite<'_>],
-    ) -> Result<Vec<CreateOutcome>, StoreError> {
-        let mut out = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            out.push(self.create_job(j.record, j.ready, j.idempotency).await?);
-        }
-        Ok(out)
+    ) -> Result<CreateOutcome, StoreError> {
+        let write = NewJobWrite {
+            record,
+            ready,
+            idempotency,
+        };
+        self.create_jobs(&[write])
+            .await?
+            .pop()
+            .ok_or_else(|| StoreError::Corrupt("a batch of one gave no outcome".into()))
     }
 
     /// Looks up a used idempotency key: the job it created and the first request's hash.

@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-pub(crate) use self::batch::execute as execute_batch;
+pub(crate) use self::batch::{execute as execute_batch, values_with as batch_values_with};
 pub use self::db::SqliteDb;
 pub(crate) use self::db::{queue_err, store_err};
 pub(crate) use self::rows::id as row_id;
@@ -53,37 +53,6 @@ impl SqliteStore {
 
 #[async_trait]
 impl JobStore for SqliteStore {
-    #[tracing::instrument(skip_all, fields(job_id = %record.job.job_id))]
-    async fn create_job(
-        &self,
-        record: &JobRecord,
-        ready: &[QueueEntry],
-        idempotency: Option<&IdempotencyClaim>,
-    ) -> Result<CreateOutcome, StoreError> {
-        let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        // The key row goes first: if it is already there, this is a repeat and nothing else
-        // may be written (dropping `tx` rolls back).
-        if let Some(claim) = idempotency
-            && let Some(replayed) = claim_key(&mut tx, claim, record).await?
-        {
-            return Ok(replayed);
-        }
-        // A job id used before fails the insert on `jobs.job_id`'s uniqueness.
-        jobs::insert_job(&mut tx, record)
-            .await
-            .map_err(|e| match store_err(e) {
-                StoreError::Conflict(_) => {
-                    StoreError::Conflict(format!("job {} already exists", record.job.job_id))
-                }
-                other => other,
-            })?;
-        update::dispatch(&mut tx, self.dispatch, ready)
-            .await
-            .map_err(store_err)?;
-        tx.commit().await.map_err(store_err)?;
-        Ok(CreateOutcome::Created)
-    }
-
     /// One transaction for the whole batch: a key row per keyed job (to detect repeats),
     /// then one statement each for all job rows, all task rows and all ready entries.
     #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
@@ -105,9 +74,13 @@ impl JobStore for SqliteStore {
             fresh.push(j);
         }
         let records: Vec<&JobRecord> = fresh.iter().map(|j| j.record).collect();
+        // A job id used before fails the insert on `jobs.job_id`'s uniqueness.
         jobs::insert_jobs(&mut tx, &records)
             .await
-            .map_err(store_err)?;
+            .map_err(|e| match store_err(e) {
+                StoreError::Conflict(_) => taken_id(&records),
+                other => other,
+            })?;
         let ready: Vec<QueueEntry> = fresh.iter().flat_map(|j| j.ready.iter().cloned()).collect();
         update::dispatch(&mut tx, self.dispatch, &ready)
             .await
@@ -178,6 +151,15 @@ impl JobStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(store_err)
+    }
+}
+
+/// The conflict of a batch insert that hit a job id already in use, naming it when the
+/// batch has one job.
+fn taken_id(records: &[&JobRecord]) -> StoreError {
+    match records {
+        [one] => StoreError::Conflict(format!("job {} already exists", one.job.job_id)),
+        _ => StoreError::Conflict("a job id of the batch already exists".into()),
     }
 }
 

@@ -1,5 +1,6 @@
-//! Executors: what runs a task of each type. Each returns the task's output as JSON (stored
-//! as the task's `output.json` artifact by the runtime) or a classified error.
+//! Executors: what runs a task of each type. Each returns the task's output as JSON (sent
+//! inline in the report, or stored as the task's `output.json` artifact when large, by the
+//! runtime) or a classified error.
 //!
 //! - `llm.rs`: `llm_inference` through the task's routed model backend.
 //! - `embedding.rs`: `embedding` through a model backend, or local hash vectors.

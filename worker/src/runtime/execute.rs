@@ -23,9 +23,6 @@ use super::registry::Stop;
 use crate::client::{HeldLease, Report};
 use crate::executor::TaskError;
 
-/// The name every task's output is stored under.
-pub(crate) const OUTPUT_NAME: &str = "output.json";
-
 /// How the attempt ended.
 enum Outcome {
     Done(Result<Value, TaskError>),
@@ -97,10 +94,7 @@ async fn store_output(
     started_at: OffsetDateTime,
 ) -> Report {
     let body = with_envelope(output, task, shared.worker_id.as_str(), started_at);
-    let key = match ArtifactKey::new(task.job_id.clone(), task.task_id.clone(), OUTPUT_NAME) {
-        Ok(k) => k,
-        Err(e) => return Report::failed(lease, e.to_string(), false),
-    };
+    let key = ArtifactKey::output(task.job_id.clone(), task.task_id.clone());
     let encoded = match serde_json::to_string(&body) {
         Ok(b) => b,
         Err(e) => return Report::failed(lease, format!("encoding the output: {e}"), false),
@@ -113,11 +107,10 @@ async fn store_output(
             mime_type: "application/json".to_owned(),
             expires_at: None,
         };
-        // Invariant: `encoded` came from serde_json, so it is valid JSON.
-        if let Ok(raw) = RawValue::from_string(encoded) {
-            return Report::completed_inline(lease, artifact, raw);
-        }
-        return Report::failed(lease, "encoding the output".to_owned(), false);
+        return match RawValue::from_string(encoded) {
+            Ok(raw) => Report::completed_inline(lease, artifact, raw),
+            Err(e) => Report::failed(lease, format!("encoding the output: {e}"), false),
+        };
     }
     match shared
         .artifacts

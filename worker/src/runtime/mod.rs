@@ -215,7 +215,7 @@ async fn register(shared: &Shared, stop: &CancellationToken) -> Option<Registere
                 return Some(registered);
             }
             Err(e) => {
-                log_retry(&backoff, &e, "registration failed");
+                log_retry(backoff.failures(), &e, "registration failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_delay()) => {}
                     () = stop.cancelled() => return None,
@@ -284,7 +284,7 @@ async fn claim_loop(
             }
             Err(e) => {
                 drop(permits);
-                log_retry(&backoff, &e, "claiming tasks failed");
+                log_retry(backoff.failures(), &e, "claiming tasks failed");
                 tokio::select! {
                     () = tokio::time::sleep(backoff.next_delay()) => {}
                     () = stop.cancelled() => return,
@@ -299,7 +299,8 @@ async fn claim_loop(
 async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: CancellationToken) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut backoff = Backoff::new(every, every);
+    // The interval paces retries; this only counts a streak of failures for the log.
+    let mut failures = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -313,7 +314,7 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
         let load = crate::sysinfo::load(shared.registry.running());
         match shared.gateway.heartbeat(&load, &leases).await {
             Ok(reply) => {
-                backoff.reset();
+                failures = 0;
                 for t in &reply.cancel {
                     shared.registry.stop(t, Stop::Canceled);
                 }
@@ -335,8 +336,8 @@ async fn heartbeat_loop(shared: Arc<Shared>, every: Duration, stop: Cancellation
                 }
             }
             Err(e) => {
-                log_retry(&backoff, &e, "heartbeat failed");
-                let _ = backoff.next_delay();
+                log_retry(failures, &e, "heartbeat failed");
+                failures += 1;
             }
         }
     }
@@ -376,7 +377,7 @@ async fn hand_back(shared: &Shared, deadline: Instant) {
                 return;
             }
             Err(e) if e.is_transient() && Instant::now() < deadline => {
-                log_retry(&backoff, &e, "handing tasks back failed");
+                log_retry(backoff.failures(), &e, "handing tasks back failed");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => {
@@ -389,8 +390,8 @@ async fn hand_back(shared: &Shared, deadline: Instant) {
 
 /// Logs the first failure of a streak and then every tenth, so an outage is visible without
 /// flooding the log.
-fn log_retry(backoff: &Backoff, e: &GatewayError, what: &str) {
-    if backoff.failures().is_multiple_of(10) {
-        tracing::warn!(error = %e, failures = backoff.failures() + 1, "{what}; retrying");
+fn log_retry(failures_before: u32, e: &GatewayError, what: &str) {
+    if failures_before.is_multiple_of(10) {
+        tracing::warn!(error = %e, failures = failures_before + 1, "{what}; retrying");
     }
 }

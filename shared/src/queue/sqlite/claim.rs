@@ -12,9 +12,9 @@ use crate::store::sqlite::{entry_columns, to_json};
 /// Leases up to `?8` claimable entries to worker `?2` until `?3`, and returns them.
 ///
 /// The inner SELECT walks the `queue_pending` index (`priority_rank`, `seq` of pending rows)
-/// from its start: higher classes first, FIFO within a class, stopping at the limit. So its cost follows
-/// the entries skipped (in backoff or not for this worker), not the queue length, and no sort
-/// is needed. The filter is [`Requirements::admit`](crate::domain::Requirements::admit) in SQL
+/// from its start: higher classes first, FIFO within a class, stopping at the limit. So its
+/// cost follows the entries skipped (in backoff or not for this worker), not the queue length,
+/// and no sort is needed. The filter is [`Requirements::admit`](crate::domain::Requirements::admit) in SQL
 /// (`?5` gpu, `?6`/`?7` JSON arrays of the worker's backends and models); the test
 /// `claim_filter_agrees_with_admit` holds the two to the same answers.
 ///

@@ -4,7 +4,9 @@
 use sqlx::SqliteConnection;
 
 use crate::domain::QueueEntry;
-use crate::store::sqlite::{ENTRY_COLUMNS, bind_entry, entry_columns, execute_batch};
+use crate::store::sqlite::{
+    ENTRY_COLUMNS, batch_values_with, bind_entry, entry_columns, execute_batch,
+};
 
 /// Upserts `rows` entries, each bound by [`bind_entry`]: an existing row keeps its `seq` (its
 /// FIFO position) and loses any lease or dead-letter state.
@@ -20,14 +22,8 @@ fn upsert_entries_sql(rows: usize) -> String {
              lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL,
              dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL",
         entry_columns!(),
-        pending_values(rows)
+        batch_values_with(rows, ENTRY_COLUMNS, ", 'pending'")
     )
-}
-
-/// `rows` groups of [`ENTRY_COLUMNS`] placeholders followed by the literal state `'pending'`.
-fn pending_values(rows: usize) -> String {
-    let group = format!("({}, 'pending')", ["?"; ENTRY_COLUMNS].join(", "));
-    vec![group; rows].join(", ")
 }
 
 /// Upserts entries as pending, keyed by task: the store, not the queue, decides what is

@@ -30,7 +30,12 @@ pub(crate) fn chunk_sizes(mut n: usize) -> impl Iterator<Item = usize> {
 
 /// `(?, ?), (?, ?)`: `rows` groups of `cols` placeholders.
 pub(crate) fn values(rows: usize, cols: usize) -> String {
-    let group = format!("({})", vec!["?"; cols].join(", "));
+    values_with(rows, cols, "")
+}
+
+/// [`values`] with `literals` (SQL constants, such as `, 'pending'`) closing every group.
+pub(crate) fn values_with(rows: usize, cols: usize, literals: &str) -> String {
+    let group = format!("({}{literals})", vec!["?"; cols].join(", "));
     vec![group; rows].join(", ")
 }
 
@@ -73,5 +78,6 @@ mod tests {
             assert!(sizes.iter().all(|s| s.is_power_of_two() && *s <= MAX_ROWS));
         }
         assert_eq!(values(2, 3), "(?, ?, ?), (?, ?, ?)");
+        assert_eq!(values_with(2, 1, ", 'x'"), "(?, 'x'), (?, 'x')");
     }
 }

@@ -11,14 +11,6 @@ use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, Status, Task};
 use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
-/// Inserts a new job row and all its task rows.
-pub(super) async fn insert_job(
-    conn: &mut SqliteConnection,
-    record: &JobRecord,
-) -> Result<(), sqlx::Error> {
-    insert_jobs(conn, &[record]).await
-}
-
 /// Inserts many new jobs with all their tasks: job rows in order (so `seq` follows the
 /// batch), then task rows, a few multi-row statements each.
 #[tracing::instrument(skip_all, fields(jobs = records.len()))]

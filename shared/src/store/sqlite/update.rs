@@ -1,9 +1,10 @@
-//! Batched writes of job aggregates: `update_jobs` and `renew_leases` as a fixed number of
-//! set-based statements over JSON arrays, whatever the batch size.
+//! Batched writes of job aggregates: `update_jobs` and `renew_leases` as a few statements
+//! whatever the batch size.
 //!
 //! The sqlx SQLite driver runs every statement as a round trip to its worker thread, which
 //! costs more than the statement itself; so a batch loads all its rows with one SELECT per
-//! table and writes each kind of change with one statement over `json_each(?)`.
+//! table (the ids bound as one JSON array) and writes each kind of change with multi-row
+//! statements of bound values (`batch.rs`).
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
