@@ -1,10 +1,8 @@
 //! SQLite lease queue: the `queue_entries` table of a [`SqliteDb`], shared with the store.
 //!
 //! One row per task; `seq` is its FIFO position and survives re-enqueue, `state` is
-//! `pending`, `leased` or `dead`. Every batch operation on leases or tasks is one set-based
-//! statement over their ids bound as a JSON array (`json_each(?)`), so its cost is one round
-//! trip to the driver's thread rather than one per item; a lone statement is also its own write
-//! transaction. Enqueueing binds whole entries in multi-row statements (`enqueue.rs`).
+//! `pending`, `leased` or `dead`. A batch operation on leases or tasks is one write
+//! transaction that runs a cached prepared statement once per item, in input order.
 //!
 //! Each state's rows sit in a partial index of their own (`queue_pending`, `queue_leased`,
 //! `queue_dead`), so a transition moves a row between two small indexes. Statements that look
@@ -12,13 +10,10 @@
 //! walking the `queue_leased` index (every leased row) instead of seeking `queue_lease` once
 //! per item.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::Serialize;
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
+use rusqlite::Row;
 
 use super::{LeaseQueue, QueueDepth, QueueError};
 use crate::clock::to_millis;
@@ -26,9 +21,7 @@ use crate::domain::{
     DeadLetter, Expired, ExpiryOutcome, Lease, LeaseId, Priority, QueueEntry, TaskRef, Timestamp,
     WorkerCaps,
 };
-use crate::store::sqlite::{
-    SqliteDb, entry_columns, entry_from_row, opt_id, queue_err, row_id, to_json, ts,
-};
+use crate::store::sqlite::{SqliteDb, entry_columns, entry_from_row, opt_id, row_id, ts};
 
 pub(crate) use self::enqueue::upsert_entries;
 
@@ -37,55 +30,62 @@ mod enqueue;
 #[cfg(test)]
 mod tests;
 
-/// Extends held leases (`?1` a JSON array of lease ids) to `?2`; returns the ones it found.
+/// Extends a held lease (`?1`) to `?2`.
 const RENEW: &str = "UPDATE queue_entries SET lease_expires_ms = ?2
-    WHERE +state = 'leased' AND lease_id IN (SELECT value FROM json_each(?1))
-    RETURNING lease_id";
+    WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Removes leased entries (`?1` a JSON array of lease ids).
-const ACK: &str = "DELETE FROM queue_entries
-    WHERE +state = 'leased' AND lease_id IN (SELECT value FROM json_each(?1))";
+/// Removes a leased entry (`?1` its lease id).
+const ACK: &str = "DELETE FROM queue_entries WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Returns leased entries to pending; `?1` is a JSON array of `[lease id, not before ms]`.
-/// The attempt count stays: the delivery happened.
-const NACK: &str = "UPDATE queue_entries SET state = 'pending', not_before_ms = n.at,
+/// Returns a leased entry (`?1`) to pending from `?2`. The attempt count stays: the delivery
+/// happened.
+const NACK: &str = "UPDATE queue_entries SET state = 'pending', not_before_ms = ?2,
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    FROM (SELECT value->>0 AS id, value->>1 AS at FROM json_each(?1)) AS n
-    WHERE queue_entries.lease_id = n.id AND +queue_entries.state = 'leased'";
+    WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Returns leased entries (`?1` a JSON array of lease ids) to pending, taking back the
-/// attempt their claim counted.
+/// Returns a leased entry (`?1`) to pending, taking back the attempt its claim counted.
 const RELEASE: &str = "UPDATE queue_entries SET state = 'pending', attempt = MAX(attempt - 1, 0),
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE +state = 'leased' AND lease_id IN (SELECT value FROM json_each(?1))";
+    WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Moves leased entries to the dead letters at `?2`; `?1` is a JSON array of
-/// `[lease id, reason]`. They go after every existing dead letter, in array order: `dead_seq`
-/// is the newest one's plus the array index plus one. The maximum is taken once, in `b`,
-/// before any row changes, so it does not creep up as rows are buried.
-const BURY: &str = "UPDATE queue_entries SET state = 'dead', dead_reason = n.reason,
-        dead_at_ms = ?2, dead_seq = b.last + n.k + 1,
+/// Moves a leased entry (`?1`) to the dead letters, for reason `?2` at `?3`, after every
+/// existing dead letter (`queue_dead` holds the newest `dead_seq` at its end).
+const BURY: &str = "UPDATE queue_entries SET state = 'dead', dead_reason = ?2,
+        dead_at_ms = ?3,
+        dead_seq = (SELECT COALESCE(MAX(dead_seq), 0) + 1 FROM queue_entries
+                    WHERE state = 'dead'),
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    FROM (SELECT key AS k, value->>0 AS id, value->>1 AS reason FROM json_each(?1)) AS n,
-         (SELECT COALESCE(MAX(dead_seq), 0) AS last FROM queue_entries
-          WHERE state = 'dead') AS b
-    WHERE queue_entries.lease_id = n.id AND +queue_entries.state = 'leased'";
+    WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Returns expired leases (`?1` a JSON array of lease ids) to pending.
+/// Returns an expired lease (`?1`) to pending.
 const REQUEUE: &str = "UPDATE queue_entries SET state = 'pending',
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE +state = 'leased' AND lease_id IN (SELECT value FROM json_each(?1))";
+    WHERE lease_id = ?1 AND +state = 'leased'";
 
-/// Drops entries in any state; `?1` is a JSON array of `[job id, task id]`.
-const DISCARD: &str = "DELETE FROM queue_entries
-    WHERE (job_id, task_id) IN (SELECT value->>0, value->>1 FROM json_each(?1))";
+/// Drops a task's entry (`?1` job, `?2` task) in any state.
+const DISCARD: &str = "DELETE FROM queue_entries WHERE job_id = ?1 AND task_id = ?2";
 
-/// Revives dead letters (`?1` a JSON array of `[job id, task id]`) as pending from `?2`.
+/// Revives a task's dead letter (`?1` job, `?2` task) as pending from `?3`.
 const REVIVE: &str = "UPDATE queue_entries SET state = 'pending', attempt = 0,
-        not_before_ms = ?2, dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL
-    WHERE +state = 'dead'
-      AND (job_id, task_id) IN (SELECT value->>0, value->>1 FROM json_each(?1))
-    RETURNING job_id, task_id";
+        not_before_ms = ?3, dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL
+    WHERE job_id = ?1 AND task_id = ?2 AND +state = 'dead'";
+
+/// Leases that ran out by `?1`, in deadline order.
+const EXPIRED: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    ", lease_id, leased_by, lease_expires_ms FROM queue_entries
+     WHERE state = 'leased' AND lease_expires_ms <= ?1
+     ORDER BY lease_expires_ms, lease_id"
+);
+
+/// The oldest `?1` dead letters.
+const LIST_DEAD: &str = concat!(
+    "SELECT ",
+    entry_columns!(),
+    ", dead_reason, dead_at_ms FROM queue_entries WHERE state = 'dead'
+     ORDER BY dead_seq LIMIT ?1"
+);
 
 /// Entries per state (and class, for pending ones). Each part counts one state's partial
 /// index without touching the table.
@@ -107,50 +107,39 @@ impl SqliteLeaseQueue {
         Self { db }
     }
 
-    /// Runs `sql` with the batch `items` as `?1` (a JSON array) and `extra` as `?2`, on the
-    /// writer connection: alone, the statement is its own write transaction.
-    async fn run_batch<T: Serialize + Sync>(
+    /// Runs `sql` once per item, with the parameters `params` makes of it, in one write
+    /// transaction; returns how many rows each execution changed. Items act in input order,
+    /// so an item listed again after a change that no longer matches it finds nothing.
+    async fn per_item<'a, T, P: rusqlite::Params>(
         &self,
         sql: &'static str,
-        items: &[T],
-        extra: Option<i64>,
-    ) -> Result<(), QueueError> {
+        items: &'a [T],
+        params: impl Fn(&'a T) -> P,
+    ) -> Result<Vec<usize>, QueueError> {
         if items.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
-        let q = sqlx::query(sql).bind(to_json(&items).map_err(queue_err)?);
-        let q = match extra {
-            Some(v) => q.bind(v),
-            None => q,
-        };
-        q.execute(self.db.writer()).await.map_err(queue_err)?;
-        Ok(())
+        let changed = self
+            .db
+            .write(|tx| {
+                let mut st = tx.prepare_cached(sql)?;
+                items
+                    .iter()
+                    .map(|i| st.execute(params(i)))
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await?;
+        Ok(changed)
     }
 }
 
-fn lease_from_row(row: &SqliteRow) -> Result<Lease, sqlx::Error> {
+fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
     Ok(Lease {
         entry: entry_from_row(row)?,
         lease_id: row_id(row, "lease_id")?,
         worker_id: opt_id(row, "leased_by")?,
         expires_at: ts(row, "lease_expires_ms")?,
     })
-}
-
-/// The first listing of each key, in input order. Statements that change a row so that a
-/// second listing would no longer match (nack, bury, revive) must see each key once: with
-/// duplicates an `UPDATE ... FROM` would pick an arbitrary one, where the per-item loop this
-/// replaces acted on the first.
-fn first_of_each<'a, T, K: Eq + std::hash::Hash>(
-    items: &'a [T],
-    key: impl Fn(&'a T) -> K,
-) -> Vec<&'a T> {
-    let mut seen = HashSet::new();
-    items.iter().filter(|i| seen.insert(key(i))).collect()
-}
-
-fn task_pair(t: &TaskRef) -> (&str, &str) {
-    (t.job_id.as_str(), t.task_id.as_str())
 }
 
 #[async_trait]
@@ -163,8 +152,10 @@ impl LeaseQueue for SqliteLeaseQueue {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut conn = self.db.writer().acquire().await.map_err(queue_err)?;
-        upsert_entries(&mut conn, entries).await.map_err(queue_err)
+        self.db
+            .write(|tx| upsert_entries(tx, entries))
+            .await
+            .map_err(QueueError::from)
     }
 
     #[tracing::instrument(skip_all, fields(max))]
@@ -178,16 +169,7 @@ impl LeaseQueue for SqliteLeaseQueue {
         if max == 0 {
             return Ok(Vec::new());
         }
-        claim::claim(
-            self.db.reader(),
-            self.db.writer(),
-            worker,
-            max,
-            lease_for,
-            now,
-        )
-        .await
-        .map_err(queue_err)
+        Ok(claim::claim(&self.db, worker, max, lease_for, now).await?)
     }
 
     async fn renew(
@@ -195,45 +177,33 @@ impl LeaseQueue for SqliteLeaseQueue {
         leases: &[LeaseId],
         until: Timestamp,
     ) -> Result<Vec<LeaseId>, QueueError> {
-        if leases.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<&str> = leases.iter().map(LeaseId::as_str).collect();
-        let rows = sqlx::query(RENEW)
-            .bind(to_json(&ids).map_err(queue_err)?)
-            .bind(to_millis(until))
-            .fetch_all(self.db.writer())
-            .await
-            .map_err(queue_err)?;
-        let held = rows
-            .iter()
-            .map(|r| r.try_get::<String, _>("lease_id"))
-            .collect::<Result<HashSet<_>, _>>()
-            .map_err(queue_err)?;
+        let until = to_millis(until);
+        let changed = self
+            .per_item(RENEW, leases, |l| (l.as_str(), until))
+            .await?;
         // A renewal leaves the lease held, so a lease listed twice is reported twice.
         Ok(leases
             .iter()
-            .filter(|l| held.contains(l.as_str()))
-            .cloned()
+            .zip(changed)
+            .filter(|(_, n)| *n > 0)
+            .map(|(l, _)| l.clone())
             .collect())
     }
 
     async fn ack(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
-        let ids: Vec<&str> = leases.iter().map(LeaseId::as_str).collect();
-        self.run_batch(ACK, &ids, None).await
+        self.per_item(ACK, leases, |l| [l.as_str()]).await?;
+        Ok(())
     }
 
     async fn nack(&self, leases: &[(LeaseId, Timestamp)]) -> Result<(), QueueError> {
-        let rows: Vec<_> = first_of_each(leases, |(id, _)| id)
-            .into_iter()
-            .map(|(id, at)| (id.as_str(), to_millis(*at)))
-            .collect();
-        self.run_batch(NACK, &rows, None).await
+        self.per_item(NACK, leases, |(l, at)| (l.as_str(), to_millis(*at)))
+            .await?;
+        Ok(())
     }
 
     async fn release(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
-        let ids: Vec<&str> = leases.iter().map(LeaseId::as_str).collect();
-        self.run_batch(RELEASE, &ids, None).await
+        self.per_item(RELEASE, leases, |l| [l.as_str()]).await?;
+        Ok(())
     }
 
     async fn dead_letter(
@@ -241,89 +211,65 @@ impl LeaseQueue for SqliteLeaseQueue {
         leases: &[(LeaseId, String)],
         now: Timestamp,
     ) -> Result<(), QueueError> {
-        let rows: Vec<_> = first_of_each(leases, |(id, _)| id)
-            .into_iter()
-            .map(|(id, reason)| (id.as_str(), reason.as_str()))
-            .collect();
-        self.run_batch(BURY, &rows, Some(to_millis(now))).await
+        let now = to_millis(now);
+        self.per_item(BURY, leases, |(l, reason)| {
+            (l.as_str(), reason.as_str(), now)
+        })
+        .await?;
+        Ok(())
     }
 
     #[tracing::instrument(skip_all)]
     async fn expire(&self, now: Timestamp) -> Result<Vec<Expired>, QueueError> {
-        let now_ms = to_millis(now);
-        let mut tx = self.db.begin_write().await.map_err(queue_err)?;
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            entry_columns!(),
-            ", lease_id, leased_by, lease_expires_ms FROM queue_entries
-             WHERE state = 'leased' AND lease_expires_ms <= ?1
-             ORDER BY lease_expires_ms, lease_id"
-        ))
-        .bind(now_ms)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(queue_err)?;
-        let mut out = Vec::with_capacity(rows.len());
-        let (mut requeue, mut bury) = (Vec::new(), Vec::new());
-        for row in &rows {
-            let lease = lease_from_row(row).map_err(queue_err)?;
-            let outcome = if lease.entry.attempt >= lease.entry.max_attempts {
-                // In deadline order, which `BURY` turns into dead-letter order.
-                bury.push((lease.lease_id.clone(), "lease expired"));
-                ExpiryOutcome::DeadLettered
-            } else {
-                requeue.push(lease.lease_id.clone());
-                ExpiryOutcome::Requeued
-            };
-            out.push(Expired { lease, outcome });
-        }
-        if !requeue.is_empty() {
-            sqlx::query(REQUEUE)
-                .bind(to_json(&requeue).map_err(queue_err)?)
-                .execute(&mut *tx)
-                .await
-                .map_err(queue_err)?;
-        }
-        if !bury.is_empty() {
-            sqlx::query(BURY)
-                .bind(to_json(&bury).map_err(queue_err)?)
-                .bind(now_ms)
-                .execute(&mut *tx)
-                .await
-                .map_err(queue_err)?;
-        }
-        tx.commit().await.map_err(queue_err)?;
-        Ok(out)
+        let now = to_millis(now);
+        let expired = self
+            .db
+            .write(|tx| {
+                let leases = tx
+                    .prepare_cached(EXPIRED)?
+                    .query_map([now], lease_from_row)?
+                    .collect::<rusqlite::Result<Vec<Lease>>>()?;
+                let mut requeue = tx.prepare_cached(REQUEUE)?;
+                let mut bury = tx.prepare_cached(BURY)?;
+                let mut out = Vec::with_capacity(leases.len());
+                // In deadline order, which is also the order the dead letters get.
+                for lease in leases {
+                    let id = lease.lease_id.as_str();
+                    let outcome = if lease.entry.attempt >= lease.entry.max_attempts {
+                        bury.execute((id, "lease expired", now))?;
+                        ExpiryOutcome::DeadLettered
+                    } else {
+                        requeue.execute([id])?;
+                        ExpiryOutcome::Requeued
+                    };
+                    out.push(Expired { lease, outcome });
+                }
+                Ok::<_, rusqlite::Error>(out)
+            })
+            .await?;
+        Ok(expired)
     }
 
     async fn discard(&self, tasks: &[TaskRef]) -> Result<(), QueueError> {
-        let rows: Vec<_> = tasks.iter().map(task_pair).collect();
-        self.run_batch(DISCARD, &rows, None).await
+        self.per_item(DISCARD, tasks, |t| (t.job_id.as_str(), t.task_id.as_str()))
+            .await?;
+        Ok(())
     }
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            entry_columns!(),
-            ", dead_reason, dead_at_ms FROM queue_entries WHERE state = 'dead'
-             ORDER BY dead_seq LIMIT ?1"
-        ))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.reader())
-        .await
-        .map_err(queue_err)?;
-        let dead_letter = |r: &SqliteRow| -> Result<DeadLetter, sqlx::Error> {
-            let reason = r.try_get("dead_reason")?;
+        let dead_letter = |r: &Row<'_>| -> rusqlite::Result<DeadLetter> {
             Ok(DeadLetter {
                 entry: entry_from_row(r)?,
-                reason,
+                reason: r.get("dead_reason")?,
                 dead_at: ts(r, "dead_at_ms")?,
             })
         };
-        rows.iter()
-            .map(dead_letter)
-            .collect::<Result<_, _>>()
-            .map_err(queue_err)
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        Ok(self.db.read(|tx| {
+            tx.prepare_cached(LIST_DEAD)?
+                .query_map([limit], dead_letter)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?)
     }
 
     async fn requeue_dead(
@@ -331,41 +277,37 @@ impl LeaseQueue for SqliteLeaseQueue {
         tasks: &[TaskRef],
         now: Timestamp,
     ) -> Result<Vec<TaskRef>, QueueError> {
-        let firsts = first_of_each(tasks, task_pair);
-        if firsts.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<_> = firsts.iter().map(|t| task_pair(t)).collect();
-        let rows = sqlx::query(REVIVE)
-            .bind(to_json(&pairs).map_err(queue_err)?)
-            .bind(to_millis(now))
-            .fetch_all(self.db.writer())
-            .await
-            .map_err(queue_err)?;
-        let revived = rows
+        let now = to_millis(now);
+        let changed = self
+            .per_item(REVIVE, tasks, |t| {
+                (t.job_id.as_str(), t.task_id.as_str(), now)
+            })
+            .await?;
+        // A revived row is pending, so a task listed twice is revived (and counted) once.
+        Ok(tasks
             .iter()
-            .map(|r| Ok((r.try_get("job_id")?, r.try_get("task_id")?)))
-            .collect::<Result<HashSet<(String, String)>, sqlx::Error>>()
-            .map_err(queue_err)?;
-        // Revived rows are pending, so a task listed twice counts once, in input order.
-        Ok(firsts
-            .into_iter()
-            .filter(|t| revived.contains(&(t.job_id.to_string(), t.task_id.to_string())))
-            .cloned()
+            .zip(changed)
+            .filter(|(_, n)| *n > 0)
+            .map(|(t, _)| t.clone())
             .collect())
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let rows = sqlx::query(DEPTH)
-            .fetch_all(self.db.reader())
-            .await
-            .map_err(queue_err)?;
+        let rows = self.db.read(|tx| {
+            tx.prepare_cached(DEPTH)?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>("state")?,
+                        r.get::<_, i64>("priority_rank")?,
+                        r.get::<_, i64>("n")?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })?;
         let mut depth = QueueDepth::default();
-        for row in &rows {
-            let state: &str = row.try_get("state").map_err(queue_err)?;
-            let rank: i64 = row.try_get("priority_rank").map_err(queue_err)?;
-            let n: u64 = row.try_get("n").map_err(queue_err)?;
-            match state {
+        for (state, rank, n) in rows {
+            let n = u64::try_from(n).unwrap_or(0);
+            match state.as_str() {
                 "pending" => depth.add_pending(Priority::from_rank(rank), n),
                 "leased" => depth.leased += n,
                 "dead" => depth.dead += n,
@@ -376,6 +318,6 @@ impl LeaseQueue for SqliteLeaseQueue {
     }
 
     async fn ping(&self) -> Result<(), QueueError> {
-        self.db.ping().await.map_err(queue_err)
+        Ok(self.db.ping().await?)
     }
 }

@@ -7,15 +7,14 @@
 //! on the same [`SqliteDb`] to hand out.
 
 use async_trait::async_trait;
-use sqlx::Row;
+use rusqlite::{Connection, OptionalExtension};
 
-pub(crate) use self::batch::{execute as execute_batch, values_with as batch_values_with};
 pub use self::db::SqliteDb;
-pub(crate) use self::db::{queue_err, store_err};
+pub(crate) use self::db::store_err;
 pub(crate) use self::rows::id as row_id;
 use self::rows::worker_from_row;
 pub(crate) use self::rows::{
-    ENTRY_COLUMNS, bind_entry, entry_columns, entry_from_row, opt_id, to_json, ts,
+    entry_columns, entry_from_row, entry_params, entry_placeholders, opt_id, to_json, ts,
 };
 use super::{
     ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,
@@ -27,7 +26,6 @@ use crate::domain::{
     Worker, WorkerId, WorkerRegistration,
 };
 
-mod batch;
 mod db;
 mod jobs;
 mod rows;
@@ -54,39 +52,39 @@ impl SqliteStore {
 #[async_trait]
 impl JobStore for SqliteStore {
     /// One transaction for the whole batch: a key row per keyed job (to detect repeats),
-    /// then one statement each for all job rows, all task rows and all ready entries.
+    /// then the job rows, task rows and ready entries of the fresh ones.
     #[tracing::instrument(skip_all, fields(jobs = jobs.len()))]
     async fn create_jobs(
         &self,
         jobs: &[NewJobWrite<'_>],
     ) -> Result<Vec<CreateOutcome>, StoreError> {
-        let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        let mut outcomes = Vec::with_capacity(jobs.len());
-        let mut fresh = Vec::with_capacity(jobs.len());
-        for j in jobs {
-            if let Some(claim) = j.idempotency
-                && let Some(replayed) = claim_key(&mut tx, claim, j.record).await?
-            {
-                outcomes.push(replayed);
-                continue;
-            }
-            outcomes.push(CreateOutcome::Created);
-            fresh.push(j);
-        }
-        let records: Vec<&JobRecord> = fresh.iter().map(|j| j.record).collect();
-        // A job id used before fails the insert on `jobs.job_id`'s uniqueness.
-        jobs::insert_jobs(&mut tx, &records)
+        self.db
+            .write(|tx| {
+                let mut outcomes = Vec::with_capacity(jobs.len());
+                let mut fresh = Vec::with_capacity(jobs.len());
+                for j in jobs {
+                    if let Some(claim) = j.idempotency
+                        && let Some(replayed) = claim_key(tx, claim, j.record)?
+                    {
+                        outcomes.push(replayed);
+                        continue;
+                    }
+                    outcomes.push(CreateOutcome::Created);
+                    fresh.push(j);
+                }
+                let records: Vec<&JobRecord> = fresh.iter().map(|j| j.record).collect();
+                // A job id used before fails the insert on `jobs.job_id`'s uniqueness, and
+                // the error rolls the whole batch back.
+                jobs::insert_jobs(tx, &records).map_err(|e| match store_err(e) {
+                    StoreError::Conflict(_) => taken_id(&records),
+                    other => other,
+                })?;
+                let ready: Vec<QueueEntry> =
+                    fresh.iter().flat_map(|j| j.ready.iter().cloned()).collect();
+                update::dispatch(tx, self.dispatch, &ready)?;
+                Ok(outcomes)
+            })
             .await
-            .map_err(|e| match store_err(e) {
-                StoreError::Conflict(_) => taken_id(&records),
-                other => other,
-            })?;
-        let ready: Vec<QueueEntry> = fresh.iter().flat_map(|j| j.ready.iter().cloned()).collect();
-        update::dispatch(&mut tx, self.dispatch, &ready)
-            .await
-            .map_err(store_err)?;
-        tx.commit().await.map_err(store_err)?;
-        Ok(outcomes)
     }
 
     async fn find_idempotency(
@@ -94,24 +92,24 @@ impl JobStore for SqliteStore {
         tenant: &TenantId,
         key: &IdempotencyKey,
     ) -> Result<Option<(JobId, String)>, StoreError> {
-        let mut conn = self.db.reader().acquire().await.map_err(store_err)?;
-        idempotency_row(&mut conn, tenant, key).await
+        self.db
+            .read(|tx| idempotency_row(tx, tenant, key))
+            .map_err(store_err)
     }
 
     async fn load_job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
         // A read transaction, so the job row and its task rows come from one snapshot.
-        let mut tx = self.db.begin_read().await.map_err(store_err)?;
-        jobs::load_record(&mut tx, id).await.map_err(store_err)
+        self.db
+            .read(|tx| jobs::load_record(tx, id))
+            .map_err(store_err)
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        let mut conn = self.db.reader().acquire().await.map_err(store_err)?;
-        jobs::load_job(&mut conn, id).await.map_err(store_err)
+        self.db.read(|tx| jobs::load_job(tx, id)).map_err(store_err)
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
-        let mut conn = self.db.reader().acquire().await.map_err(store_err)?;
-        jobs::list_jobs(&mut conn, filter).await
+        self.db.read(|tx| jobs::list_jobs(tx, filter))
     }
 
     async fn list_tasks(
@@ -119,21 +117,19 @@ impl JobStore for SqliteStore {
         job_id: &JobId,
         filter: &TaskFilter,
     ) -> Result<TaskPage, StoreError> {
-        let mut tx = self.db.begin_read().await.map_err(store_err)?;
-        jobs::list_tasks(&mut tx, job_id, filter)
-            .await
+        self.db
+            .read(|tx| jobs::list_tasks(tx, job_id, filter))
             .map_err(store_err)?
             .ok_or_else(|| StoreError::NotFound(format!("job {job_id}")))
     }
 
-    /// The whole batch is one transaction of a fixed number of statements: reports for many
-    /// jobs commit (and fsync) together, which is where the throughput comes from.
+    /// The whole batch is one transaction: reports for many jobs commit together, which is
+    /// where the throughput comes from.
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError> {
-        let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        update::update_jobs(&mut tx, self.dispatch, ids, apply)
+        self.db
+            .write(|tx| update::update_jobs(tx, self.dispatch, ids, apply))
             .await
-            .map_err(store_err)?;
-        tx.commit().await.map_err(store_err)
+            .map_err(store_err)
     }
 
     async fn renew_leases(
@@ -141,12 +137,13 @@ impl JobStore for SqliteStore {
         renewals: &[LeaseRenewal],
         until: Timestamp,
     ) -> Result<Vec<Option<Status>>, StoreError> {
-        let mut tx = self.db.begin_write().await.map_err(store_err)?;
-        let out = update::renew_leases(&mut tx, renewals, until)
+        if renewals.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.db
+            .write(|tx| update::renew_leases(tx, renewals, until))
             .await
-            .map_err(store_err)?;
-        tx.commit().await.map_err(store_err)?;
-        Ok(out)
+            .map_err(store_err)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {
@@ -164,51 +161,46 @@ fn taken_id(records: &[&JobRecord]) -> StoreError {
 }
 
 /// Writes the key row of a keyed submit; `Some(Replayed)` when the key was already used.
-async fn claim_key(
-    conn: &mut sqlx::SqliteConnection,
+fn claim_key(
+    conn: &Connection,
     claim: &IdempotencyClaim,
     record: &JobRecord,
-) -> Result<Option<CreateOutcome>, StoreError> {
-    let inserted = sqlx::query(
-        "INSERT INTO idempotency_keys (tenant, idem_key, job_id, request_hash, created_at_ms)
-         VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
-    )
-    .bind(claim.tenant.as_str())
-    .bind(claim.key.as_str())
-    .bind(record.job.job_id.as_str())
-    .bind(&claim.request_hash)
-    .bind(to_millis(record.job.created_at))
-    .execute(&mut *conn)
-    .await
-    .map_err(store_err)?;
-    if inserted.rows_affected() > 0 {
+) -> rusqlite::Result<Option<CreateOutcome>> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO idempotency_keys (tenant, idem_key, job_id, request_hash, created_at_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT DO NOTHING",
+        )?
+        .execute((
+            claim.tenant.as_str(),
+            claim.key.as_str(),
+            record.job.job_id.as_str(),
+            &claim.request_hash,
+            to_millis(record.job.created_at),
+        ))?;
+    if inserted > 0 {
         return Ok(None);
     }
-    let (job_id, request_hash) = idempotency_row(conn, &claim.tenant, &claim.key)
-        .await?
-        .ok_or_else(|| StoreError::Corrupt("idempotency key vanished".into()))?;
+    let (job_id, request_hash) = idempotency_row(conn, &claim.tenant, &claim.key)?
+        .ok_or(rusqlite::Error::QueryReturnedNoRows)?;
     Ok(Some(CreateOutcome::Replayed {
         job_id,
         request_hash,
     }))
 }
 
-async fn idempotency_row(
-    conn: &mut sqlx::SqliteConnection,
+fn idempotency_row(
+    conn: &Connection,
     tenant: &TenantId,
     key: &IdempotencyKey,
-) -> Result<Option<(JobId, String)>, StoreError> {
-    let row = sqlx::query(
+) -> rusqlite::Result<Option<(JobId, String)>> {
+    conn.prepare_cached(
         "SELECT job_id, request_hash FROM idempotency_keys WHERE tenant = ?1 AND idem_key = ?2",
-    )
-    .bind(tenant.as_str())
-    .bind(key.as_str())
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(store_err)?;
-    row.map(|r| Ok((rows::id(&r, "job_id")?, r.try_get("request_hash")?)))
-        .transpose()
-        .map_err(store_err)
+    )?
+    .query_row((tenant.as_str(), key.as_str()), |r| {
+        Ok((rows::id(r, "job_id")?, r.get("request_hash")?))
+    })
+    .optional()
 }
 
 #[async_trait]
@@ -219,22 +211,23 @@ impl WorkerStore for SqliteStore {
         registration: &WorkerRegistration,
         at: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO workers (worker_id, registration, load_figures, registered_at_ms,
-                                  last_heartbeat_ms)
-             VALUES (?1, ?2, ?3, ?4, ?4)
-             ON CONFLICT (worker_id) DO UPDATE SET
-                 registration = excluded.registration, load_figures = excluded.load_figures,
-                 registered_at_ms = excluded.registered_at_ms,
-                 last_heartbeat_ms = excluded.last_heartbeat_ms",
-        )
-        .bind(id.as_str())
-        .bind(to_json(registration).map_err(store_err)?)
-        .bind(to_json(&Heartbeat::default()).map_err(store_err)?)
-        .bind(to_millis(at))
-        .execute(self.db.writer())
-        .await
-        .map_err(store_err)?;
+        let registration = to_json(registration)?;
+        let load = to_json(&Heartbeat::default())?;
+        self.db
+            .write(|tx| {
+                tx.prepare_cached(
+                    "INSERT INTO workers (worker_id, registration, load_figures,
+                                          registered_at_ms, last_heartbeat_ms)
+                     VALUES (?1, ?2, ?3, ?4, ?4)
+                     ON CONFLICT (worker_id) DO UPDATE SET
+                         registration = excluded.registration,
+                         load_figures = excluded.load_figures,
+                         registered_at_ms = excluded.registered_at_ms,
+                         last_heartbeat_ms = excluded.last_heartbeat_ms",
+                )?
+                .execute((id.as_str(), &registration, &load, to_millis(at)))
+            })
+            .await?;
         Ok(())
     }
 
@@ -244,16 +237,18 @@ impl WorkerStore for SqliteStore {
         heartbeat: &Heartbeat,
         at: Timestamp,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE workers SET load_figures = ?2, last_heartbeat_ms = ?3 WHERE worker_id = ?1",
-        )
-        .bind(id.as_str())
-        .bind(to_json(heartbeat).map_err(store_err)?)
-        .bind(to_millis(at))
-        .execute(self.db.writer())
-        .await
-        .map_err(store_err)?;
-        Ok(done.rows_affected() > 0)
+        let load = to_json(heartbeat)?;
+        let updated = self
+            .db
+            .write(|tx| {
+                tx.prepare_cached(
+                    "UPDATE workers SET load_figures = ?2, last_heartbeat_ms = ?3
+                     WHERE worker_id = ?1",
+                )?
+                .execute((id.as_str(), &load, to_millis(at)))
+            })
+            .await?;
+        Ok(updated > 0)
     }
 
     async fn get_worker(
@@ -261,24 +256,22 @@ impl WorkerStore for SqliteStore {
         id: &WorkerId,
         stale_before: Timestamp,
     ) -> Result<Option<Worker>, StoreError> {
-        sqlx::query("SELECT * FROM workers WHERE worker_id = ?1")
-            .bind(id.as_str())
-            .fetch_optional(self.db.reader())
-            .await
-            .map_err(store_err)?
-            .map(|row| worker_from_row(&row, stale_before))
-            .transpose()
+        self.db
+            .read(|tx| {
+                tx.prepare_cached("SELECT * FROM workers WHERE worker_id = ?1")?
+                    .query_row([id.as_str()], |r| worker_from_row(r, stale_before))
+                    .optional()
+            })
             .map_err(store_err)
     }
 
     async fn list_workers(&self, stale_before: Timestamp) -> Result<Vec<Worker>, StoreError> {
-        sqlx::query("SELECT * FROM workers ORDER BY worker_id")
-            .fetch_all(self.db.reader())
-            .await
-            .map_err(store_err)?
-            .iter()
-            .map(|row| worker_from_row(row, stale_before))
-            .collect::<Result<_, _>>()
+        self.db
+            .read(|tx| {
+                tx.prepare_cached("SELECT * FROM workers ORDER BY worker_id")?
+                    .query_map([], |r| worker_from_row(r, stale_before))?
+                    .collect::<rusqlite::Result<_>>()
+            })
             .map_err(store_err)
     }
 }
@@ -290,18 +283,18 @@ impl DispatchOutbox for SqliteStore {
             // Direct mode never writes the outbox.
             return Ok(Vec::new());
         }
-        let rows = sqlx::query(concat!(
-            "SELECT id, ",
-            entry_columns!(),
-            " FROM outbox ORDER BY id LIMIT ?1"
-        ))
-        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-        .fetch_all(self.db.reader())
-        .await
-        .map_err(store_err)?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("id")?, entry_from_row(r)?)))
-            .collect::<Result<_, sqlx::Error>>()
+        self.db
+            .read(|tx| {
+                tx.prepare_cached(concat!(
+                    "SELECT id, ",
+                    entry_columns!(),
+                    " FROM outbox ORDER BY id LIMIT ?1"
+                ))?
+                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                    Ok((r.get("id")?, entry_from_row(r)?))
+                })?
+                .collect::<rusqlite::Result<_>>()
+            })
             .map_err(store_err)
     }
 
@@ -309,12 +302,32 @@ impl DispatchOutbox for SqliteStore {
         if self.dispatch == Dispatch::Direct || ids.is_empty() {
             return Ok(());
         }
-        let ids = to_json(&ids).map_err(store_err)?;
-        sqlx::query("DELETE FROM outbox WHERE id IN (SELECT value FROM json_each(?1))")
-            .bind(ids)
-            .execute(self.db.writer())
-            .await
-            .map_err(store_err)?;
+        self.db
+            .write(|tx| {
+                let mut delete = tx.prepare_cached("DELETE FROM outbox WHERE id = ?1")?;
+                for id in ids {
+                    delete.execute([id])?;
+                }
+                Ok::<_, rusqlite::Error>(())
+            })
+            .await?;
         Ok(())
     }
+}
+
+/// The query plan SQLite chooses for `sql`, one step per line.
+#[cfg(test)]
+pub(crate) fn query_plan(db: &SqliteDb, sql: &str) -> String {
+    db.read(|tx| {
+        let mut st = tx.prepare(&format!("EXPLAIN QUERY PLAN {sql}"))?;
+        // Parameters stay unbound (NULL): the plan does not depend on their values.
+        let mut rows = st.raw_query();
+        let mut plan = Vec::new();
+        while let Some(r) = rows.next()? {
+            plan.push(r.get::<_, String>("detail")?);
+        }
+        Ok::<_, rusqlite::Error>(plan)
+    })
+    .unwrap()
+    .join("\n")
 }

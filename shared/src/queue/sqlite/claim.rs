@@ -2,12 +2,10 @@
 
 use std::time::Duration;
 
-use sqlx::{Row, SqlitePool};
-
 use super::lease_from_row;
 use crate::clock::{to_millis, truncate_millis};
 use crate::domain::{Lease, LeaseId, Timestamp, WorkerCaps};
-use crate::store::sqlite::{entry_columns, to_json};
+use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
 
 /// Leases up to `?8` claimable entries to worker `?2` until `?3`, and returns them.
 ///
@@ -53,47 +51,49 @@ pub(super) const ANY_CLAIMABLE: &str = "SELECT EXISTS (
 
 /// Leases up to `max` (> 0) entries to `worker` for `lease_for` from `now`, in claim order.
 pub(super) async fn claim(
-    reader: &SqlitePool,
-    writer: &SqlitePool,
+    db: &SqliteDb,
     worker: &WorkerCaps,
     max: usize,
     lease_for: Duration,
     now: Timestamp,
-) -> Result<Vec<Lease>, sqlx::Error> {
+) -> rusqlite::Result<Vec<Lease>> {
     let backends = to_json(&worker.backends)?;
     let models = to_json(&worker.models)?;
-    let any: bool = sqlx::query_scalar(ANY_CLAIMABLE)
-        .bind(to_millis(now))
-        .bind(worker.worker_id.as_ref().map(|w| w.as_str()))
-        .bind(worker.gpu)
-        .bind(&backends)
-        .bind(&models)
-        .fetch_one(reader)
-        .await?;
+    let worker_id = worker.worker_id.as_ref().map(|w| w.as_str());
+    let any: bool = db.read(|tx| {
+        tx.prepare_cached(ANY_CLAIMABLE)?.query_row(
+            (to_millis(now), worker_id, worker.gpu, &backends, &models),
+            |r| r.get(0),
+        )
+    })?;
     if !any {
         return Ok(Vec::new());
     }
     let prefix = format!("{}-", LeaseId::generate());
     let expires_at = truncate_millis(now + lease_for);
-    let rows = sqlx::query(CLAIM)
-        .bind(prefix)
-        .bind(worker.worker_id.as_ref().map(|w| w.as_str()))
-        .bind(to_millis(expires_at))
-        .bind(to_millis(now))
-        .bind(worker.gpu)
-        .bind(backends)
-        .bind(models)
-        .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(writer)
+    let mut leases = db
+        .write(|tx| {
+            tx.prepare_cached(CLAIM)?
+                .query_map(
+                    (
+                        &prefix,
+                        worker_id,
+                        to_millis(expires_at),
+                        to_millis(now),
+                        worker.gpu,
+                        &backends,
+                        &models,
+                        i64::try_from(max).unwrap_or(i64::MAX),
+                    ),
+                    |r| {
+                        let order: (i64, i64) = (r.get("priority_rank")?, r.get("seq")?);
+                        Ok((order, lease_from_row(r)?))
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
         .await?;
     // RETURNING comes in no promised order; claim order is priority, then FIFO.
-    let mut leases = rows
-        .iter()
-        .map(|r| {
-            let order: (i64, i64) = (r.try_get("priority_rank")?, r.try_get("seq")?);
-            Ok((order, lease_from_row(r)?))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
     leases.sort_by_key(|(order, _)| *order);
     Ok(leases.into_iter().map(|(_, l)| l).collect())
 }

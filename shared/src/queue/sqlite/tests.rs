@@ -166,14 +166,14 @@ async fn claim_honours_requirements_past_unclaimable_entries() {
 #[tokio::test]
 async fn claim_uses_the_claim_index() {
     let (_dir, q) = a_queue().await;
-    let plan = query_plan(&q, claim::CLAIM).await;
+    let plan = query_plan(&q, claim::CLAIM);
     assert!(plan.contains("USING INDEX queue_pending"), "{plan}");
     assert!(
         plan.contains("USING INTEGER PRIMARY KEY (rowid=?)"),
         "{plan}"
     );
     assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-    let check = query_plan(&q, claim::ANY_CLAIMABLE).await;
+    let check = query_plan(&q, claim::ANY_CLAIMABLE);
     assert!(check.contains("USING INDEX queue_pending"), "{check}");
 }
 
@@ -193,7 +193,7 @@ async fn batch_statements_seek_per_item() {
         (DISCARD, by_task),
         (REVIVE, by_task),
     ] {
-        let plan = query_plan(&q, sql).await;
+        let plan = query_plan(&q, sql);
         assert!(plan.contains(seek), "{sql}\n{plan}");
         assert!(!plan.contains("SCAN queue_entries"), "{sql}\n{plan}");
     }
@@ -203,20 +203,14 @@ async fn batch_statements_seek_per_item() {
 #[tokio::test]
 async fn depth_counts_from_the_partial_indexes() {
     let (_dir, q) = a_queue().await;
-    let plan = query_plan(&q, DEPTH).await;
+    let plan = query_plan(&q, DEPTH);
     for index in ["queue_pending", "queue_leased", "queue_dead"] {
         assert!(plan.contains(&format!("COVERING INDEX {index}")), "{plan}");
     }
 }
 
-async fn query_plan(q: &SqliteLeaseQueue, sql: &str) -> String {
-    let sql = format!("EXPLAIN QUERY PLAN {sql}");
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
-        .fetch_all(q.db.reader())
-        .await
-        .unwrap();
-    let plan: Vec<String> = rows.iter().map(|r| r.get("detail")).collect();
-    plan.join("\n")
+fn query_plan(q: &SqliteLeaseQueue, sql: &str) -> String {
+    crate::store::sqlite::query_plan(&q.db, sql)
 }
 
 /// The claim statement's filter gives `Requirements::admit`'s answer for every combination of

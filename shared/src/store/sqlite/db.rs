@@ -1,13 +1,19 @@
-//! The SQLite database file: connection pools, pragmas, migrations and error mapping.
+//! The SQLite database file: connections, pragmas, migrations and error mapping.
+//!
+//! SQLite runs in this process, so a statement costs microseconds; what made the old async
+//! driver slow was handing every statement to a driver thread and waking the caller again
+//! (about 70 µs a statement, most of the server's CPU in futex wake-ups). Here a transaction
+//! runs synchronously, start to commit, on the task that asked for it: writers queue on an
+//! async mutex for the one writer connection, and readers take a connection from a small pool.
+//! Neither ever awaits while holding a connection, so a cancelled request cannot leave a
+//! transaction half done.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
-use sqlx::{Sqlite, Transaction};
 
 use crate::queue::QueueError;
 use crate::store::StoreError;
@@ -32,18 +38,41 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// Connections in the read pool. Readers never block the writer in WAL mode, so a few are
-/// enough to serve list/get traffic while a write transaction is open.
-const READERS: u32 = 4;
+/// Reader connections kept open between reads. Readers never block the writer in WAL mode;
+/// a read that finds none idle opens another and drops it afterwards.
+const READERS: usize = 4;
 
 /// How long a statement waits for a lock held by another process before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// One SQLite database file with its two pools. Cheap to clone: the pools are shared.
-#[derive(Debug, Clone)]
+/// Prepared statements kept per connection; the hot paths use a few dozen texts.
+const STATEMENT_CACHE: usize = 128;
+
+/// One SQLite database file: one writer connection and a pool of readers. Cheap to clone:
+/// the connections are shared.
+#[derive(Clone)]
 pub struct SqliteDb {
-    writer: SqlitePool,
-    reader: SqlitePool,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    /// Stops the checkpointer when the last handle goes.
+    _checkpointer: Checkpointer,
+    /// SQLite has one writer at a time. A single writer connection serialises our writes on
+    /// this mutex instead of in SQLite's lock, so a transaction never has to upgrade a read
+    /// lock (the SQLITE_BUSY deadlock of deferred transactions), and BEGIN IMMEDIATE only
+    /// ever waits for another process, under `busy_timeout`.
+    writer: tokio::sync::Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for SqliteDb {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteDb")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SqliteDb {
@@ -54,7 +83,7 @@ impl SqliteDb {
     /// `Unavailable` when the file cannot be created or opened; `Corrupt` when an applied
     /// migration differs from the one compiled in.
     pub async fn open(path: &Path) -> Result<SqliteDb, StoreError> {
-        let db = Self::connect(path).await?;
+        let db = Self::connect(path)?;
         let applied = db.migrate().await?;
         if !applied.is_empty() {
             tracing::info!(path = %path.display(), ?applied, "applied sqlite migrations");
@@ -62,53 +91,23 @@ impl SqliteDb {
         Ok(db)
     }
 
-    /// Opens the pools without migrating.
-    pub(crate) async fn connect(path: &Path) -> Result<SqliteDb, StoreError> {
+    /// Opens the writer connection without migrating.
+    pub(crate) fn connect(path: &Path) -> Result<SqliteDb, StoreError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(|e| {
                 StoreError::Unavailable(format!("create directory {}: {e}", dir.display()))
             })?;
         }
-        let base = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .busy_timeout(BUSY_TIMEOUT)
-            .foreign_keys(true)
-            // WAL + NORMAL syncs the WAL at checkpoints rather than at every commit. A commit
-            // still survives a crash of this process (the OS has the pages), which is the
-            // durability we promise; a power loss may lose the last few transactions.
-            .synchronous(SqliteSynchronous::Normal)
-            // A 64 MiB page cache per connection (default 2 MiB) and memory-mapped reads keep
-            // the hot jobs/tasks/queue pages out of read(2) as the file grows.
-            .pragma("cache_size", "-65536")
-            .pragma("mmap_size", "268435456")
-            .pragma("temp_store", "memory");
-        // SQLite has one writer at a time. A single writer connection serialises our writes
-        // in the pool queue instead of in SQLite's lock, so a transaction never has to upgrade
-        // a read lock (the SQLITE_BUSY deadlock of deferred transactions), and BEGIN IMMEDIATE
-        // only ever waits for another process, under `busy_timeout`.
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .connect_with(base.clone().journal_mode(SqliteJournalMode::Wal))
-            .await
-            .map_err(store_err)?;
-        // Created after the writer switched the file to WAL (a persistent setting). The
-        // readers refuse writes, so a write routed to the wrong pool fails loudly.
-        // Readers keep SQLite's default 2 MiB cache: in WAL mode a reader drops its whole
-        // cache whenever another connection has written since its last read, which under a
-        // steady write load is every read, and dropping a large cache costs more than it saves.
-        let reader = SqlitePoolOptions::new()
-            .max_connections(READERS)
-            .connect_with(
-                base.pragma("query_only", "ON")
-                    .pragma("cache_size", "-2000"),
-            )
-            .await
-            .map_err(store_err)?;
-        Ok(SqliteDb { writer, reader })
+        let writer = open_writer(path).map_err(store_err)?;
+        let checkpointer = Checkpointer::start(path).map_err(store_err)?;
+        Ok(SqliteDb {
+            inner: Arc::new(Inner {
+                path: path.to_owned(),
+                _checkpointer: checkpointer,
+                writer: tokio::sync::Mutex::new(writer),
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
     }
 
     /// Applies the migrations that are not applied yet, each in its own transaction together
@@ -123,86 +122,216 @@ impl SqliteDb {
 
     /// Applies pending migrations up to version `last`.
     async fn migrate_up_to(&self, last: i64) -> Result<Vec<String>, StoreError> {
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (
-                version    INTEGER PRIMARY KEY,
-                name       TEXT NOT NULL,
-                checksum   TEXT NOT NULL,
-                applied_at TEXT NOT NULL
-            )",
-        )
-        .execute(&self.writer)
+        self.write(|tx| {
+            tx.execute_batch(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (
+                    version    INTEGER PRIMARY KEY,
+                    name       TEXT NOT NULL,
+                    checksum   TEXT NOT NULL,
+                    applied_at TEXT NOT NULL
+                )",
+            )
+        })
         .await
         .map_err(store_err)?;
         let mut applied = Vec::new();
         for &(version, name, sql) in MIGRATIONS.iter().take_while(|(v, _, _)| *v <= last) {
+            let checksum = checksum(sql);
             // Checked inside the write transaction, so two processes opening the same new file
             // cannot both apply a migration.
-            let mut tx = self.begin_write().await.map_err(store_err)?;
-            let found: Option<String> =
-                sqlx::query_scalar("SELECT checksum FROM schema_migrations WHERE version = ?1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_err)?;
-            let checksum = checksum(sql);
-            match found {
-                Some(stored) if stored == checksum => continue,
-                Some(_) => {
+            let outcome = self
+                .write(|tx| {
+                    let found: Option<String> = tx
+                        .query_row(
+                            "SELECT checksum FROM schema_migrations WHERE version = ?1",
+                            [version],
+                            |r| r.get(0),
+                        )
+                        .map(Some)
+                        .or_else(|e| match e {
+                            rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                            e => Err(e),
+                        })?;
+                    match found {
+                        Some(stored) => Ok(Some(stored == checksum)),
+                        None => {
+                            tx.execute_batch(sql)?;
+                            tx.execute(
+                                "INSERT INTO schema_migrations (version, name, checksum, applied_at)
+                                 VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
+                                (version, name, &checksum),
+                            )?;
+                            Ok(None)
+                        }
+                    }
+                })
+                .await
+                .map_err(store_err)?;
+            match outcome {
+                Some(true) => {}
+                Some(false) => {
                     return Err(StoreError::Corrupt(format!(
                         "migration {name} was edited after it was applied"
                     )));
                 }
-                None => {}
+                None => applied.push(name.to_owned()),
             }
-            sqlx::raw_sql(sql)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_err)?;
-            sqlx::query(
-                "INSERT INTO schema_migrations (version, name, checksum, applied_at)
-                 VALUES (?1, ?2, ?3, strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))",
-            )
-            .bind(version)
-            .bind(name)
-            .bind(&checksum)
-            .execute(&mut *tx)
-            .await
-            .map_err(store_err)?;
-            tx.commit().await.map_err(store_err)?;
-            applied.push(name.to_owned());
         }
         Ok(applied)
     }
 
-    /// A write transaction on the single writer connection.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
+    /// Runs `f` in a write transaction on the writer connection and commits it; an error
+    /// from `f` rolls it back. Waits (asynchronously) for the writer, then runs to the end
+    /// without awaiting.
+    pub(crate) async fn write<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut conn = self.inner.writer.lock().await;
         // IMMEDIATE takes the write lock up front: a transaction that read first and then
         // found another process holding the lock could not wait for it.
-        self.writer.begin_with("BEGIN IMMEDIATE").await
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 
-    /// A read transaction: one consistent snapshot across several statements.
-    pub(crate) async fn begin_read(&self) -> Result<Transaction<'static, Sqlite>, sqlx::Error> {
-        self.reader.begin().await
+    /// Runs `f` in a read transaction: one consistent snapshot across its statements, of
+    /// what was committed when it started.
+    pub(crate) fn read<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let idle = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop();
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => open_reader(&self.inner.path)?,
+        };
+        let out = {
+            let tx = conn.transaction()?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            out
+        };
+        let mut readers = self
+            .inner
+            .readers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if readers.len() < READERS {
+            readers.push(conn);
+        }
+        Ok(out)
     }
 
-    /// The writer pool, for single-statement writes (each is its own transaction).
-    pub(crate) fn writer(&self) -> &SqlitePool {
-        &self.writer
+    /// Runs a trivial statement on a reader and on the writer.
+    pub(crate) async fn ping(&self) -> rusqlite::Result<()> {
+        self.read(|tx| tx.query_row("SELECT 1", [], |_| Ok(())))?;
+        self.write(|tx| tx.query_row("SELECT 1", [], |_| Ok(())))
+            .await
     }
+}
 
-    /// The read pool, for single-statement reads.
-    pub(crate) fn reader(&self) -> &SqlitePool {
-        &self.reader
+/// The writer connection: switches the file to WAL (a persistent setting) before any reader
+/// opens it.
+fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = open_with(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
+    )?;
+    // journal_mode answers with the mode it set.
+    let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        tracing::warn!(%mode, "sqlite refused WAL mode");
     }
+    // A 64 MiB page cache (default 2 MiB) and memory-mapped reads keep the hot
+    // jobs/tasks/queue pages out of read(2) as the file grows. No checkpoints on commit:
+    // copying the WAL back into the file (and its fsync) was half the cost of a commit, on
+    // the one path every write waits for; the `Checkpointer` does it beside the writer.
+    conn.execute_batch("PRAGMA cache_size = -65536; PRAGMA wal_autocheckpoint = 0;")?;
+    Ok(conn)
+}
 
-    /// Runs a trivial statement on both pools.
-    pub(crate) async fn ping(&self) -> Result<(), sqlx::Error> {
-        sqlx::query("SELECT 1").execute(&self.reader).await?;
-        sqlx::query("SELECT 1").execute(&self.writer).await?;
-        Ok(())
+/// How often the checkpointer looks at the WAL.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// Copies the WAL back into the database file on a thread of its own, with PASSIVE
+/// checkpoints: they never block the writer or readers, and SQLite starts the WAL over once
+/// a checkpoint has caught up. Stops (after one last checkpoint) when dropped.
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> rusqlite::Result<Checkpointer> {
+        let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("sqlite-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    let last = !matches!(
+                        stopped.recv_timeout(CHECKPOINT_EVERY),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout)
+                    );
+                    let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                    if let Err(e) = done {
+                        tracing::warn!(error = %e, "sqlite checkpoint failed");
+                    }
+                    if last {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
     }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A reader connection. Readers refuse writes, so a write routed to one fails loudly. They
+/// keep SQLite's default 2 MiB cache: in WAL mode a reader drops its whole cache whenever
+/// another connection has written since its last read, which under a steady write load is
+/// every read, and dropping a large cache costs more than it saves.
+fn open_reader(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = open_with(path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    conn.execute_batch("PRAGMA query_only = ON; PRAGMA cache_size = -2000;")?;
+    Ok(conn)
+}
+
+/// The settings every connection shares.
+fn open_with(path: &Path, flags: OpenFlags) -> rusqlite::Result<Connection> {
+    let flags = flags | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // WAL + NORMAL syncs the WAL at checkpoints rather than at every commit. A commit still
+    // survives a crash of this process (the OS has the pages), which is the durability we
+    // promise; a power loss may lose the last few transactions.
+    conn.execute_batch(
+        "PRAGMA synchronous = NORMAL;
+         PRAGMA foreign_keys = ON;
+         PRAGMA mmap_size = 268435456;
+         PRAGMA temp_store = MEMORY;",
+    )?;
+    Ok(conn)
 }
 
 fn checksum(sql: &str) -> String {
@@ -217,35 +346,52 @@ enum Failure {
     Corrupt,
 }
 
-fn classify(e: &sqlx::Error) -> Failure {
+fn classify(e: &rusqlite::Error) -> Failure {
+    use rusqlite::ffi::ErrorCode;
     match e {
-        sqlx::Error::Database(db) if db.is_unique_violation() => Failure::Conflict,
-        sqlx::Error::Database(db) => {
-            // Extended result codes carry the primary code in the low byte.
-            let primary = db
-                .code()
-                .and_then(|c| c.parse::<i32>().ok())
-                .map(|c| c & 0xff);
-            match primary {
-                // PERM, BUSY, LOCKED, NOMEM, READONLY, INTERRUPT, IOERR, FULL, CANTOPEN,
-                // PROTOCOL, NOLFS: the database cannot serve us right now; a retry may work.
-                Some(3 | 5 | 6 | 7 | 8 | 9 | 10 | 13 | 14 | 15 | 22) => Failure::Unavailable,
-                _ => Failure::Corrupt,
+        rusqlite::Error::SqliteFailure(f, _) => match f.code {
+            ErrorCode::ConstraintViolation
+                if matches!(
+                    f.extended_code,
+                    rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                        | rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+                ) =>
+            {
+                Failure::Conflict
             }
-        }
-        sqlx::Error::RowNotFound => Failure::NotFound,
-        sqlx::Error::Decode(_)
-        | sqlx::Error::ColumnDecode { .. }
-        | sqlx::Error::ColumnNotFound(_)
-        | sqlx::Error::ColumnIndexOutOfBounds { .. }
-        | sqlx::Error::TypeNotFound { .. }
-        | sqlx::Error::Encode(_) => Failure::Corrupt,
-        _ => Failure::Unavailable,
+            // The database cannot serve us right now; a retry may work.
+            ErrorCode::PermissionDenied
+            | ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::OutOfMemory
+            | ErrorCode::ReadOnly
+            | ErrorCode::OperationInterrupted
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::CannotOpen
+            | ErrorCode::FileLockingProtocolFailed
+            | ErrorCode::NoLargeFileSupport => Failure::Unavailable,
+            _ => Failure::Corrupt,
+        },
+        rusqlite::Error::QueryReturnedNoRows => Failure::NotFound,
+        _ => Failure::Corrupt,
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        store_err(e)
+    }
+}
+
+impl From<rusqlite::Error> for QueueError {
+    fn from(e: rusqlite::Error) -> Self {
+        queue_err(e)
     }
 }
 
 /// Maps an engine error onto the store boundary.
-pub(crate) fn store_err(e: sqlx::Error) -> StoreError {
+pub(crate) fn store_err(e: rusqlite::Error) -> StoreError {
     let msg = e.to_string();
     match classify(&e) {
         Failure::Conflict => StoreError::Conflict(msg),
@@ -257,7 +403,7 @@ pub(crate) fn store_err(e: sqlx::Error) -> StoreError {
 
 /// Maps an engine error onto the queue boundary. The queue upserts, so a uniqueness conflict
 /// means its own invariants broke: that is corruption, not something a caller can resolve.
-pub(crate) fn queue_err(e: sqlx::Error) -> QueueError {
+pub(crate) fn queue_err(e: rusqlite::Error) -> QueueError {
     let msg = e.to_string();
     match classify(&e) {
         Failure::Unavailable => QueueError::Unavailable(msg),
@@ -298,7 +444,7 @@ mod tests {
     async fn migrations_are_applied_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("nested/dir/splai.db");
-        let db = SqliteDb::connect(&path).await.unwrap();
+        let db = SqliteDb::connect(&path).unwrap();
         let all: Vec<String> = MIGRATIONS
             .iter()
             .map(|(_, name, _)| (*name).to_owned())
@@ -315,37 +461,40 @@ mod tests {
     #[tokio::test]
     async fn queue_rebuild_keeps_entries_and_sequence() {
         let dir = tempfile::tempdir().unwrap();
-        let db = SqliteDb::connect(&dir.path().join("splai.db"))
-            .await
-            .unwrap();
+        let db = SqliteDb::connect(&dir.path().join("splai.db")).unwrap();
         db.migrate_up_to(2).await.unwrap();
-        for (seq, state, lease) in [
-            (1, "pending", None),
-            (2, "leased", Some("l-2")),
-            (3, "dead", None),
-        ] {
-            sqlx::query(
-                "INSERT INTO queue_entries (seq, job_id, task_id, tenant, priority_rank,
-                     requires_gpu, attempt, max_attempts, not_before_ms, state, lease_id)
-                 VALUES (?1, 'j', ?1, 't', 1, 0, 1, 3, 0, ?2, ?3)",
-            )
-            .bind(seq)
-            .bind(state)
-            .bind(lease)
-            .execute(&db.writer)
-            .await
-            .unwrap();
-        }
-        sqlx::query("DELETE FROM queue_entries WHERE seq = 3")
-            .execute(&db.writer)
-            .await
-            .unwrap();
+        db.write(|tx| {
+            for (seq, state, lease) in [
+                (1, "pending", None),
+                (2, "leased", Some("l-2")),
+                (3, "dead", None),
+            ] {
+                tx.execute(
+                    "INSERT INTO queue_entries (seq, job_id, task_id, tenant, priority_rank,
+                         requires_gpu, attempt, max_attempts, not_before_ms, state, lease_id)
+                     VALUES (?1, 'j', ?1, 't', 1, 0, 1, 3, 0, ?2, ?3)",
+                    (seq, state, lease),
+                )?;
+            }
+            tx.execute("DELETE FROM queue_entries WHERE seq = 3", [])
+        })
+        .await
+        .unwrap();
         assert_eq!(db.migrate().await.unwrap().len(), MIGRATIONS.len() - 2);
-        let kept: Vec<(i64, String, Option<String>)> =
-            sqlx::query_as("SELECT seq, state, lease_id FROM queue_entries ORDER BY seq")
-                .fetch_all(&db.writer)
-                .await
-                .unwrap();
+        let kept = db
+            .read(|tx| {
+                let mut st =
+                    tx.prepare("SELECT seq, state, lease_id FROM queue_entries ORDER BY seq")?;
+                st.query_map([], |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap();
         assert_eq!(
             kept,
             [
@@ -353,14 +502,18 @@ mod tests {
                 (2, "leased".into(), Some("l-2".into()))
             ]
         );
-        let next: i64 = sqlx::query_scalar(
-            "INSERT INTO queue_entries (job_id, task_id, tenant, priority_rank, requires_gpu,
-                 attempt, max_attempts, not_before_ms, state)
-             VALUES ('j', 'new', 't', 1, 0, 0, 3, 0, 'pending') RETURNING seq",
-        )
-        .fetch_one(&db.writer)
-        .await
-        .unwrap();
+        let next: i64 = db
+            .write(|tx| {
+                tx.query_row(
+                    "INSERT INTO queue_entries (job_id, task_id, tenant, priority_rank,
+                         requires_gpu, attempt, max_attempts, not_before_ms, state)
+                     VALUES ('j', 'new', 't', 1, 0, 0, 3, 0, 'pending') RETURNING seq",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .await
+            .unwrap();
         assert_eq!(next, 4, "seq 3 was used before the rebuild");
     }
 
@@ -370,10 +523,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("splai.db");
         let db = SqliteDb::open(&path).await.unwrap();
-        sqlx::query("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
-            .execute(&db.writer)
-            .await
-            .unwrap();
+        db.write(|tx| {
+            tx.execute(
+                "UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1",
+                [],
+            )
+        })
+        .await
+        .unwrap();
         drop(db);
         let err = SqliteDb::open(&path).await.unwrap_err();
         assert!(
@@ -382,25 +539,53 @@ mod tests {
         );
     }
 
-    /// The writer runs in WAL mode with NORMAL sync and enforces foreign keys; readers refuse writes.
+    /// The writer runs in WAL mode with NORMAL sync and enforces foreign keys; readers refuse
+    /// writes.
     #[tokio::test]
     async fn pragmas_are_applied() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
-        let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
-            .fetch_one(&db.writer)
+        let pragmas = db
+            .write(|tx| -> rusqlite::Result<_> {
+                let one = |p: &str| tx.query_row(p, [], |r| r.get_ref(0)?.as_i64().or(Ok(-1)));
+                let mode: String = tx.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+                Ok((
+                    mode,
+                    one("PRAGMA synchronous")?,
+                    one("PRAGMA foreign_keys")?,
+                ))
+            })
             .await
             .unwrap();
-        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
-            .fetch_one(&db.writer)
+        assert_eq!(pragmas, ("wal".to_owned(), 1, 1));
+        let write = db.read(|tx| tx.execute("DELETE FROM jobs", []));
+        assert!(write.is_err(), "readers are query_only");
+    }
+
+    /// A failed write rolls back everything it did and leaves the writer usable.
+    #[tokio::test]
+    async fn failed_write_rolls_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
+        let insert = "INSERT INTO idempotency_keys VALUES ('t', 'k', 'j', 'h', 0)";
+        let err = db
+            .write(|tx| {
+                tx.execute(insert, [])?;
+                tx.execute(insert, [])
+            })
             .await
-            .unwrap();
-        let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
-            .fetch_one(&db.writer)
-            .await
-            .unwrap();
-        assert_eq!((mode.as_str(), sync, fk), ("wal", 1, 1));
-        let write = sqlx::query("DELETE FROM jobs").execute(&db.reader).await;
-        assert!(write.is_err(), "reader pool is query_only");
+            .unwrap_err();
+        assert!(matches!(classify(&err), Failure::Conflict), "{err}");
+        let count = |db: &SqliteDb| {
+            db.read(|tx| {
+                tx.query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+            })
+            .unwrap()
+        };
+        assert_eq!(count(&db), 0);
+        db.write(|tx| tx.execute(insert, [])).await.unwrap();
+        assert_eq!(count(&db), 1);
     }
 }

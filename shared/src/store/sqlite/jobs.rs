@@ -1,99 +1,67 @@
-//! Single-job SQL for the job aggregate: writing a new job, reading one, and listing jobs and
-//! tasks. Batched updates of many jobs are in `update`.
+//! Single-job SQL for the job aggregate: writing new jobs, reading one, and listing jobs and
+//! tasks. Updates of many jobs are in `update`.
 
-use sqlx::sqlite::SqliteRow;
-use sqlx::{AssertSqlSafe, Row, SqliteConnection};
+use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
-use super::batch;
 use super::rows::{json, to_json};
 use super::update::Changes;
 use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, Status, Task};
 use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
-/// Inserts many new jobs with all their tasks: job rows in order (so `seq` follows the
-/// batch), then task rows, a few multi-row statements each.
+/// Inserts new jobs with all their tasks: job rows in order (so `seq` follows the batch),
+/// then task rows.
 #[tracing::instrument(skip_all, fields(jobs = records.len()))]
-pub(super) async fn insert_jobs(
-    conn: &mut SqliteConnection,
-    records: &[&JobRecord],
-) -> Result<(), sqlx::Error> {
-    let rows = records
-        .iter()
-        .map(|r| {
-            let job = &r.job;
-            Ok((job, to_json(job)?))
-        })
-        .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    batch::execute(conn, &rows, insert_jobs_sql, |q, (job, body)| {
-        q.bind(job.job_id.as_str())
-            .bind(job.tenant.as_str())
-            .bind(job.job_type.as_str())
-            .bind(job.status.as_str())
-            .bind(to_millis(job.created_at))
-            .bind(to_millis(job.updated_at))
-            .bind(body.as_str())
-    })
-    .await?;
+pub(super) fn insert_jobs(conn: &Connection, records: &[&JobRecord]) -> rusqlite::Result<()> {
+    let mut insert = conn.prepare_cached(
+        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for r in records {
+        let job = &r.job;
+        insert.execute((
+            job.job_id.as_str(),
+            job.tenant.as_str(),
+            job.job_type.as_str(),
+            job.status.as_str(),
+            to_millis(job.created_at),
+            to_millis(job.updated_at),
+            to_json(job)?,
+        ))?;
+    }
     let mut changes = Changes::default();
     for r in records {
-        changes.add_new_tasks(r)?;
+        changes.add_new_tasks(r);
     }
-    changes.write(conn).await
-}
-
-/// `rows` new job rows, in order.
-fn insert_jobs_sql(rows: usize) -> String {
-    format!(
-        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
-         VALUES {}",
-        batch::values(rows, 7)
-    )
+    changes.write(conn)
 }
 
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.
-#[tracing::instrument(skip_all)]
-pub(super) async fn load_record(
-    conn: &mut SqliteConnection,
-    id: &JobId,
-) -> Result<Option<JobRecord>, sqlx::Error> {
-    let Some(row) = sqlx::query("SELECT body FROM jobs WHERE job_id = ?1")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?
-    else {
+pub(super) fn load_record(conn: &Connection, id: &JobId) -> rusqlite::Result<Option<JobRecord>> {
+    let Some(job) = load_job(conn, id)? else {
         return Ok(None);
     };
-    let job: Job = json(&row, "body")?;
-    let tasks = sqlx::query("SELECT body FROM tasks WHERE job_id = ?1 ORDER BY position")
-        .bind(id.as_str())
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|r| json::<Task>(r, "body"))
-        .collect::<Result<_, _>>()?;
+    let tasks = load_tasks(conn, id)?;
     Ok(Some(JobRecord { job, tasks }))
 }
 
 /// The job row alone.
-pub(super) async fn load_job(
-    conn: &mut SqliteConnection,
-    id: &JobId,
-) -> Result<Option<Job>, sqlx::Error> {
-    sqlx::query("SELECT body FROM jobs WHERE job_id = ?1")
-        .bind(id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?
-        .map(|row| json(&row, "body"))
-        .transpose()
+pub(super) fn load_job(conn: &Connection, id: &JobId) -> rusqlite::Result<Option<Job>> {
+    conn.prepare_cached("SELECT body FROM jobs WHERE job_id = ?1")?
+        .query_row([id.as_str()], |r| json(r, "body"))
+        .optional()
+}
+
+/// A job's tasks in planning order (`tasks_by_position`).
+pub(super) fn load_tasks(conn: &Connection, id: &JobId) -> rusqlite::Result<Vec<Task>> {
+    conn.prepare_cached("SELECT body FROM tasks WHERE job_id = ?1 ORDER BY position")?
+        .query_map([id.as_str()], |r| json(r, "body"))?
+        .collect()
 }
 
 /// A page of jobs, newest first. `seq` is the cursor: pages are stable under inserts.
 #[tracing::instrument(skip_all)]
-pub(super) async fn list_jobs(
-    conn: &mut SqliteConnection,
-    filter: &JobFilter,
-) -> Result<JobPage, StoreError> {
+pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<JobPage, StoreError> {
     let before = match &filter.cursor {
         Some(c) => c
             .parse::<u64>()
@@ -103,92 +71,81 @@ pub(super) async fn list_jobs(
     };
     // Only the filters that are set appear in the statement, so SQLite can walk the index of
     // the filtered column (`(col, seq)`) instead of scanning every job by seq. Every fragment
-    // is a literal and every value is bound, which is what makes `AssertSqlSafe` true.
+    // is a literal and every value is bound.
     let mut sql = String::from("SELECT seq, body FROM jobs WHERE seq < ?");
-    if filter.status.is_some() {
-        sql.push_str(" AND status = ?");
-    }
-    if filter.tenant.is_some() {
-        sql.push_str(" AND tenant = ?");
-    }
-    if filter.job_type.is_some() {
-        sql.push_str(" AND job_type = ?");
-    }
-    sql.push_str(" ORDER BY seq DESC LIMIT ?");
-    let mut q = sqlx::query(AssertSqlSafe(sql)).bind(before);
+    let mut args: Vec<rusqlite::types::Value> = vec![before.into()];
     if let Some(st) = filter.status {
-        q = q.bind(st.as_str());
+        sql.push_str(" AND status = ?");
+        args.push(st.as_str().to_owned().into());
     }
     if let Some(t) = &filter.tenant {
-        q = q.bind(t.as_str());
+        sql.push_str(" AND tenant = ?");
+        args.push(t.as_str().to_owned().into());
     }
     if let Some(t) = &filter.job_type {
-        q = q.bind(t.as_str());
+        sql.push_str(" AND job_type = ?");
+        args.push(t.clone().into());
     }
-    let rows = q
-        .bind(filter.limit)
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(super::store_err)?;
-    let jobs = rows
-        .iter()
-        .map(|r| json(r, "body"))
-        .collect::<Result<Vec<Job>, _>>();
-    let jobs = jobs.map_err(super::store_err)?;
-    // Only hand out a cursor when a further page may exist.
-    let next_cursor = match rows.last() {
-        Some(last) if jobs.len() == filter.limit as usize => Some(
-            last.try_get::<i64, _>("seq")
-                .map_err(super::store_err)?
-                .to_string(),
-        ),
-        _ => None,
+    sql.push_str(" ORDER BY seq DESC LIMIT ?");
+    args.push(i64::from(filter.limit).into());
+    let page = || -> rusqlite::Result<(Vec<Job>, Option<i64>)> {
+        let mut st = conn.prepare_cached(&sql)?;
+        let mut rows = st.query(params_from_iter(args))?;
+        let (mut jobs, mut last) = (Vec::new(), None);
+        while let Some(r) = rows.next()? {
+            jobs.push(json(r, "body")?);
+            last = Some(r.get("seq")?);
+        }
+        Ok((jobs, last))
     };
+    let (jobs, last) = page().map_err(super::store_err)?;
+    // Only hand out a cursor when a further page may exist.
+    let next_cursor = last
+        .filter(|_| jobs.len() == filter.limit as usize)
+        .map(|seq: i64| seq.to_string());
     Ok(JobPage { jobs, next_cursor })
 }
 
 /// A page of one job's tasks in planning order, with the count of all matches.
 #[tracing::instrument(skip_all)]
-pub(super) async fn list_tasks(
-    conn: &mut SqliteConnection,
+pub(super) fn list_tasks(
+    conn: &Connection,
     job_id: &JobId,
     filter: &TaskFilter,
-) -> Result<Option<TaskPage>, sqlx::Error> {
-    let exists = sqlx::query("SELECT 1 FROM jobs WHERE job_id = ?1")
-        .bind(job_id.as_str())
-        .fetch_optional(&mut *conn)
-        .await?;
+) -> rusqlite::Result<Option<TaskPage>> {
+    let exists = conn
+        .prepare_cached("SELECT 1 FROM jobs WHERE job_id = ?1")?
+        .query_row([job_id.as_str()], |_| Ok(()))
+        .optional()?;
     if exists.is_none() {
         return Ok(None);
     }
     let status = filter.status.map(Status::as_str);
     let worker = filter.worker_id.as_ref().map(|w| w.as_str());
-    let total: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM tasks
-         WHERE job_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR worker_id = ?3)",
-    )
-    .bind(job_id.as_str())
-    .bind(status)
-    .bind(worker)
-    .fetch_one(&mut *conn)
-    .await?;
-    let rows: Vec<SqliteRow> = sqlx::query(
-        "SELECT body FROM tasks
-         WHERE job_id = ?1 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR worker_id = ?3)
-         ORDER BY position LIMIT ?4 OFFSET ?5",
-    )
-    .bind(job_id.as_str())
-    .bind(status)
-    .bind(worker)
-    // A negative LIMIT means "no limit" to SQLite.
-    .bind(filter.limit.map_or(-1, i64::from))
-    .bind(filter.offset)
-    .fetch_all(&mut *conn)
-    .await?;
-    let tasks = rows
-        .iter()
-        .map(|r| json(r, "body"))
-        .collect::<Result<_, _>>()?;
+    let total: i64 = conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM tasks WHERE job_id = ?1
+                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR worker_id = ?3)",
+        )?
+        .query_row((job_id.as_str(), status, worker), |r| r.get(0))?;
+    let tasks = conn
+        .prepare_cached(
+            "SELECT body FROM tasks WHERE job_id = ?1
+                 AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR worker_id = ?3)
+             ORDER BY position LIMIT ?4 OFFSET ?5",
+        )?
+        // A negative LIMIT means "no limit" to SQLite.
+        .query_map(
+            (
+                job_id.as_str(),
+                status,
+                worker,
+                filter.limit.map_or(-1, i64::from),
+                filter.offset,
+            ),
+            |r| json(r, "body"),
+        )?
+        .collect::<rusqlite::Result<Vec<Task>>>()?;
     Ok(Some(TaskPage {
         total: u64::try_from(total).unwrap_or(0),
         tasks,

@@ -1,11 +1,10 @@
-//! Row <-> domain mapping. Decoding failures surface as `sqlx::Error::Decode`, so that every
-//! error takes the one mapping path at the trait boundary (and ends up as `Corrupt`).
+//! Row <-> domain mapping. Decoding failures surface as `FromSqlConversionFailure`, so that
+//! every error takes the one mapping path at the trait boundary (and ends up as `Corrupt`).
 
+use rusqlite::Row;
+use rusqlite::types::Type;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use sqlx::query::Query;
-use sqlx::sqlite::{SqliteArguments, SqliteRow};
-use sqlx::{Row, Sqlite};
 
 use crate::clock::{from_millis, to_millis};
 use crate::domain::{
@@ -13,10 +12,7 @@ use crate::domain::{
     WorkerRegistration,
 };
 
-/// A SQLite query with positional arguments.
-pub(crate) type SqliteQuery<'q> = Query<'q, Sqlite, SqliteArguments>;
-
-/// The queue-entry columns shared by `outbox` and `queue_entries`, in [`bind_entry`] order.
+/// The queue-entry columns shared by `outbox` and `queue_entries`, in [`entry_params`] order.
 /// A macro so that statements can `concat!` it into static SQL.
 macro_rules! entry_columns {
     () => {
@@ -26,48 +22,67 @@ macro_rules! entry_columns {
 }
 pub(crate) use entry_columns;
 
-/// How many [`entry_columns!`] there are.
-pub(crate) const ENTRY_COLUMNS: usize = 11;
+/// `?1, .., ?11`: placeholders for [`entry_columns!`].
+macro_rules! entry_placeholders {
+    () => {
+        "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11"
+    };
+}
+pub(crate) use entry_placeholders;
 
-/// Binds an entry's [`entry_columns!`] as the next eleven parameters.
-pub(crate) fn bind_entry<'q>(q: SqliteQuery<'q>, e: &'q QueueEntry) -> SqliteQuery<'q> {
-    q.bind(e.job_id.as_str())
-        .bind(e.task_id.as_str())
-        .bind(e.tenant.as_str())
-        .bind(e.priority.rank())
-        .bind(e.requirements.gpu)
-        .bind(e.requirements.backend.as_deref())
-        .bind(e.requirements.model.as_deref())
-        .bind(e.requirements.worker_id.as_ref().map(|w| w.as_str()))
-        .bind(e.attempt)
-        .bind(e.max_attempts)
-        .bind(to_millis(e.not_before))
+/// The parameters of an entry's [`entry_columns!`].
+pub(crate) type EntryParams<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    i64,
+    bool,
+    Option<&'a str>,
+    Option<&'a str>,
+    Option<&'a str>,
+    u32,
+    u32,
+    i64,
+);
+
+/// An entry's [`entry_columns!`] as statement parameters `?1` to `?11`.
+pub(crate) fn entry_params(e: &QueueEntry) -> EntryParams<'_> {
+    (
+        e.job_id.as_str(),
+        e.task_id.as_str(),
+        e.tenant.as_str(),
+        e.priority.rank(),
+        e.requirements.gpu,
+        e.requirements.backend.as_deref(),
+        e.requirements.model.as_deref(),
+        e.requirements.worker_id.as_ref().map(|w| w.as_str()),
+        e.attempt,
+        e.max_attempts,
+        to_millis(e.not_before),
+    )
 }
 
 /// Reads an entry from a row holding [`entry_columns!`].
-pub(crate) fn entry_from_row(row: &SqliteRow) -> Result<QueueEntry, sqlx::Error> {
+pub(crate) fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<QueueEntry> {
     Ok(QueueEntry {
         job_id: id(row, "job_id")?,
         task_id: id(row, "task_id")?,
         tenant: id(row, "tenant")?,
-        priority: Priority::from_rank(row.try_get("priority_rank")?),
+        priority: Priority::from_rank(row.get("priority_rank")?),
         requirements: Requirements {
-            gpu: row.try_get("requires_gpu")?,
-            backend: row.try_get("backend")?,
-            model: row.try_get("model")?,
+            gpu: row.get("requires_gpu")?,
+            backend: row.get("backend")?,
+            model: row.get("model")?,
             worker_id: opt_id(row, "target_worker")?,
         },
-        attempt: row.try_get("attempt")?,
-        max_attempts: row.try_get("max_attempts")?,
+        attempt: row.get("attempt")?,
+        max_attempts: row.get("max_attempts")?,
         not_before: ts(row, "not_before_ms")?,
     })
 }
 
 /// Reads a worker from a `workers` row; health is derived from `stale_before`.
-pub(crate) fn worker_from_row(
-    row: &SqliteRow,
-    stale_before: Timestamp,
-) -> Result<Worker, sqlx::Error> {
+pub(crate) fn worker_from_row(row: &Row<'_>, stale_before: Timestamp) -> rusqlite::Result<Worker> {
     let last_heartbeat = ts(row, "last_heartbeat_ms")?;
     let registration: WorkerRegistration = json(row, "registration")?;
     let load: Heartbeat = json(row, "load_figures")?;
@@ -86,43 +101,48 @@ pub(crate) fn worker_from_row(
 }
 
 /// A validated identifier column.
-pub(crate) fn id<T>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error>
+pub(crate) fn id<T>(row: &Row<'_>, col: &str) -> rusqlite::Result<T>
 where
     T: TryFrom<String, Error = IdError>,
 {
-    let s: String = row.try_get(col)?;
+    let s: String = row.get(col)?;
     T::try_from(s).map_err(|e| decode_err(col, e))
 }
 
 /// A nullable identifier column.
-pub(crate) fn opt_id<T>(row: &SqliteRow, col: &str) -> Result<Option<T>, sqlx::Error>
+pub(crate) fn opt_id<T>(row: &Row<'_>, col: &str) -> rusqlite::Result<Option<T>>
 where
     T: TryFrom<String, Error = IdError>,
 {
-    let s: Option<String> = row.try_get(col)?;
+    let s: Option<String> = row.get(col)?;
     s.map(T::try_from)
         .transpose()
         .map_err(|e| decode_err(col, e))
 }
 
 /// A unix-milliseconds column.
-pub(crate) fn ts(row: &SqliteRow, col: &str) -> Result<Timestamp, sqlx::Error> {
-    Ok(from_millis(row.try_get(col)?))
+pub(crate) fn ts(row: &Row<'_>, col: &str) -> rusqlite::Result<Timestamp> {
+    Ok(from_millis(row.get(col)?))
+}
+
+/// A text column, borrowed from the row.
+pub(crate) fn text<'r>(row: &'r Row<'_>, col: &str) -> rusqlite::Result<&'r str> {
+    row.get_ref(col)?.as_str().map_err(|e| decode_err(col, e))
 }
 
 /// A JSON column.
-pub(crate) fn json<T: DeserializeOwned>(row: &SqliteRow, col: &str) -> Result<T, sqlx::Error> {
-    let s: &str = row.try_get(col)?;
-    serde_json::from_str(s).map_err(|e| decode_err(col, e))
+pub(crate) fn json<T: DeserializeOwned>(row: &Row<'_>, col: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text(row, col)?).map_err(|e| decode_err(col, e))
 }
 
 /// A value as JSON text for a `body`-like column.
-pub(crate) fn to_json<T: Serialize>(value: &T) -> Result<String, sqlx::Error> {
-    serde_json::to_string(value).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+pub(crate) fn to_json<T: Serialize>(value: &T) -> rusqlite::Result<String> {
+    serde_json::to_string(value).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
 }
 
-fn decode_err(col: &str, e: impl std::fmt::Display) -> sqlx::Error {
-    sqlx::Error::Decode(format!("column {col}: {e}").into())
+/// A decoding failure of column `col`, or of a value that is no column (`col` says which).
+pub(crate) fn decode_err(col: &str, e: impl std::fmt::Display) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, Type::Text, format!("column {col}: {e}").into())
 }
 
 #[cfg(test)]
