@@ -32,6 +32,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 mod update;
+mod writer;
 
 /// [`JobStore`], [`WorkerStore`] and [`DispatchOutbox`] on a SQLite file.
 #[derive(Debug, Clone)]

@@ -12,9 +12,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, Transaction};
 use sha2::{Digest, Sha256};
 
+use super::writer::Writer;
 use crate::queue::QueueError;
 use crate::store::StoreError;
 
@@ -60,10 +61,10 @@ struct Inner {
     /// Stops the checkpointer when the last handle goes.
     _checkpointer: Checkpointer,
     /// SQLite has one writer at a time. A single writer connection serialises our writes on
-    /// this mutex instead of in SQLite's lock, so a transaction never has to upgrade a read
+    /// its mutex instead of in SQLite's lock, so a transaction never has to upgrade a read
     /// lock (the SQLITE_BUSY deadlock of deferred transactions), and BEGIN IMMEDIATE only
     /// ever waits for another process, under `busy_timeout`.
-    writer: tokio::sync::Mutex<Connection>,
+    writer: Writer,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -104,7 +105,7 @@ impl SqliteDb {
             inner: Arc::new(Inner {
                 path: path.to_owned(),
                 _checkpointer: checkpointer,
-                writer: tokio::sync::Mutex::new(writer),
+                writer: Writer::new(writer),
                 readers: Mutex::new(Vec::new()),
             }),
         })
@@ -180,20 +181,20 @@ impl SqliteDb {
         Ok(applied)
     }
 
-    /// Runs `f` in a write transaction on the writer connection and commits it; an error
-    /// from `f` rolls it back. Waits (asynchronously) for the writer, then runs to the end
-    /// without awaiting.
+    /// Runs `f` atomically on the writer connection and returns once its work is committed;
+    /// an error from `f` undoes all of it. Waits (asynchronously) for the writer, then runs
+    /// `f` to the end without awaiting. Concurrent writes share commits (`writer.rs`).
     pub(crate) async fn write<T, E: From<rusqlite::Error>>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
+        f: impl FnOnce(&Connection) -> Result<T, E>,
     ) -> Result<T, E> {
-        let mut conn = self.inner.writer.lock().await;
-        // IMMEDIATE takes the write lock up front: a transaction that read first and then
-        // found another process holding the lock could not wait for it.
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        self.inner.writer.write(f).await
+    }
+
+    /// Commits the writer has made so far.
+    #[cfg(test)]
+    pub(crate) fn writer_commits(&self) -> u64 {
+        self.inner.writer.commits()
     }
 
     /// Runs `f` in a read transaction: one consistent snapshot across its statements, of
