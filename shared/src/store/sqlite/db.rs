@@ -37,6 +37,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0003_queue_partial_indexes",
         include_str!("../../../../migrations/sqlite/0003_queue_partial_indexes.sql"),
     ),
+    (
+        4,
+        "0004_tasks_rowid_table",
+        include_str!("../../../../migrations/sqlite/0004_tasks_rowid_table.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;
@@ -481,7 +486,7 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(db.migrate().await.unwrap().len(), MIGRATIONS.len() - 2);
+        db.migrate_up_to(3).await.unwrap();
         let kept = db
             .read(|tx| {
                 let mut st =
@@ -516,6 +521,71 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(next, 4, "seq 3 was used before the rebuild");
+    }
+
+    /// Rebuilding the tasks table (0004) keeps every task row, and its key stays unique.
+    #[tokio::test]
+    async fn tasks_rebuild_keeps_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::connect(&dir.path().join("splai.db")).unwrap();
+        db.migrate_up_to(3).await.unwrap();
+        db.write(|tx| {
+            tx.execute(
+                "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms,
+                     updated_at_ms, body) VALUES ('j', 't', 'chat', 'Running', 1, 2, '{}')",
+                [],
+            )?;
+            for (task, position) in [("b", 1), ("a", 0)] {
+                tx.execute(
+                    "INSERT INTO tasks (job_id, task_id, position, status, worker_id, lease_id,
+                         lease_expires_ms, body)
+                     VALUES ('j', ?1, ?2, 'Running', 'w', 'l', 5, ?3)",
+                    (task, position, format!("{{\"task\":\"{task}\"}}")),
+                )?;
+            }
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        assert_eq!(db.migrate().await.unwrap(), ["0004_tasks_rowid_table"]);
+        let rows = db
+            .read(|tx| {
+                tx.prepare(
+                    "SELECT task_id, position, status, lease_expires_ms, body FROM tasks
+                            WHERE job_id = 'j' ORDER BY position",
+                )?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, String>(4)?,
+                    ))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .unwrap();
+        assert_eq!(
+            rows,
+            [
+                ("a".into(), 0, "Running".into(), 5, r#"{"task":"a"}"#.into()),
+                ("b".into(), 1, "Running".into(), 5, r#"{"task":"b"}"#.into()),
+            ]
+        );
+        let again = db
+            .write(|tx| {
+                tx.execute(
+                    "INSERT INTO tasks (job_id, task_id, position, status, body)
+                     VALUES ('j', 'a', 2, 'Queued', '{}')",
+                    [],
+                )
+            })
+            .await;
+        assert!(matches!(
+            again.map_err(store_err),
+            Err(StoreError::Conflict(_))
+        ));
     }
 
     /// An applied migration whose recorded checksum no longer matches is reported by name.

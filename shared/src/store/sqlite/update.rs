@@ -13,19 +13,30 @@ use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
-/// Rewrites a job row: job id, tenant, type, status, updated at (ms), body.
-const UPDATE_JOB: &str = "UPDATE jobs SET tenant = ?2, job_type = ?3, status = ?4,
-    updated_at_ms = ?5, body = ?6 WHERE job_id = ?1";
+// Updates set only the columns that can change: SQLite rewrites the entries of every index
+// on a column named in SET, changed or not (a job's tenant and type never change; a task's
+// position rarely does).
 
-/// Writes a task row, new or not: job id, task id, position, status, worker, lease, lease
-/// expiry (ms), body.
-const UPSERT_TASK: &str = "INSERT INTO tasks (job_id, task_id, position, status, worker_id,
-        lease_id, lease_expires_ms, body)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-    ON CONFLICT (job_id, task_id) DO UPDATE SET
-        position = excluded.position, status = excluded.status,
-        worker_id = excluded.worker_id, lease_id = excluded.lease_id,
-        lease_expires_ms = excluded.lease_expires_ms, body = excluded.body";
+/// Rewrites a job row: job id, status, updated at (ms), body.
+const UPDATE_JOB: &str =
+    "UPDATE jobs SET status = ?2, updated_at_ms = ?3, body = ?4 WHERE job_id = ?1";
+
+/// Inserts a task row: job id, task id, position, status, worker, lease, lease expiry (ms),
+/// body.
+const INSERT_TASK: &str = "INSERT INTO tasks (job_id, task_id, position, status,
+        worker_id, lease_id, lease_expires_ms, body)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
+
+/// Rewrites a task row in place, with [`INSERT_TASK`]'s parameters (`?3`, the unchanged
+/// position, unused).
+const UPDATE_TASK: &str = "UPDATE tasks SET status = ?4, worker_id = ?5, lease_id = ?6,
+        lease_expires_ms = ?7, body = ?8
+    WHERE job_id = ?1 AND task_id = ?2";
+
+/// Rewrites a task row that moved, with [`INSERT_TASK`]'s parameters.
+const MOVE_TASK: &str = "UPDATE tasks SET position = ?3, status = ?4, worker_id = ?5,
+        lease_id = ?6, lease_expires_ms = ?7, body = ?8
+    WHERE job_id = ?1 AND task_id = ?2";
 
 /// Deletes a task row.
 const DELETE_TASK: &str = "DELETE FROM tasks WHERE job_id = ?1 AND task_id = ?2";
@@ -47,11 +58,29 @@ const INSERT_OUTBOX: &str = concat!(
     ")"
 );
 
+/// How a task row is written.
+#[derive(Clone, Copy)]
+enum TaskWrite {
+    Insert,
+    Update,
+    Move,
+}
+
+impl TaskWrite {
+    fn sql(self) -> &'static str {
+        match self {
+            TaskWrite::Insert => INSERT_TASK,
+            TaskWrite::Update => UPDATE_TASK,
+            TaskWrite::Move => MOVE_TASK,
+        }
+    }
+}
+
 /// The rows a batch writes: only what differs between the records as loaded and as left.
 #[derive(Default)]
 pub(super) struct Changes<'a> {
     jobs: Vec<&'a Job>,
-    tasks: Vec<(&'a JobId, usize, &'a Task)>,
+    tasks: Vec<(&'a JobId, usize, &'a Task, TaskWrite)>,
     gone: Vec<(&'a JobId, &'a TaskId)>,
 }
 
@@ -60,7 +89,7 @@ impl<'a> Changes<'a> {
     pub(super) fn add_new_tasks(&mut self, record: &'a JobRecord) {
         let job_id = &record.job.job_id;
         for (position, task) in record.tasks.iter().enumerate() {
-            self.tasks.push((job_id, position, task));
+            self.tasks.push((job_id, position, task, TaskWrite::Insert));
         }
     }
 
@@ -78,9 +107,13 @@ impl<'a> Changes<'a> {
             .map(|(i, t)| (&t.task_id, (i, t)))
             .collect();
         for (position, task) in after.tasks.iter().enumerate() {
-            if old.get(&task.task_id) != Some(&(position, task)) {
-                self.tasks.push((job_id, position, task));
-            }
+            let write = match old.get(&task.task_id) {
+                None => TaskWrite::Insert,
+                Some(&(p, t)) if p == position && t == task => continue,
+                Some(&(p, _)) if p == position => TaskWrite::Update,
+                Some(_) => TaskWrite::Move,
+            };
+            self.tasks.push((job_id, position, task, write));
         }
         let gone = before
             .tasks
@@ -97,28 +130,23 @@ impl<'a> Changes<'a> {
             for job in &self.jobs {
                 update.execute((
                     job.job_id.as_str(),
-                    job.tenant.as_str(),
-                    job.job_type.as_str(),
                     job.status.as_str(),
                     to_millis(job.updated_at),
                     to_json(job)?,
                 ))?;
             }
         }
-        if !self.tasks.is_empty() {
-            let mut upsert = conn.prepare_cached(UPSERT_TASK)?;
-            for (job_id, position, task) in &self.tasks {
-                upsert.execute((
-                    job_id.as_str(),
-                    task.task_id.as_str(),
-                    i64::try_from(*position).unwrap_or(i64::MAX),
-                    task.status.as_str(),
-                    task.worker_id.as_ref().map(|w| w.as_str()),
-                    task.lease_id.as_ref().map(|l| l.as_str()),
-                    task.lease_expires.map(to_millis),
-                    to_json(task)?,
-                ))?;
-            }
+        for (job_id, position, task, write) in &self.tasks {
+            conn.prepare_cached(write.sql())?.execute((
+                job_id.as_str(),
+                task.task_id.as_str(),
+                i64::try_from(*position).unwrap_or(i64::MAX),
+                task.status.as_str(),
+                task.worker_id.as_ref().map(|w| w.as_str()),
+                task.lease_id.as_ref().map(|l| l.as_str()),
+                task.lease_expires.map(to_millis),
+                to_json(task)?,
+            ))?;
         }
         if !self.gone.is_empty() {
             let mut delete = conn.prepare_cached(DELETE_TASK)?;
@@ -263,7 +291,9 @@ mod tests {
             "SELECT body FROM jobs WHERE job_id = ?1",
             "SELECT body FROM tasks WHERE job_id = ?1 ORDER BY position",
             UPDATE_JOB,
-            UPSERT_TASK,
+            INSERT_TASK,
+            UPDATE_TASK,
+            MOVE_TASK,
             DELETE_TASK,
             LOAD_LEASE,
             EXTEND_LEASE,
