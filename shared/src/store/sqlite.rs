@@ -59,11 +59,15 @@ impl JobStore for SqliteStore {
         &self,
         jobs: &[NewJobWrite<'_>],
     ) -> Result<Vec<CreateOutcome>, StoreError> {
+        let encoded = jobs
+            .iter()
+            .map(|j| jobs::NewRows::encode(j.record))
+            .collect::<Result<Vec<_>, _>>()?;
         self.db
             .write(|tx| {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 let mut fresh = Vec::with_capacity(jobs.len());
-                for j in jobs {
+                for (j, rows) in jobs.iter().zip(&encoded) {
                     if let Some(claim) = j.idempotency
                         && let Some(replayed) = claim_key(tx, claim, j.record)?
                     {
@@ -71,17 +75,19 @@ impl JobStore for SqliteStore {
                         continue;
                     }
                     outcomes.push(CreateOutcome::Created);
-                    fresh.push(j);
+                    fresh.push((j, rows));
                 }
-                let records: Vec<&JobRecord> = fresh.iter().map(|j| j.record).collect();
+                let rows: Vec<&jobs::NewRows<'_>> = fresh.iter().map(|(_, r)| *r).collect();
                 // A job id used before fails the insert on `jobs.job_id`'s uniqueness, and
                 // the error rolls the whole batch back.
-                jobs::insert_jobs(tx, &records).map_err(|e| match store_err(e) {
-                    StoreError::Conflict(_) => taken_id(&records),
+                jobs::insert_jobs(tx, &rows).map_err(|e| match store_err(e) {
+                    StoreError::Conflict(_) => taken_id(&fresh),
                     other => other,
                 })?;
-                let ready: Vec<QueueEntry> =
-                    fresh.iter().flat_map(|j| j.ready.iter().cloned()).collect();
+                let ready: Vec<QueueEntry> = fresh
+                    .iter()
+                    .flat_map(|(j, _)| j.ready.iter().cloned())
+                    .collect();
                 update::dispatch(tx, self.dispatch, &ready)?;
                 Ok(outcomes)
             })
@@ -154,9 +160,9 @@ impl JobStore for SqliteStore {
 
 /// The conflict of a batch insert that hit a job id already in use, naming it when the
 /// batch has one job.
-fn taken_id(records: &[&JobRecord]) -> StoreError {
-    match records {
-        [one] => StoreError::Conflict(format!("job {} already exists", one.job.job_id)),
+fn taken_id(fresh: &[(&NewJobWrite<'_>, &jobs::NewRows<'_>)]) -> StoreError {
+    match fresh {
+        [(one, _)] => StoreError::Conflict(format!("job {} already exists", one.record.job.job_id)),
         _ => StoreError::Conflict("a job id of the batch already exists".into()),
     }
 }

@@ -4,21 +4,39 @@
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::rows::{json, to_json};
-use super::update::Changes;
+use super::update::INSERT_TASK;
 use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, Status, Task};
 use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
+/// A new job's rows with their JSON bodies, encoded before the writer connection is taken
+/// so that the encoding does not hold up other writers.
+pub(super) struct NewRows<'a> {
+    record: &'a JobRecord,
+    job_body: String,
+    task_bodies: Vec<String>,
+}
+
+impl<'a> NewRows<'a> {
+    pub(super) fn encode(record: &'a JobRecord) -> rusqlite::Result<NewRows<'a>> {
+        Ok(NewRows {
+            record,
+            job_body: to_json(&record.job)?,
+            task_bodies: record.tasks.iter().map(to_json).collect::<Result<_, _>>()?,
+        })
+    }
+}
+
 /// Inserts new jobs with all their tasks: job rows in order (so `seq` follows the batch),
 /// then task rows.
-#[tracing::instrument(skip_all, fields(jobs = records.len()))]
-pub(super) fn insert_jobs(conn: &Connection, records: &[&JobRecord]) -> rusqlite::Result<()> {
+#[tracing::instrument(skip_all, fields(jobs = rows.len()))]
+pub(super) fn insert_jobs(conn: &Connection, rows: &[&NewRows<'_>]) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(
         "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    for r in records {
-        let job = &r.job;
+    for r in rows {
+        let job = &r.record.job;
         insert.execute((
             job.job_id.as_str(),
             job.tenant.as_str(),
@@ -26,14 +44,26 @@ pub(super) fn insert_jobs(conn: &Connection, records: &[&JobRecord]) -> rusqlite
             job.status.as_str(),
             to_millis(job.created_at),
             to_millis(job.updated_at),
-            to_json(job)?,
+            &r.job_body,
         ))?;
     }
-    let mut changes = Changes::default();
-    for r in records {
-        changes.add_new_tasks(r);
+    let mut insert = conn.prepare_cached(INSERT_TASK)?;
+    for r in rows {
+        let job_id = r.record.job.job_id.as_str();
+        for (position, (task, body)) in r.record.tasks.iter().zip(&r.task_bodies).enumerate() {
+            insert.execute((
+                job_id,
+                task.task_id.as_str(),
+                i64::try_from(position).unwrap_or(i64::MAX),
+                task.status.as_str(),
+                task.worker_id.as_ref().map(|w| w.as_str()),
+                task.lease_id.as_ref().map(|l| l.as_str()),
+                task.lease_expires.map(to_millis),
+                body,
+            ))?;
+        }
     }
-    changes.write(conn)
+    Ok(())
 }
 
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.

@@ -23,7 +23,7 @@ const UPDATE_JOB: &str =
 
 /// Inserts a task row: job id, task id, position, status, worker, lease, lease expiry (ms),
 /// body.
-const INSERT_TASK: &str = "INSERT INTO tasks (job_id, task_id, position, status,
+pub(super) const INSERT_TASK: &str = "INSERT INTO tasks (job_id, task_id, position, status,
         worker_id, lease_id, lease_expires_ms, body)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
 
@@ -85,14 +85,6 @@ pub(super) struct Changes<'a> {
 }
 
 impl<'a> Changes<'a> {
-    /// Adds every task of a new record.
-    pub(super) fn add_new_tasks(&mut self, record: &'a JobRecord) {
-        let job_id = &record.job.job_id;
-        for (position, task) in record.tasks.iter().enumerate() {
-            self.tasks.push((job_id, position, task, TaskWrite::Insert));
-        }
-    }
-
     /// The job row if the job changed, and only the task rows that changed, moved, appeared
     /// or disappeared.
     fn diff(&mut self, before: &'a JobRecord, after: &'a JobRecord) {
