@@ -202,6 +202,12 @@ impl SqliteDb {
         self.inner.writer.commits()
     }
 
+    /// Writers waiting for their first turn at the writer.
+    #[cfg(test)]
+    pub(crate) fn writers_queued(&self) -> usize {
+        self.inner.writer.queued()
+    }
+
     /// Runs `f` in a read transaction: one consistent snapshot across its statements, of
     /// what was committed when it started.
     pub(crate) fn read<T, E: From<rusqlite::Error>>(

@@ -115,6 +115,12 @@ impl Writer {
     pub(super) fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
+
+    /// Writers waiting for their first turn.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> usize {
+        self.queued.load(Ordering::SeqCst)
+    }
 }
 
 impl State {
@@ -167,11 +173,11 @@ fn commit_failed(e: &str) -> rusqlite::Error {
 mod tests {
     use crate::store::sqlite::SqliteDb;
 
-    /// Many concurrent writers, some failing: each successful write is visible to a reader
-    /// as soon as it returns (no `Ok` before its commit), each failed one left nothing, and
-    /// the writes shared commits.
+    /// Many writers queued at once, some failing: each successful write is visible to a
+    /// reader as soon as it returns (no `Ok` before its commit), each failed one left
+    /// nothing, and they shared commits.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_writes_share_commits_and_fail_alone() {
+    async fn queued_writes_share_commits_and_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
         let insert = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
@@ -185,7 +191,23 @@ mod tests {
             })
             .unwrap()
         };
-        let tasks: Vec<_> = (0..400)
+        // A first writer holds the connection until every other writer is queued behind it.
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let blocker = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write(move |c| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    c.execute(insert, ["first"])
+                })
+                .await
+            }
+        });
+        has_started.await.unwrap();
+        let before = db.writer_commits();
+        let writers: Vec<_> = (0..400)
             .map(|i| {
                 let db = db.clone();
                 tokio::spawn(async move {
@@ -206,14 +228,20 @@ mod tests {
                 })
             })
             .collect();
-        for t in tasks {
-            t.await.unwrap();
+        while db.writers_queued() < 400 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
-        let commits = db.writer_commits();
-        assert!(commits < 400, "{commits} commits for 400 writes");
+        release.send(()).unwrap();
+        blocker.await.unwrap().unwrap();
+        for w in writers {
+            w.await.unwrap();
+        }
+        let commits = db.writer_commits() - before;
+        // One group per MAX_GROUP writes, give or take the groups' boundaries.
+        assert!(commits <= 20, "{commits} commits for 401 writes");
         let total: i64 = db
             .read(|tx| tx.query_row("SELECT COUNT(*) FROM idempotency_keys", [], |r| r.get(0)))
             .unwrap();
-        assert_eq!(total, 320);
+        assert_eq!(total, 321);
     }
 }
