@@ -312,6 +312,45 @@ mod tests {
         );
     }
 
+    /// `SPLAI_QUEUE=redis` opens a Redis queue behind either store, and the SQLite store then
+    /// dispatches through its outbox: a submitted job's entry reaches Redis by the relay.
+    #[cfg(all(feature = "redis", feature = "test-utils"))]
+    #[tokio::test]
+    async fn redis_queue_opens_behind_the_outbox() {
+        use crate::testing::redis::TestRedis;
+        let Some(redis) = TestRedis::find("redis_queue_opens_behind_the_outbox").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let addr = redis.url.trim_start_matches("redis://");
+        let config = |store| BackendConfig {
+            store,
+            queue: QueueKind::Redis,
+            sqlite_path: dir.path().join("splai.db"),
+            redis: RedisConfig {
+                addr: addr.split('/').next().unwrap().to_owned(),
+                key: redis.key.clone(),
+                ..Default::default()
+            },
+        };
+        for store in [StoreKind::Memory, StoreKind::Sqlite] {
+            let b = open(&config(store)).await.unwrap();
+            assert_eq!(b.queue.backend_name(), "redis", "{store}");
+            b.queue.ping().await.unwrap();
+        }
+        let h = crate::testing::Harness::new(open(&config(StoreKind::Sqlite)).await.unwrap(), None);
+        let w = h.cpu_worker("w1").await;
+        h.engine
+            .submit(crate::testing::a_chain_job())
+            .await
+            .unwrap();
+        assert_eq!(
+            h.claim(&w, 10).await.len(),
+            1,
+            "the entry went through the outbox"
+        );
+    }
+
     #[test]
     fn redis_password_stays_out_of_debug_output() {
         let c = RedisConfig {
