@@ -6,7 +6,11 @@ use std::collections::BTreeSet;
 
 use super::*;
 use crate::clock::from_millis;
-use crate::domain::{JobId, Requirements, TaskId, TenantId, WorkerId};
+use crate::clock::to_millis;
+use crate::domain::{
+    DeadLetter, Expired, ExpiryOutcome, JobId, Lease, LeaseId, Priority, QueueEntry, Requirements,
+    TaskId, TenantId, Timestamp, WorkerCaps, WorkerId,
+};
 use crate::queue::memory::MemoryLeaseQueue;
 use crate::testing::redis::TestRedis;
 
