@@ -896,3 +896,47 @@ async fn keeps_working_after_its_connection_is_killed() {
         }
     );
 }
+
+/// Claims and returns to pending keep claim order past the scripts' 256-element scan chunks:
+/// a released entry deep in a long class goes back to its own place, and a claim finds a
+/// claimable entry behind hundreds it must skip.
+#[tokio::test]
+async fn claim_order_holds_past_one_scan_chunk() {
+    let Some((_redis, q)) = a_queue("claim_order_holds_past_one_scan_chunk").await else {
+        return;
+    };
+    let mut entries: Vec<_> = (0..600)
+        .map(|i| an_entry(&format!("s{i:03}"), Priority::Standard))
+        .collect();
+    entries.extend((0..300).map(|i| an_entry(&format!("b{i:03}"), Priority::Batch)));
+    q.enqueue(&entries).await.unwrap();
+    let first = q.claim(&cpu(), 500, LEASE, at(0)).await.unwrap();
+    let want: Vec<_> = (0..500).map(|i| format!("s{i:03}")).collect();
+    assert_eq!(names(&first), want);
+    q.release(&[first[420].lease_id.clone(), first[7].lease_id.clone()])
+        .await
+        .unwrap();
+    q.enqueue(&[an_entry("i-late", Priority::Interactive)])
+        .await
+        .unwrap();
+    let next = q.claim(&cpu(), 4, LEASE, at(0)).await.unwrap();
+    assert_eq!(names(&next), ["i-late", "s007", "s420", "s500"]);
+
+    let gpu = WorkerCaps { gpu: true, ..cpu() };
+    let rest = q.claim(&gpu, 1000, LEASE, at(0)).await.unwrap();
+    assert_eq!(rest.len(), 99 + 300, "s501..s599, then every batch entry");
+    q.enqueue(
+        &(0..300)
+            .map(|i| gpu_entry(&format!("g{i:03}")))
+            .collect::<Vec<_>>(),
+    )
+    .await
+    .unwrap();
+    q.enqueue(&[an_entry("plain", Priority::Batch)])
+        .await
+        .unwrap();
+    assert_eq!(
+        names(&q.claim(&cpu(), 5, LEASE, at(0)).await.unwrap()),
+        ["plain"]
+    );
+}
