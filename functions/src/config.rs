@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use splai_shared::artifacts::ArtifactBackend;
-use splai_shared::backends::BackendConfig;
+use splai_shared::backends::{BackendConfig, RedisConfig};
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
 
@@ -55,6 +55,7 @@ impl Config {
             queue: parse_or(&var, "SPLAI_QUEUE", Default::default())?,
             sqlite_path: var("SPLAI_SQLITE_PATH")
                 .map_or_else(|| BackendConfig::default().sqlite_path, PathBuf::from),
+            redis: redis_config(&var)?,
         };
         backends.validate()?;
         let secs = |k: &str, d: u64| -> anyhow::Result<Duration> {
@@ -108,6 +109,18 @@ impl Config {
             max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
         })
     }
+}
+
+/// `SPLAI_REDIS_*`, read whatever the queue so that a bad value fails at start-up.
+fn redis_config(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<RedisConfig> {
+    let d = RedisConfig::default();
+    Ok(RedisConfig {
+        addr: var("SPLAI_REDIS_ADDR").unwrap_or(d.addr),
+        password: var("SPLAI_REDIS_PASSWORD"),
+        db: parse_or(var, "SPLAI_REDIS_DB", d.db)?,
+        key: var("SPLAI_REDIS_KEY").unwrap_or(d.key),
+        deadletter_max: parse_or(var, "SPLAI_REDIS_DEADLETTER_MAX", d.deadletter_max)?,
+    })
 }
 
 fn parse_or<T: FromStr>(
@@ -164,9 +177,31 @@ mod tests {
         );
         let e = config(&[("SPLAI_QUEUE", "kafka")]).unwrap_err();
         assert!(
-            format!("{e:#}").contains("supported values: store, memory"),
+            format!("{e:#}").contains("supported values: store, redis, memory"),
             "{e:#}"
         );
+    }
+
+    #[test]
+    fn redis_variables_configure_the_redis_queue() {
+        let c = config(&[
+            ("SPLAI_QUEUE", "redis"),
+            ("SPLAI_REDIS_ADDR", "redis.internal:6380"),
+            ("SPLAI_REDIS_PASSWORD", "s3cret"),
+            ("SPLAI_REDIS_DB", "2"),
+            ("SPLAI_REDIS_KEY", "{splai}:tasks"),
+            ("SPLAI_REDIS_DEADLETTER_MAX", "7"),
+        ])
+        .unwrap();
+        let r = &c.backends.redis;
+        assert_eq!(
+            (r.addr.as_str(), r.password.as_deref(), r.db),
+            ("redis.internal:6380", Some("s3cret"), 2)
+        );
+        assert_eq!((r.key.as_str(), r.deadletter_max), ("{splai}:tasks", 7));
+        assert_eq!(config(&[]).unwrap().backends.redis, RedisConfig::default());
+        let e = config(&[("SPLAI_REDIS_DB", "first")]).unwrap_err();
+        assert!(format!("{e:#}").contains("SPLAI_REDIS_DB"), "{e:#}");
     }
 
     #[test]

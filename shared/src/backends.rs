@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::engine::Backends;
 use crate::queue::memory::MemoryLeaseQueue;
+use crate::queue::{LeaseQueue, QueueError};
 use crate::store::StoreError;
 use crate::store::memory::MemoryStore;
 
@@ -26,6 +27,8 @@ pub enum QueueKind {
     /// In the store's own database, written in the same transactions (the default).
     #[default]
     Store,
+    /// Redis (`SPLAI_REDIS_*`), fed through the store's outbox.
+    Redis,
     /// Process memory; only with the memory store.
     Memory,
 }
@@ -53,9 +56,10 @@ impl FromStr for QueueKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "store" => Ok(QueueKind::Store),
+            "redis" => Ok(QueueKind::Redis),
             "memory" => Ok(QueueKind::Memory),
             other => Err(BackendChoiceError(format!(
-                "unsupported SPLAI_QUEUE `{other}`; supported values: store, memory"
+                "unsupported SPLAI_QUEUE `{other}`; supported values: store, redis, memory"
             ))),
         }
     }
@@ -74,6 +78,7 @@ impl fmt::Display for QueueKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             QueueKind::Store => "store",
+            QueueKind::Redis => "redis",
             QueueKind::Memory => "memory",
         })
     }
@@ -88,6 +93,8 @@ pub struct BackendConfig {
     pub queue: QueueKind,
     /// `SPLAI_SQLITE_PATH` (default `./.splai/splai.db`).
     pub sqlite_path: PathBuf,
+    /// `SPLAI_REDIS_*`, used with `SPLAI_QUEUE=redis`.
+    pub redis: RedisConfig,
 }
 
 impl Default for BackendConfig {
@@ -96,7 +103,49 @@ impl Default for BackendConfig {
             store: StoreKind::default(),
             queue: QueueKind::default(),
             sqlite_path: PathBuf::from(".splai/splai.db"),
+            redis: RedisConfig::default(),
         }
+    }
+}
+
+/// Where the Redis queue lives and how it behaves.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// `SPLAI_REDIS_ADDR`, `host:port` (default `127.0.0.1:6379`).
+    pub addr: String,
+    /// `SPLAI_REDIS_PASSWORD` (none by default).
+    pub password: Option<String>,
+    /// `SPLAI_REDIS_DB` (default 0).
+    pub db: i64,
+    /// `SPLAI_REDIS_KEY`, the prefix of every queue key (default `splai:tasks`).
+    pub key: String,
+    /// `SPLAI_REDIS_DEADLETTER_MAX` (default 5): deliveries after which an entry whose lease
+    /// runs out is dead-lettered even if its own `max_attempts` allows more, so a task that
+    /// keeps killing its workers stops circulating; 0 leaves only `max_attempts`.
+    pub deadletter_max: u32,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            addr: "127.0.0.1:6379".into(),
+            password: None,
+            db: 0,
+            key: "splai:tasks".into(),
+            deadletter_max: 5,
+        }
+    }
+}
+
+impl fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("addr", &self.addr)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("db", &self.db)
+            .field("key", &self.key)
+            .field("deadletter_max", &self.deadletter_max)
+            .finish()
     }
 }
 
@@ -107,12 +156,14 @@ impl BackendConfig {
     /// A message naming the variables and the supported combinations.
     pub fn validate(&self) -> Result<(), BackendChoiceError> {
         match (self.store, self.queue) {
-            (StoreKind::Sqlite, QueueKind::Store) | (StoreKind::Memory, QueueKind::Memory) => Ok(()),
+            (StoreKind::Sqlite, QueueKind::Store)
+            | (StoreKind::Memory, QueueKind::Memory)
+            | (StoreKind::Sqlite | StoreKind::Memory, QueueKind::Redis) => Ok(()),
             (StoreKind::Memory, QueueKind::Store) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite, or SPLAI_QUEUE=memory with SPLAI_STORE=memory".into(),
+                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite, or SPLAI_QUEUE=memory or redis with SPLAI_STORE=memory".into(),
             )),
             (StoreKind::Sqlite, QueueKind::Memory) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store".into(),
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store or redis".into(),
             )),
         }
     }
@@ -132,6 +183,14 @@ pub enum OpenError {
         /// Why.
         source: StoreError,
     },
+    /// The queue could not be reached.
+    #[error("opening the {backend} queue failed: {source}")]
+    Queue {
+        /// Which backend.
+        backend: QueueKind,
+        /// Why.
+        source: QueueError,
+    },
 }
 
 /// Opens the configured backends, running migrations where there are any.
@@ -141,7 +200,14 @@ pub enum OpenError {
 pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
     config.validate()?;
     match config.store {
-        StoreKind::Memory => Ok(memory()),
+        StoreKind::Memory => {
+            let mut backends = memory();
+            if config.queue == QueueKind::Redis {
+                // The memory store always dispatches through its outbox.
+                backends.queue = external_queue(config).await?;
+            }
+            Ok(backends)
+        }
         #[cfg(feature = "sqlite")]
         StoreKind::Sqlite => {
             use crate::queue::sqlite::SqliteLeaseQueue;
@@ -153,17 +219,49 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                     backend: StoreKind::Sqlite,
                     source,
                 })?;
-            let store = Arc::new(SqliteStore::new(db.clone(), Dispatch::Direct));
+            let (dispatch, queue): (_, Arc<dyn LeaseQueue>) = match config.queue {
+                QueueKind::Store => (
+                    Dispatch::Direct,
+                    Arc::new(SqliteLeaseQueue::new(db.clone())),
+                ),
+                // Ready entries are committed to the outbox with the job change and relayed,
+                // so a crash between the two loses nothing.
+                _ => (Dispatch::Outbox, external_queue(config).await?),
+            };
+            let store = Arc::new(SqliteStore::new(db, dispatch));
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store,
-                queue: Arc::new(SqliteLeaseQueue::new(db)),
+                queue,
             })
         }
         #[cfg(not(feature = "sqlite"))]
         StoreKind::Sqlite => {
             Err(BackendChoiceError("this build has no sqlite support".into()).into())
+        }
+    }
+}
+
+/// Connects the queue of a store that dispatches through its outbox.
+async fn external_queue(config: &BackendConfig) -> Result<Arc<dyn LeaseQueue>, OpenError> {
+    match config.queue {
+        #[cfg(feature = "redis")]
+        QueueKind::Redis => {
+            let queue = crate::queue::redis::RedisLeaseQueue::connect(&config.redis)
+                .await
+                .map_err(|source| OpenError::Queue {
+                    backend: QueueKind::Redis,
+                    source,
+                })?;
+            Ok(Arc::new(queue))
+        }
+        #[cfg(not(feature = "redis"))]
+        QueueKind::Redis => {
+            Err(BackendChoiceError("this build has no redis support".into()).into())
+        }
+        other => {
+            Err(BackendChoiceError(format!("SPLAI_QUEUE={other} is not an external queue")).into())
         }
     }
 }
@@ -191,7 +289,75 @@ mod tests {
             "unsupported SPLAI_STORE `postgresql`; supported values: sqlite, memory"
         );
         let e = "kafka".parse::<QueueKind>().unwrap_err();
-        assert!(e.to_string().contains("supported values: store, memory"));
+        assert!(
+            e.to_string()
+                .contains("supported values: store, redis, memory")
+        );
+    }
+
+    #[test]
+    fn redis_queue_goes_with_either_store() {
+        for store in [StoreKind::Sqlite, StoreKind::Memory] {
+            let c = BackendConfig {
+                store,
+                queue: "redis".parse().unwrap(),
+                ..Default::default()
+            };
+            assert!(c.validate().is_ok(), "{store}");
+        }
+        let r = RedisConfig::default();
+        assert_eq!(
+            (r.addr.as_str(), r.db, r.key.as_str(), r.deadletter_max),
+            ("127.0.0.1:6379", 0, "splai:tasks", 5)
+        );
+    }
+
+    /// `SPLAI_QUEUE=redis` opens a Redis queue behind either store, and the SQLite store then
+    /// dispatches through its outbox: a submitted job's entry reaches Redis by the relay.
+    #[cfg(all(feature = "redis", feature = "test-utils"))]
+    #[tokio::test]
+    async fn redis_queue_opens_behind_the_outbox() {
+        use crate::testing::redis::TestRedis;
+        let Some(redis) = TestRedis::find("redis_queue_opens_behind_the_outbox").await else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let addr = redis.url.trim_start_matches("redis://");
+        let config = |store| BackendConfig {
+            store,
+            queue: QueueKind::Redis,
+            sqlite_path: dir.path().join("splai.db"),
+            redis: RedisConfig {
+                addr: addr.split('/').next().unwrap().to_owned(),
+                key: redis.key.clone(),
+                ..Default::default()
+            },
+        };
+        for store in [StoreKind::Memory, StoreKind::Sqlite] {
+            let b = open(&config(store)).await.unwrap();
+            assert_eq!(b.queue.backend_name(), "redis", "{store}");
+            b.queue.ping().await.unwrap();
+        }
+        let h = crate::testing::Harness::new(open(&config(StoreKind::Sqlite)).await.unwrap(), None);
+        let w = h.cpu_worker("w1").await;
+        h.engine
+            .submit(crate::testing::a_chain_job())
+            .await
+            .unwrap();
+        assert_eq!(
+            h.claim(&w, 10).await.len(),
+            1,
+            "the entry went through the outbox"
+        );
+    }
+
+    #[test]
+    fn redis_password_stays_out_of_debug_output() {
+        let c = RedisConfig {
+            password: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{c:?}").contains("hunter2"));
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Test support shared by every crate: intent-named fixtures, a harness around an engine on a
 //! manual clock, and the engine conformance suite every backend combination must pass.
 
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod suite;
 
 use std::sync::Arc;
@@ -26,6 +28,24 @@ pub struct Harness {
     /// Its clock.
     pub clock: Arc<ManualClock>,
     _keep: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// What a suite setup returns: a harness, or none when its service is missing (skipped).
+pub trait IntoHarness {
+    /// The harness to run the case on, if any.
+    fn into_harness(self) -> Option<Harness>;
+}
+
+impl IntoHarness for Harness {
+    fn into_harness(self) -> Option<Harness> {
+        Some(self)
+    }
+}
+
+impl IntoHarness for Option<Harness> {
+    fn into_harness(self) -> Option<Harness> {
+        self
+    }
 }
 
 /// Lease length used by the suite.

@@ -12,7 +12,8 @@ use crate::engine::EngineError;
 use crate::store::{JobFilter, TaskFilter};
 
 /// Instantiates every suite case as a `#[tokio::test]` using `$setup` (an async fn returning a
-/// [`Harness`]).
+/// [`Harness`], or an `Option<Harness>` that is `None` when the service behind it is missing
+/// and the case is skipped; see [`IntoHarness`](crate::testing::IntoHarness)).
 #[macro_export]
 macro_rules! engine_suite {
     ($setup:path) => {
@@ -44,7 +45,9 @@ macro_rules! engine_suite {
         $(
             #[tokio::test]
             async fn $case() {
-                let h = $setup().await;
+                let Some(h) = $crate::testing::IntoHarness::into_harness($setup().await) else {
+                    return;
+                };
                 $crate::testing::suite::$case(h).await;
             }
         )*
