@@ -235,7 +235,7 @@ impl Engine {
         if dispatched {
             // The store transaction dispatched ready entries: relay them if they went to the
             // outbox, and wake claimers either way.
-            self.after_dispatch().await?;
+            self.after_dispatch().await;
         }
         Ok(out)
     }
@@ -311,11 +311,14 @@ impl Engine {
     }
 
     /// Moves outbox entries to the queue (a no-op when the queue shares the store's
-    /// database) and wakes long-polling claimers.
-    async fn after_dispatch(&self) -> Result<(), EngineError> {
-        self.relay_outbox().await?;
+    /// database) and wakes long-polling claimers. Runs after the change committed, so a
+    /// queue that cannot take the entries now does not fail the request: they wait in the
+    /// outbox for the sweeper's relay, and the caller must not be told (and retry) otherwise.
+    async fn after_dispatch(&self) {
+        if let Err(e) = self.relay_outbox().await {
+            tracing::warn!(error = %e, "relaying the outbox failed; the sweeper will retry");
+        }
         self.work_ready.notify_waiters();
-        Ok(())
     }
 
     /// Drains the outbox into the queue. Returns how many entries moved.

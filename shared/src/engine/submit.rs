@@ -129,7 +129,7 @@ impl Engine {
         }
         if created > 0 {
             metrics::add(&self.counters.jobs_submitted_total, created);
-            self.after_dispatch().await?;
+            self.after_dispatch().await;
         }
         Ok(results
             .into_iter()
