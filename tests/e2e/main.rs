@@ -2,6 +2,7 @@
 
 mod cli;
 mod durability;
+mod redis_faults;
 mod worker_jobs;
 mod worker_lifecycle;
 

@@ -1,0 +1,172 @@
+//! Faults in the Redis queue under the real server and workers: connections dropped by Redis
+//! in the middle of a run lose no work.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::{Fabric, eventually_within};
+
+/// A database number no other test uses, so that this test's `CLIENT KILL`s hit only the
+/// connections of its own server.
+const FAULT_DB: &str = "9";
+
+/// An admin connection to the test Redis (`SPLAI_TEST_REDIS_URL`), or `None` after saying why
+/// the test is skipped; with `CI` set a missing Redis fails instead.
+async fn admin(test: &str) -> Option<redis::aio::MultiplexedConnection> {
+    let url =
+        std::env::var("SPLAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let conn = async {
+        redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await
+    };
+    match tokio::time::timeout(Duration::from_secs(3), conn).await {
+        Ok(Ok(c)) => Some(c),
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer within 3 s".into(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: Redis at {url} unreachable ({why}) and CI is set"
+            );
+            eprintln!("SKIPPED {test}: no Redis at {url} ({why})");
+            None
+        }
+    }
+}
+
+/// Kills every client connected to [`FAULT_DB`]; returns how many.
+async fn kill_fault_db_clients(admin: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(admin)
+        .await
+        .expect("CLIENT LIST");
+    let ids: Vec<String> = list
+        .lines()
+        .filter(|l| l.split(' ').any(|f| f == format!("db={FAULT_DB}")))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect();
+    for id in &ids {
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(admin)
+            .await
+            .expect("CLIENT KILL");
+    }
+    ids.len()
+}
+
+fn noop_jobs(n: usize) -> Value {
+    let job = json!({
+        "type": "redis-fault",
+        "tasks": [{ "task_id": "noop", "type": "llm_inference",
+                    "inputs": { "prompt": "noop" }, "constraints": { "backend": "echo" } }],
+    });
+    json!({ "jobs": vec![job; n] })
+}
+
+async fn submit_batch(base: &str, n: usize) -> Vec<String> {
+    let resp: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/jobs/batch"))
+        .json(&noop_jobs(n))
+        .send()
+        .await
+        .expect("bulk submit")
+        .json()
+        .await
+        .expect("bulk submit answer");
+    assert_eq!(resp["rejected"], 0, "{resp}");
+    resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["job_id"].as_str().expect("a job id").to_owned())
+        .collect()
+}
+
+/// Jobs submitted before and while Redis drops the server's connections all complete, each
+/// task exactly once by the store's account, and nothing is dead-lettered.
+#[tokio::test]
+async fn dropped_redis_connections_lose_no_work() {
+    let Some(mut admin) = admin("dropped_redis_connections_lose_no_work").await else {
+        return;
+    };
+    let key = format!(
+        "splai-e2e:{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_nanos()
+    );
+    let fabric = Fabric::start(&[
+        ("SPLAI_QUEUE", "redis"),
+        ("SPLAI_REDIS_DB", FAULT_DB),
+        ("SPLAI_REDIS_KEY", &key),
+        // Short leases, so a claim whose answer a killed connection lost comes back soon.
+        ("SPLAI_LEASE_SECONDS", "3"),
+        ("SPLAI_HEARTBEAT_SECONDS", "1"),
+        ("SPLAI_SWEEP_INTERVAL_MS", "200"),
+    ]);
+    let echo = [
+        ("SPLAI_WORKER_BACKENDS", "echo"),
+        ("SPLAI_HEARTBEAT_SECONDS", "1"),
+    ];
+    let _w1 = fabric.worker("w-redis-1", &echo).await;
+    let _w2 = fabric.worker("w-redis-2", &echo).await;
+
+    let mut jobs = submit_batch(&fabric.server.base, 150).await;
+    let mut killed = 0;
+    for round in 0..6 {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        killed += kill_fault_db_clients(&mut admin).await;
+        if round % 2 == 0 {
+            jobs.extend(submit_batch(&fabric.server.base, 50).await);
+        }
+    }
+    assert!(killed > 0, "the server held no connection to db {FAULT_DB}");
+
+    eventually_within(Duration::from_secs(60), "every job completes", || {
+        let (api, jobs) = (fabric.api.clone(), jobs.clone());
+        async move {
+            for job in &jobs {
+                if api.job(job).await["status"] != "Completed" {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let metrics: Value = reqwest::get(format!("{}/v1/metrics", fabric.server.base))
+        .await
+        .expect("metrics")
+        .json()
+        .await
+        .expect("metrics JSON");
+    assert_eq!(
+        metrics["counters"]["jobs_completed_total"],
+        json!(jobs.len()),
+        "{metrics}"
+    );
+    assert_eq!(metrics["dead_letter_count"], json!(0), "{metrics}");
+    // Only now onto the server's database: before, the kills would have hit this connection.
+    let _: redis::Value = redis::cmd("SELECT")
+        .arg(FAULT_DB)
+        .query_async(&mut admin)
+        .await
+        .expect("SELECT");
+    let _: redis::Value = redis::cmd("EVAL")
+        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
+        .arg(0)
+        .arg(format!("{key}*"))
+        .query_async(&mut admin)
+        .await
+        .expect("clean up");
+}
