@@ -88,6 +88,7 @@ impl Config {
             },
             max_wait: secs("SPLAI_MAX_WAIT_SECONDS", 30)?,
             poll_interval: Duration::from_millis(500),
+            reconcile_after: secs("SPLAI_RECONCILE_AFTER_SECONDS", 60)?,
         };
         let planner = PlannerConfig {
             llm_endpoint: var("SPLAI_LLM_PLANNER_ENDPOINT"),

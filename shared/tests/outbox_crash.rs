@@ -69,6 +69,9 @@ impl LeaseQueue for DiesBeforeEnqueue {
     ) -> Result<Vec<TaskRef>, QueueError> {
         self.0.requeue_dead(t, now).await
     }
+    async fn holds(&self, t: &[TaskRef]) -> Result<Vec<bool>, QueueError> {
+        self.0.holds(t).await
+    }
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         self.0.depth().await
     }

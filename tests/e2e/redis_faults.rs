@@ -1,5 +1,6 @@
 //! Faults in the Redis queue under the real server and workers: connections dropped by Redis
-//! in the middle of a run lose no work.
+//! in the middle of a run, and a Redis that comes back empty (a restart without persistence),
+//! lose no work.
 
 use std::time::Duration;
 
@@ -63,6 +64,33 @@ async fn kill_fault_db_clients(admin: &mut redis::aio::MultiplexedConnection) ->
     ids.len()
 }
 
+/// What a Redis restart without persistence leaves of the queue: nothing. Deletes every key
+/// under `prefix` in [`FAULT_DB`], over a connection of its own.
+async fn wipe(prefix: &str) -> usize {
+    let url =
+        std::env::var("SPLAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let mut conn = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connect");
+    let _: redis::Value = redis::cmd("SELECT")
+        .arg(FAULT_DB)
+        .query_async(&mut conn)
+        .await
+        .expect("SELECT");
+    redis::cmd("EVAL")
+        .arg(
+            "local ks = redis.call('KEYS', ARGV[1]) \
+             for _, k in ipairs(ks) do redis.call('DEL', k) end return #ks",
+        )
+        .arg(0)
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .expect("wipe")
+}
+
 fn noop_jobs(n: usize) -> Value {
     let job = json!({
         "type": "redis-fault",
@@ -91,11 +119,12 @@ async fn submit_batch(base: &str, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// Jobs submitted before and while Redis drops the server's connections all complete, each
-/// task exactly once by the store's account, and nothing is dead-lettered.
+/// Jobs submitted before and while Redis drops the server's connections, and jobs whose
+/// entries a Redis "restart" wiped, all complete (the sweeper's reconciliation enqueues the
+/// lost ones again), and nothing is dead-lettered.
 #[tokio::test]
-async fn dropped_redis_connections_lose_no_work() {
-    let Some(mut admin) = admin("dropped_redis_connections_lose_no_work").await else {
+async fn redis_faults_lose_no_work() {
+    let Some(mut admin) = admin("redis_faults_lose_no_work").await else {
         return;
     };
     let key = format!(
@@ -113,6 +142,7 @@ async fn dropped_redis_connections_lose_no_work() {
         ("SPLAI_LEASE_SECONDS", "3"),
         ("SPLAI_HEARTBEAT_SECONDS", "1"),
         ("SPLAI_SWEEP_INTERVAL_MS", "200"),
+        ("SPLAI_RECONCILE_AFTER_SECONDS", "1"),
     ]);
     let echo = [
         ("SPLAI_WORKER_BACKENDS", "echo"),
@@ -131,6 +161,10 @@ async fn dropped_redis_connections_lose_no_work() {
         }
     }
     assert!(killed > 0, "the server held no connection to db {FAULT_DB}");
+    // The restart: everything the queue held is gone, and so are the connections.
+    jobs.extend(submit_batch(&fabric.server.base, 100).await);
+    assert!(wipe(&key).await > 0, "the queue had no keys to lose");
+    kill_fault_db_clients(&mut admin).await;
 
     eventually_within(Duration::from_secs(60), "every job completes", || {
         let (api, jobs) = (fabric.api.clone(), jobs.clone());
@@ -156,17 +190,5 @@ async fn dropped_redis_connections_lose_no_work() {
         "{metrics}"
     );
     assert_eq!(metrics["dead_letter_count"], json!(0), "{metrics}");
-    // Only now onto the server's database: before, the kills would have hit this connection.
-    let _: redis::Value = redis::cmd("SELECT")
-        .arg(FAULT_DB)
-        .query_async(&mut admin)
-        .await
-        .expect("SELECT");
-    let _: redis::Value = redis::cmd("EVAL")
-        .arg("for _, k in ipairs(redis.call('KEYS', ARGV[1])) do redis.call('DEL', k) end")
-        .arg(0)
-        .arg(format!("{key}*"))
-        .query_async(&mut admin)
-        .await
-        .expect("clean up");
+    wipe(&key).await;
 }

@@ -4,7 +4,9 @@ use std::collections::BTreeMap;
 
 use super::submit::not_found;
 use super::{Engine, EngineError, metrics, rules};
-use crate::domain::{DeadLetter, Expired, JobId, Status, TaskRef};
+use crate::domain::{
+    DeadLetter, Expired, ExpiryOutcome, JobId, Lease, QueueEntry, Status, Task, TaskRef, Timestamp,
+};
 
 /// What one sweep did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -15,7 +17,12 @@ pub struct SweepReport {
     pub dead_lettered: usize,
     /// Outbox entries moved to the queue.
     pub relayed: usize,
+    /// Ready tasks the queue had lost, enqueued again.
+    pub reconciled: usize,
 }
+
+/// Jobs one reconciliation looks at; the rest wait for the next.
+const RECONCILE_BATCH: usize = 500;
 
 impl Engine {
     /// Cancels a job: queued tasks stop at once, running workers hear on their next heartbeat.
@@ -88,8 +95,9 @@ impl Engine {
         Ok(requeued)
     }
 
-    /// Requeues expired leases and relays the outbox. Run periodically by every deployment
-    /// (the local server's loop, the serverless sweeper); safe to run concurrently.
+    /// Requeues expired leases, relays the outbox and, every quarter of
+    /// `reconcile_after`, reconciles. Run periodically by every deployment (the local
+    /// server's loop, the serverless sweeper); safe to run concurrently.
     ///
     /// # Errors
     /// Backend failures; whatever was not done is picked up by the next sweep.
@@ -124,9 +132,129 @@ impl Engine {
             self.work_ready.notify_waiters();
         }
         report.relayed = self.relay_outbox().await?;
-        if report.relayed > 0 {
+        if self.reconcile_due(now) {
+            report.reconciled = self.reconcile().await?;
+        }
+        if report.relayed > 0 || report.reconciled > 0 {
             self.work_ready.notify_waiters();
         }
         Ok(report)
     }
+
+    /// Whether a reconciliation is due at `now`; if so, records it as done.
+    fn reconcile_due(&self, now: Timestamp) -> bool {
+        let mut last = self
+            .last_reconcile
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let due = last.is_none_or(|at| now - at >= self.config.reconcile_after / 4);
+        if due {
+            *last = Some(now);
+        }
+        due
+    }
+
+    /// Repairs what an external queue lost (a Redis restarted without persistence, a
+    /// flushed key), for tasks that have waited `reconcile_after`: a ready task the queue no
+    /// longer holds is enqueued again; a running task whose lease ran out long ago and that
+    /// the queue no longer holds (so its expiry would never come) is expired as the queue
+    /// would have: requeued, or failed on its last attempt. A task that moved on meanwhile
+    /// gets a stray entry, which its claim finds stale and drops. Returns how many tasks it
+    /// repaired.
+    ///
+    /// # Errors
+    /// Backend failures.
+    pub async fn reconcile(&self) -> Result<usize, EngineError> {
+        let now = self.clock.now();
+        let before = now - self.config.reconcile_after;
+        let ids = self
+            .backends
+            .jobs
+            .stale_jobs(before, RECONCILE_BATCH)
+            .await?;
+        let mut ready = Vec::new();
+        let mut overdue = Vec::new();
+        for id in &ids {
+            let Some(record) = self.backends.jobs.load_job(id).await? else {
+                continue;
+            };
+            ready.extend(rules::ready_entries(&record, now));
+            overdue.extend(
+                record
+                    .tasks
+                    .iter()
+                    .filter_map(|t| overdue_lease(t, before, now)),
+            );
+        }
+        let tasks: Vec<TaskRef> = ready
+            .iter()
+            .map(QueueEntry::task_ref)
+            .chain(overdue.iter().map(|e| e.lease.entry.task_ref()))
+            .collect();
+        let mut held = self.backends.queue.holds(&tasks).await?.into_iter();
+        let lost_ready: Vec<QueueEntry> = ready
+            .into_iter()
+            .filter(|_| held.next() == Some(false))
+            .collect();
+        let lost_running: Vec<Expired> = overdue
+            .into_iter()
+            .filter(|_| held.next() == Some(false))
+            .collect();
+        let repaired = lost_ready.len() + lost_running.len();
+        if repaired > 0 {
+            tracing::warn!(
+                ready = lost_ready.len(),
+                running = lost_running.len(),
+                "the queue had lost tasks; repairing"
+            );
+        }
+        let mut requeue = lost_ready;
+        if !lost_running.is_empty() {
+            let mut by_job: BTreeMap<JobId, Vec<&Expired>> = BTreeMap::new();
+            for e in &lost_running {
+                by_job
+                    .entry(e.lease.entry.job_id.clone())
+                    .or_default()
+                    .push(e);
+            }
+            let ids: Vec<JobId> = by_job.keys().cloned().collect();
+            self.update(&ids, |r, fx| {
+                for e in by_job.get(&r.job.job_id).into_iter().flatten() {
+                    rules::apply_expiry(r, e, now, fx);
+                }
+            })
+            .await?;
+            requeue.extend(
+                lost_running
+                    .into_iter()
+                    .filter(|e| e.outcome == ExpiryOutcome::Requeued)
+                    .map(|e| e.lease.entry),
+            );
+        }
+        if !requeue.is_empty() {
+            self.backends.queue.enqueue(&requeue).await?;
+        }
+        Ok(repaired)
+    }
+}
+
+/// The expiry a running task's lease would have had by now, if it ran out before `before`.
+fn overdue_lease(task: &Task, before: Timestamp, now: Timestamp) -> Option<Expired> {
+    let expires_at = task.lease_expires.filter(|at| *at < before)?;
+    if task.status != Status::Running {
+        return None;
+    }
+    Some(Expired {
+        lease: Lease {
+            entry: rules::entry_for(task, now),
+            lease_id: task.lease_id.clone()?,
+            worker_id: task.worker_id.clone(),
+            expires_at,
+        },
+        outcome: if task.attempt >= task.max_attempts() {
+            ExpiryOutcome::DeadLettered
+        } else {
+            ExpiryOutcome::Requeued
+        },
+    })
 }

@@ -52,6 +52,9 @@ pub struct EngineConfig {
     pub max_wait: Duration,
     /// How often a long-poll re-checks for entries whose backoff ran out.
     pub poll_interval: Duration,
+    /// A ready task waiting this long is checked against the queue, and enqueued again if
+    /// the queue lost it (`SPLAI_RECONCILE_AFTER_SECONDS`, 60 s).
+    pub reconcile_after: Duration,
 }
 
 impl Default for EngineConfig {
@@ -68,6 +71,7 @@ impl Default for EngineConfig {
             },
             max_wait: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
+            reconcile_after: Duration::from_secs(60),
         }
     }
 }
@@ -129,6 +133,7 @@ pub struct Engine {
     relay_lock: Mutex<()>,
     counters: metrics::Counters,
     caps_cache: assign::CapsCache,
+    last_reconcile: std::sync::Mutex<Option<crate::domain::Timestamp>>,
 }
 
 impl Engine {
@@ -150,6 +155,7 @@ impl Engine {
             relay_lock: Mutex::new(()),
             counters: metrics::Counters::default(),
             caps_cache: assign::CapsCache::default(),
+            last_reconcile: std::sync::Mutex::new(None),
         }
     }
 

@@ -331,6 +331,11 @@ impl LeaseQueue for MemoryLeaseQueue {
         Ok(out)
     }
 
+    async fn holds(&self, tasks: &[TaskRef]) -> Result<Vec<bool>, QueueError> {
+        let s = self.lock();
+        Ok(tasks.iter().map(|t| s.slots.contains_key(t)).collect())
+    }
+
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
         let s = self.lock();
         let mut d = QueueDepth {

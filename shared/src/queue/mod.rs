@@ -118,6 +118,10 @@ pub trait LeaseQueue: Send + Sync {
         now: Timestamp,
     ) -> Result<Vec<TaskRef>, QueueError>;
 
+    /// Per task, whether the queue holds an entry for it (pending, leased or dead). The
+    /// reconciliation sweep re-enqueues ready tasks an external queue has lost.
+    async fn holds(&self, tasks: &[TaskRef]) -> Result<Vec<bool>, QueueError>;
+
     /// Entries per class and state.
     async fn depth(&self) -> Result<QueueDepth, QueueError>;
 

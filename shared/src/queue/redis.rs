@@ -66,6 +66,7 @@ static DISCARD: LazyLock<Script> = script!("discard.lua");
 static REQUEUE_DEAD: LazyLock<Script> = script!("requeue_dead.lua");
 static LIST_DEAD: LazyLock<Script> = script!("list_dead.lua");
 static DEPTH: LazyLock<Script> = script!("depth.lua");
+static HOLDS: LazyLock<Script> = script!("holds.lua");
 
 fn member(t: &TaskRef) -> String {
     format!("{}|{}", t.job_id, t.task_id)
@@ -368,6 +369,15 @@ impl LeaseQueue for RedisLeaseQueue {
         args.extend(tasks.iter().map(member));
         let revived: Vec<i64> = self.run(&REQUEUE_DEAD, &args).await?;
         Ok(flagged(tasks, &revived))
+    }
+
+    async fn holds(&self, tasks: &[TaskRef]) -> Result<Vec<bool>, QueueError> {
+        if tasks.is_empty() {
+            return Ok(Vec::new());
+        }
+        let args: Vec<String> = tasks.iter().map(member).collect();
+        let flags: Vec<i64> = self.run(&HOLDS, &args).await?;
+        Ok(flags.into_iter().map(|f| f == 1).collect())
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {

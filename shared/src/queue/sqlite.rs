@@ -87,6 +87,10 @@ const LIST_DEAD: &str = concat!(
      ORDER BY dead_seq LIMIT ?1"
 );
 
+/// Whether a task (`?1` job, `?2` task) has an entry.
+const HOLDS: &str =
+    "SELECT EXISTS (SELECT 1 FROM queue_entries WHERE job_id = ?1 AND task_id = ?2)";
+
 /// Entries per state (and class, for pending ones). Each part counts one state's partial
 /// index without touching the table.
 const DEPTH: &str = "SELECT 'pending' AS state, priority_rank, COUNT(*) AS n FROM queue_entries
@@ -290,6 +294,16 @@ impl LeaseQueue for SqliteLeaseQueue {
             .filter(|(_, n)| *n > 0)
             .map(|(t, _)| t.clone())
             .collect())
+    }
+
+    async fn holds(&self, tasks: &[TaskRef]) -> Result<Vec<bool>, QueueError> {
+        Ok(self.db.read(|tx| {
+            let mut st = tx.prepare_cached(HOLDS)?;
+            tasks
+                .iter()
+                .map(|t| st.query_row((t.job_id.as_str(), t.task_id.as_str()), |r| r.get(0)))
+                .collect::<rusqlite::Result<Vec<bool>>>()
+        })?)
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {

@@ -124,6 +124,29 @@ impl JobStore for MemoryStore {
         Ok(self.lock().jobs.get(id).map(|(_, r)| r.clone()))
     }
 
+    async fn stale_jobs(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, StoreError> {
+        let s = self.lock();
+        let mut stale: Vec<(Timestamp, u64, &JobId)> = s
+            .jobs
+            .values()
+            .filter(|(_, r)| {
+                !r.job.status.is_terminal()
+                    && r.tasks.iter().any(|t| match t.status {
+                        Status::Queued => r.job.updated_at < before,
+                        Status::Running => t.lease_expires.is_some_and(|e| e < before),
+                        _ => false,
+                    })
+            })
+            .map(|(seq, r)| (r.job.updated_at, *seq, &r.job.job_id))
+            .collect();
+        stale.sort();
+        Ok(stale
+            .into_iter()
+            .take(limit)
+            .map(|(_, _, id)| id.clone())
+            .collect())
+    }
+
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         Ok(self.lock().jobs.get(id).map(|(_, r)| r.job.clone()))
     }

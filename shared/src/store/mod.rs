@@ -204,6 +204,12 @@ pub trait JobStore: Send + Sync {
         until: Timestamp,
     ) -> Result<Vec<Option<Status>>, StoreError>;
 
+    /// Up to `limit` unfinished jobs, least recently changed first, with a task that has
+    /// waited since before `before`: `Queued` in a job not changed since, or `Running` on a
+    /// lease that ran out before it. The candidates the reconciliation sweep checks against
+    /// the queue.
+    async fn stale_jobs(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
 }

@@ -111,6 +111,17 @@ impl JobStore for SqliteStore {
             .map_err(store_err)
     }
 
+    async fn stale_jobs(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db
+            .read(|tx| {
+                tx.prepare_cached(jobs::STALE_JOBS)?
+                    .query_map((to_millis(before), limit), |r| row_id(r, "job_id"))?
+                    .collect::<rusqlite::Result<Vec<JobId>>>()
+            })
+            .map_err(store_err)
+    }
+
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
         self.db.read(|tx| jobs::load_job(tx, id)).map_err(store_err)
     }

@@ -39,6 +39,8 @@ macro_rules! engine_suite {
             claims_are_batched_up_to_max,
             handed_back_lease_is_claimable_at_once_uncounted,
             bulk_submit_accepts_or_rejects_each_job_on_its_own,
+            lost_queue_entry_is_reconciled,
+            lost_lease_is_reconciled,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -665,4 +667,74 @@ pub async fn claims_are_batched_up_to_max(h: Harness) {
     assert_eq!(h.claim(&w, 5).await.len(), 5);
     assert_eq!(h.claim(&w, 5).await.len(), 2);
     assert_eq!(h.engine.counters().snapshot()["queue_claimed_total"], 7);
+}
+
+/// A ready task whose queue entry was lost (an external queue that restarted empty) is
+/// enqueued again by the sweep once it has waited `reconcile_after`, and then runs; a task
+/// the queue still holds is left alone.
+pub async fn lost_queue_entry_is_reconciled(h: Harness) {
+    let w = h.cpu_worker("w1").await;
+    let lost = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let kept = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let task = tasks_of(&h, &lost).await.remove(0);
+    let lost_task = TaskRef {
+        job_id: lost.clone(),
+        task_id: task.task_id,
+    };
+    let queue = &h.engine.backends().queue;
+    queue
+        .discard(std::slice::from_ref(&lost_task))
+        .await
+        .unwrap();
+    assert_eq!(
+        h.engine.sweep().await.unwrap().reconciled,
+        0,
+        "too soon: the task may still be on its way to the queue"
+    );
+
+    h.advance(h.engine.config().reconcile_after + Duration::from_secs(1));
+    assert_eq!(h.engine.sweep().await.unwrap().reconciled, 1);
+    assert_eq!(queue.holds(&[lost_task]).await.unwrap(), [true]);
+    let claimed = h.claim(&w, 10).await;
+    let mut jobs: Vec<&JobId> = claimed.iter().map(|a| &a.job_id).collect();
+    jobs.sort();
+    let mut expected = vec![&lost, &kept];
+    expected.sort();
+    assert_eq!(jobs, expected);
+    for a in &claimed {
+        assert_eq!(h.complete(a).await.outcome, "completed");
+    }
+    assert_eq!(status_of(&h, &lost).await, Status::Completed);
+    assert_eq!(status_of(&h, &kept).await, Status::Completed);
+    assert_eq!(h.engine.sweep().await.unwrap().reconciled, 0);
+}
+
+/// A running task whose lease the queue lost (so no expiry would ever come) and whose worker
+/// went silent is expired by the reconciliation once the lease has been over for
+/// `reconcile_after`: it runs again on another worker, the lost attempt counted.
+pub async fn lost_lease_is_reconciled(h: Harness) {
+    let (w1, w2) = (h.cpu_worker("w1").await, h.cpu_worker("w2").await);
+    let job = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let first = h.claim(&w1, 1).await.remove(0);
+    let task = TaskRef {
+        job_id: job.clone(),
+        task_id: first.task_id.clone(),
+    };
+    h.engine.backends().queue.discard(&[task]).await.unwrap();
+
+    h.advance(LEASE + Duration::from_secs(1));
+    let swept = h.engine.sweep().await.unwrap();
+    assert_eq!(
+        (swept.requeued, swept.reconciled),
+        (0, 0),
+        "not yet overdue"
+    );
+    h.advance(h.engine.config().reconcile_after);
+    assert_eq!(h.engine.sweep().await.unwrap().reconciled, 1);
+
+    let second = h.claim(&w2, 1).await.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert_eq!(h.complete(&first).await.outcome, "stale");
+    assert_eq!(h.complete(&second).await.outcome, "completed");
+    assert_eq!(status_of(&h, &job).await, Status::Completed);
 }

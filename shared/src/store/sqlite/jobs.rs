@@ -66,6 +66,16 @@ pub(super) fn insert_jobs(conn: &Connection, rows: &[&NewRows<'_>]) -> rusqlite:
     Ok(())
 }
 
+/// Unfinished jobs with a task waiting since before `?1` (queued in a job not changed since,
+/// or running on a lease that ran out before it), least recently changed first, at most
+/// `?2`. Walks the unfinished jobs of `jobs_by_status`; the sweep runs it rarely.
+pub(super) const STALE_JOBS: &str = "SELECT job_id FROM jobs
+    WHERE status IN ('Queued', 'Running')
+      AND EXISTS (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.job_id
+          AND ((tasks.status = 'Queued' AND jobs.updated_at_ms < ?1)
+            OR (tasks.status = 'Running' AND tasks.lease_expires_ms < ?1)))
+    ORDER BY updated_at_ms LIMIT ?2";
+
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.
 pub(super) fn load_record(conn: &Connection, id: &JobId) -> rusqlite::Result<Option<JobRecord>> {
     let Some(job) = load_job(conn, id)? else {
