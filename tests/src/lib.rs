@@ -113,8 +113,13 @@ impl SplaiServer {
                 break url.trim().to_owned();
             }
         };
-        // Keep draining stderr so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
+        // Keep draining stderr so the server never blocks on a full pipe; its warnings go to
+        // the test's output, which cargo shows when the test fails.
+        std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .for_each(|l| eprintln!("splai: {l}"))
+        });
         SplaiServer { child, base }
     }
 
