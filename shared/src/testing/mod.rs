@@ -1,6 +1,8 @@
 //! Test support shared by every crate: intent-named fixtures, a harness around an engine on a
 //! manual clock, and the engine conformance suite every backend combination must pass.
 
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod suite;
 
 use std::sync::Arc;
@@ -26,6 +28,25 @@ pub struct Harness {
     /// Its clock.
     pub clock: Arc<ManualClock>,
     _keep: Option<Box<dyn std::any::Any + Send>>,
+}
+
+/// What a suite setup returns: a harness, or (for a backend on an external service) `None`
+/// when the service is unavailable and the case is skipped.
+pub trait MaybeHarness {
+    /// The harness, if there is one.
+    fn into_option(self) -> Option<Harness>;
+}
+
+impl MaybeHarness for Harness {
+    fn into_option(self) -> Option<Harness> {
+        Some(self)
+    }
+}
+
+impl MaybeHarness for Option<Harness> {
+    fn into_option(self) -> Option<Harness> {
+        self
+    }
 }
 
 /// Lease length used by the suite.

@@ -55,6 +55,55 @@ mod sqlite {
     }
 }
 
+#[cfg(feature = "postgres")]
+mod postgres {
+    use super::*;
+    use splai_shared::queue::memory::MemoryLeaseQueue;
+    use splai_shared::queue::postgres::PostgresLeaseQueue;
+    use splai_shared::store::Dispatch;
+    use splai_shared::store::postgres::PostgresStore;
+    use splai_shared::testing::postgres::TestDb;
+
+    /// Postgres with the queue in the same database (`FOR UPDATE SKIP LOCKED`): jobs and their
+    /// entries commit together. `None` (skipped) without a reachable server.
+    pub async fn postgres_store_queue() -> Option<Harness> {
+        let t = TestDb::create("conformance postgres_store").await?;
+        let store = Arc::new(PostgresStore::new(t.db.clone(), Dispatch::Direct));
+        let queue = Arc::new(PostgresLeaseQueue::new(t.db.clone()));
+        let b = Backends {
+            jobs: store.clone(),
+            workers: store.clone(),
+            outbox: store,
+            queue,
+        };
+        Some(Harness::new(b, Some(Box::new(t))))
+    }
+
+    /// Postgres state with an external queue behind the outbox.
+    pub async fn postgres_outbox_memory_queue() -> Option<Harness> {
+        let t = TestDb::create("conformance postgres_outbox").await?;
+        let store = Arc::new(PostgresStore::new(t.db.clone(), Dispatch::Outbox));
+        let queue = Arc::new(MemoryLeaseQueue::new());
+        let b = Backends {
+            jobs: store.clone(),
+            workers: store.clone(),
+            outbox: store,
+            queue,
+        };
+        Some(Harness::new(b, Some(Box::new(t))))
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_store {
+    splai_shared::engine_suite!(super::postgres::postgres_store_queue);
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_outbox {
+    splai_shared::engine_suite!(super::postgres::postgres_outbox_memory_queue);
+}
+
 mod memory_memory {
     splai_shared::engine_suite!(super::memory);
 }
