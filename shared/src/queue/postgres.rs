@@ -31,8 +31,8 @@ use crate::domain::{
     WorkerCaps,
 };
 use crate::store::postgres::{
-    EntryArrays, PgDb, PgError, entry_columns, entry_from_row, in_tx, opt_id, queue_err, row_id,
-    ts, unnest_entries,
+    EntryArrays, PgDb, PgError, entry_columns, entry_from_row, in_tx, on_conn, opt_id, queue_err,
+    row_id, ts, unnest_entries,
 };
 
 #[cfg(test)]
@@ -45,9 +45,10 @@ pub const CHANNEL: &str = "splai_queue";
 const NOTIFY: &str = "SELECT pg_notify('splai_queue', '')";
 
 /// Upserts entries from [`unnest_entries!`] arrays (one listing per task): an existing row
-/// keeps its `seq` (its FIFO position) and loses any lease or dead-letter state.
+/// keeps its `seq` (its FIFO position) and loses any lease or dead-letter state. Announces
+/// them in the same statement.
 const UPSERT: &str = concat!(
-    "INSERT INTO queue_entries (",
+    "WITH up AS (INSERT INTO queue_entries (",
     entry_columns!(),
     ", state) SELECT ",
     entry_columns!(),
@@ -61,7 +62,9 @@ const UPSERT: &str = concat!(
          attempt = excluded.attempt, max_attempts = excluded.max_attempts,
          not_before_ms = excluded.not_before_ms, state = 'pending',
          lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL,
-         dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL"
+         dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL
+     RETURNING 1)
+     SELECT pg_notify('splai_queue', '') WHERE EXISTS (SELECT 1 FROM up)"
 );
 
 /// Leases up to `$8` claimable entries to worker `$2` until `$3`, and returns them.
@@ -104,18 +107,21 @@ const RENEW: &str = "UPDATE queue_entries SET lease_expires_ms = $2
 /// Removes leased entries `$1`.
 const ACK: &str = "DELETE FROM queue_entries WHERE lease_id = ANY ($1) AND state = 'leased'";
 
-/// Returns leased entries (`$1`) to pending from `$2` (per lease). The attempt count stays:
-/// the delivery happened.
-const NACK: &str = "UPDATE queue_entries q SET state = 'pending', not_before_ms = r.at,
+/// Returns leased entries (`$1`) to pending from `$2` (per lease), and announces them. The
+/// attempt count stays: the delivery happened.
+const NACK: &str = "WITH u AS (UPDATE queue_entries q SET state = 'pending', not_before_ms = r.at,
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
     FROM UNNEST($1::text[], $2::int8[]) AS r(l, at)
-    WHERE q.lease_id = r.l AND q.state = 'leased'";
+    WHERE q.lease_id = r.l AND q.state = 'leased' RETURNING 1)
+    SELECT pg_notify('splai_queue', '') WHERE EXISTS (SELECT 1 FROM u)";
 
-/// Returns leased entries `$1` to pending, taking back the attempt its claim counted.
-const RELEASE: &str = "UPDATE queue_entries SET state = 'pending',
+/// Returns leased entries `$1` to pending, taking back the attempt its claim counted, and
+/// announces them.
+const RELEASE: &str = "WITH u AS (UPDATE queue_entries SET state = 'pending',
         attempt = GREATEST(attempt - 1, 0),
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE lease_id = ANY ($1) AND state = 'leased'";
+    WHERE lease_id = ANY ($1) AND state = 'leased' RETURNING 1)
+    SELECT pg_notify('splai_queue', '') WHERE EXISTS (SELECT 1 FROM u)";
 
 /// Moves leased entries (`$1`, reasons `$2`) to the dead letters at `$3`, numbered `$4` (fresh
 /// numbers from `queue_dead_seq`, ascending in input order).
@@ -270,9 +276,8 @@ pub(crate) async fn upsert_entries(
     }
     EntryArrays::of(once)
         .bind(sqlx::query(UPSERT))
-        .execute(&mut *conn)
+        .execute(conn)
         .await?;
-    sqlx::query(NOTIFY).execute(conn).await?;
     Ok(())
 }
 
@@ -333,7 +338,7 @@ impl LeaseQueue for PostgresLeaseQueue {
         if entries.is_empty() {
             return Ok(());
         }
-        in_tx!(self.db, "enqueue", |conn| {
+        on_conn!(self.db, "enqueue", |conn| {
             upsert_entries(conn, entries).await
         })
         .map_err(queue_err)
@@ -355,7 +360,7 @@ impl LeaseQueue for PostgresLeaseQueue {
         let worker_id = worker.worker_id.as_ref().map(|w| w.as_str());
         let expires_at = truncate_millis(now + lease_for);
         let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        let mut leases = in_tx!(self.db, "claim", |conn| {
+        let mut leases = on_conn!(self.db, "claim", |conn| {
             // A fresh prefix per attempt: a retried claim must not reuse lease ids.
             let prefix = format!("{}-", LeaseId::generate());
             let rows = sqlx::query(CLAIM)
@@ -394,7 +399,7 @@ impl LeaseQueue for PostgresLeaseQueue {
             return Ok(Vec::new());
         }
         let ids = lease_strs(leases);
-        let held: HashSet<String> = in_tx!(self.db, "renew", |conn| {
+        let held: HashSet<String> = on_conn!(self.db, "renew", |conn| {
             let rows = sqlx::query(RENEW)
                 .bind(&ids)
                 .bind(to_millis(until))
@@ -418,7 +423,7 @@ impl LeaseQueue for PostgresLeaseQueue {
             return Ok(());
         }
         let ids = lease_strs(leases);
-        in_tx!(self.db, "ack", |conn| {
+        on_conn!(self.db, "ack", |conn| {
             sqlx::query(ACK).bind(&ids).execute(conn).await?;
             Ok(())
         })
@@ -432,15 +437,8 @@ impl LeaseQueue for PostgresLeaseQueue {
         }
         let ids: Vec<&str> = once.iter().map(|(l, _)| l.as_str()).collect();
         let at: Vec<i64> = once.iter().map(|(_, t)| to_millis(*t)).collect();
-        in_tx!(self.db, "nack", |conn| {
-            let done = sqlx::query(NACK)
-                .bind(&ids)
-                .bind(&at)
-                .execute(&mut *conn)
-                .await?;
-            if done.rows_affected() > 0 {
-                sqlx::query(NOTIFY).execute(conn).await?;
-            }
+        on_conn!(self.db, "nack", |conn| {
+            sqlx::query(NACK).bind(&ids).bind(&at).execute(conn).await?;
             Ok(())
         })
         .map_err(queue_err)
@@ -451,11 +449,8 @@ impl LeaseQueue for PostgresLeaseQueue {
             return Ok(());
         }
         let ids = lease_strs(leases);
-        in_tx!(self.db, "release", |conn| {
-            let done = sqlx::query(RELEASE).bind(&ids).execute(&mut *conn).await?;
-            if done.rows_affected() > 0 {
-                sqlx::query(NOTIFY).execute(conn).await?;
-            }
+        on_conn!(self.db, "release", |conn| {
+            sqlx::query(RELEASE).bind(&ids).execute(conn).await?;
             Ok(())
         })
         .map_err(queue_err)
@@ -523,7 +518,7 @@ impl LeaseQueue for PostgresLeaseQueue {
         }
         let jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
         let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
-        in_tx!(self.db, "discard", |conn| {
+        on_conn!(self.db, "discard", |conn| {
             sqlx::query(DISCARD)
                 .bind(&jobs)
                 .bind(&ids)
@@ -536,7 +531,7 @@ impl LeaseQueue for PostgresLeaseQueue {
 
     async fn list_dead(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        in_tx!(self.db, "list_dead", |conn| {
+        on_conn!(self.db, "list_dead", |conn| {
             let rows = sqlx::query(LIST_DEAD).bind(limit).fetch_all(conn).await?;
             rows.iter()
                 .map(|r| {
@@ -588,7 +583,7 @@ impl LeaseQueue for PostgresLeaseQueue {
     }
 
     async fn depth(&self) -> Result<QueueDepth, QueueError> {
-        let rows = in_tx!(self.db, "depth", |conn| {
+        let rows = on_conn!(self.db, "depth", |conn| {
             let rows = sqlx::query(DEPTH).fetch_all(conn).await?;
             rows.iter()
                 .map(|r| {

@@ -1,8 +1,8 @@
 //! Postgres store: jobs, tasks, workers and the outbox in one database, for several gateway
 //! processes at once.
 //!
-//! Every operation is one short transaction on a pooled connection, run again from the start
-//! when the connection failed or Postgres aborted it as a deadlock or serialization victim
+//! Every operation is one statement, or one short transaction, on a pooled connection, run
+//! again from the start when the connection failed or Postgres aborted it as a deadlock or serialization victim
 //! (`db.rs`). Writers of a job lock its row (`SELECT .. FOR UPDATE`, in job-id order), so
 //! concurrent updates of one job from different processes take turns and never deadlock on
 //! each other. With [`Dispatch::Direct`] the ready entries land in the `queue_entries` table of
@@ -66,6 +66,22 @@ macro_rules! in_tx {
     };
 }
 pub(crate) use in_tx;
+
+/// Runs `body` (a block evaluating to `Result<T, PgError>`, with `conn` bound to a pooled
+/// connection) without a transaction, retried as a whole on a transient failure: for
+/// operations that are one statement, which Postgres runs atomically on its own, so BEGIN and
+/// COMMIT would only add two round trips.
+macro_rules! on_conn {
+    ($db:expr, $what:expr, |$conn:ident| $body:block) => {
+        $crate::store::postgres::retrying!($what, async {
+            let mut pooled = $db.acquire().await?;
+            let $conn: &mut sqlx::PgConnection = &mut *pooled;
+            let out: Result<_, $crate::store::postgres::PgError> = async { $body }.await;
+            out
+        })
+    };
+}
+pub(crate) use on_conn;
 
 mod db;
 mod jobs;
@@ -285,7 +301,7 @@ impl JobStore for PostgresStore {
         tenant: &TenantId,
         key: &IdempotencyKey,
     ) -> Result<Option<(JobId, String)>, StoreError> {
-        in_tx!(self.db, "find_idempotency", |conn| {
+        on_conn!(self.db, "find_idempotency", |conn| {
             let row = sqlx::query(
                 "SELECT job_id, request_hash FROM idempotency_keys
                  WHERE tenant = $1 AND idem_key = $2",
@@ -303,10 +319,8 @@ impl JobStore for PostgresStore {
     }
 
     async fn load_job(&self, id: &JobId) -> Result<Option<JobRecord>, StoreError> {
-        // One read transaction: the job row and its task rows from one snapshot is what
-        // REPEATABLE READ would give; under READ COMMITTED the tasks are read after the job,
-        // which is as fresh or fresher, and a job's tasks only ever change with its row.
-        in_tx!(self.db, "load_job", |conn| {
+        // One statement reads the job row and its task rows, so they come from one snapshot.
+        on_conn!(self.db, "load_job", |conn| {
             let mut found = jobs::load_records(conn, &[id.as_str()], false).await?;
             Ok(found.remove(id.as_str()))
         })
@@ -314,14 +328,14 @@ impl JobStore for PostgresStore {
     }
 
     async fn get_job(&self, id: &JobId) -> Result<Option<Job>, StoreError> {
-        in_tx!(self.db, "get_job", |conn| {
+        on_conn!(self.db, "get_job", |conn| {
             jobs::load_job(conn, id).await
         })
         .map_err(store_err)
     }
 
     async fn list_jobs(&self, filter: &JobFilter) -> Result<JobPage, StoreError> {
-        in_tx!(self.db, "list_jobs", |conn| {
+        on_conn!(self.db, "list_jobs", |conn| {
             jobs::list_jobs(conn, filter).await
         })
         .map_err(store_err)
@@ -332,7 +346,7 @@ impl JobStore for PostgresStore {
         job_id: &JobId,
         filter: &TaskFilter,
     ) -> Result<TaskPage, StoreError> {
-        in_tx!(self.db, "list_tasks", |conn| {
+        on_conn!(self.db, "list_tasks", |conn| {
             jobs::list_tasks(conn, job_id, filter).await
         })
         .map_err(store_err)?
@@ -374,7 +388,7 @@ impl WorkerStore for PostgresStore {
     ) -> Result<(), StoreError> {
         let registration = to_json(registration)?;
         let load = to_json(&Heartbeat::default())?;
-        in_tx!(self.db, "register_worker", |conn| {
+        on_conn!(self.db, "register_worker", |conn| {
             sqlx::query(
                 "INSERT INTO workers (worker_id, registration, load_figures,
                                       registered_at_ms, last_heartbeat_ms)
@@ -403,7 +417,7 @@ impl WorkerStore for PostgresStore {
         at: Timestamp,
     ) -> Result<bool, StoreError> {
         let load = to_json(heartbeat)?;
-        in_tx!(self.db, "record_heartbeat", |conn| {
+        on_conn!(self.db, "record_heartbeat", |conn| {
             let done = sqlx::query(
                 "UPDATE workers SET load_figures = $2::json, last_heartbeat_ms = $3
                  WHERE worker_id = $1",
@@ -423,7 +437,7 @@ impl WorkerStore for PostgresStore {
         id: &WorkerId,
         stale_before: Timestamp,
     ) -> Result<Option<Worker>, StoreError> {
-        in_tx!(self.db, "get_worker", |conn| {
+        on_conn!(self.db, "get_worker", |conn| {
             let row = sqlx::query(concat!(
                 "SELECT worker_id, registration::text AS registration, ",
                 "load_figures::text AS load_figures, registered_at_ms, last_heartbeat_ms ",
@@ -438,7 +452,7 @@ impl WorkerStore for PostgresStore {
     }
 
     async fn list_workers(&self, stale_before: Timestamp) -> Result<Vec<Worker>, StoreError> {
-        in_tx!(self.db, "list_workers", |conn| {
+        on_conn!(self.db, "list_workers", |conn| {
             let rows = sqlx::query(concat!(
                 "SELECT worker_id, registration::text AS registration, ",
                 "load_figures::text AS load_figures, registered_at_ms, last_heartbeat_ms ",
@@ -462,7 +476,7 @@ impl DispatchOutbox for PostgresStore {
             return Ok(Vec::new());
         }
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        in_tx!(self.db, "pending_dispatch", |conn| {
+        on_conn!(self.db, "pending_dispatch", |conn| {
             let rows = sqlx::query(concat!(
                 "SELECT id, ",
                 entry_columns!(),
@@ -482,7 +496,7 @@ impl DispatchOutbox for PostgresStore {
         if self.dispatch == Dispatch::Direct || ids.is_empty() {
             return Ok(());
         }
-        in_tx!(self.db, "mark_dispatched", |conn| {
+        on_conn!(self.db, "mark_dispatched", |conn| {
             sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
                 .bind(ids)
                 .execute(conn)

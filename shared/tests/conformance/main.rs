@@ -94,6 +94,83 @@ mod postgres {
     }
 }
 
+/// A job submitted through one gateway wakes a worker long-polling another gateway at once
+/// (NOTIFY, the queue's listener, the engine's wake seam), not at its next poll.
+#[cfg(feature = "postgres")]
+#[tokio::test]
+async fn postgres_dispatch_wakes_long_polls_of_other_gateways() {
+    use std::time::Duration;
+
+    use splai_shared::clock::SystemClock;
+    use splai_shared::engine::{Engine, EngineConfig};
+    use splai_shared::planner::{Planner, PlannerConfig};
+    use splai_shared::queue::postgres::PostgresLeaseQueue;
+    use splai_shared::store::Dispatch;
+    use splai_shared::store::postgres::{PgDb, PostgresStore};
+    use splai_shared::testing::postgres::TestDb;
+
+    let Some(t) = TestDb::create("postgres_dispatch_wakes_long_polls_of_other_gateways").await
+    else {
+        return;
+    };
+    let gateway = |db: PgDb| {
+        let store = Arc::new(PostgresStore::new(db.clone(), Dispatch::Direct));
+        let backends = Backends {
+            jobs: store.clone(),
+            workers: store.clone(),
+            outbox: store,
+            queue: Arc::new(PostgresLeaseQueue::new(db)),
+        };
+        let planner = Planner::new(PlannerConfig {
+            llm_endpoint: None,
+            llm_api_key: None,
+            llm_timeout: Duration::from_secs(1),
+            max_tasks: 100,
+        });
+        // A poll interval far longer than the test: only a wake-up can end the wait early.
+        let config = EngineConfig {
+            poll_interval: Duration::from_secs(60),
+            ..EngineConfig::default()
+        };
+        Arc::new(Engine::new(
+            backends,
+            planner,
+            Arc::new(SystemClock),
+            config,
+        ))
+    };
+    let a = gateway(t.db.clone());
+    let b = gateway(PgDb::connect(t.url(), 3).await.unwrap());
+    let worker = splai_shared::domain::WorkerId::parse("w-b").unwrap();
+    let registration = splai_shared::domain::WorkerRegistration {
+        backends: vec!["echo".into()],
+        cpu: 4.0,
+        ..Default::default()
+    };
+    b.register_worker(&worker, &registration).await.unwrap();
+    let poll = {
+        let (b, worker) = (b.clone(), worker.clone());
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let got = b.assign(&worker, 1, Duration::from_secs(20)).await.unwrap();
+            (got, started.elapsed())
+        })
+    };
+    // Let the long poll and the listeners settle, then submit through the other gateway.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let submitted = a
+        .submit(splai_shared::testing::a_single_task_job())
+        .await
+        .unwrap();
+    let (got, waited) = poll.await.unwrap();
+    assert_eq!(got.len(), 1, "the other gateway's worker got the task");
+    assert_eq!(got[0].job_id, submitted.job_id);
+    assert!(
+        waited < Duration::from_secs(10),
+        "woken, not polled: {waited:?}"
+    );
+}
+
 #[cfg(feature = "postgres")]
 mod postgres_store {
     splai_shared::engine_suite!(super::postgres::postgres_store_queue);

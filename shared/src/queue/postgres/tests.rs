@@ -895,7 +895,24 @@ async fn enqueue_wakes_claimers_of_other_processes() {
             .await
             .unwrap_or_else(|_| panic!("enqueue {i} woke nobody"));
     }
-    assert_eq!(there.claim(&cpu(), 5, LEASE, at(0)).await.unwrap().len(), 3);
+    let leases = there.claim(&cpu(), 5, LEASE, at(0)).await.unwrap();
+    assert_eq!(leases.len(), 3);
+    // Entries handed back or retried are claimable again: those announce themselves too.
+    let nacked = [(leases[0].lease_id.clone(), at(0))];
+    let released = [leases[1].lease_id.clone()];
+    for what in ["nack", "release"] {
+        let woken = wake.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        if what == "nack" {
+            here.nack(&nacked).await.unwrap();
+        } else {
+            here.release(&released).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(5), woken)
+            .await
+            .unwrap_or_else(|_| panic!("{what} woke nobody"));
+    }
 }
 
 /// Terminating every connection of the database mid-run (an operator's

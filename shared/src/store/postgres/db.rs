@@ -132,6 +132,11 @@ impl PgDb {
         })
     }
 
+    /// Takes a pooled connection.
+    pub(crate) async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, PgError> {
+        Ok(self.pool.acquire().await?)
+    }
+
     /// Starts a transaction.
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, PgError> {
         Ok(self.pool.begin().await?)

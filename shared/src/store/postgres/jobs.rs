@@ -30,11 +30,21 @@ pub(super) const INSERT_TASKS: &str = "INSERT INTO tasks (job_id, task_id, posit
 
 /// The job rows of `$1`, locked for the rest of the transaction, in job-id order: every
 /// writer locks jobs in this one order, so two writers of overlapping batches cannot deadlock.
-pub(super) const LOCK_JOBS: &str = "SELECT job_id, body::text AS body FROM jobs
+const LOCK_JOBS: &str = "SELECT job_id, body::text AS body FROM jobs
     WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE";
 
-/// The job rows of `$1`, unlocked.
-const LOAD_JOBS: &str = "SELECT job_id, body::text AS body FROM jobs WHERE job_id = ANY($1)";
+/// Locks the job rows of `$1` for the rest of the transaction, in [`LOCK_JOBS`]'s order,
+/// reading nothing.
+pub(super) const LOCK_JOB_ROWS: &str =
+    "SELECT 1 FROM jobs WHERE job_id = ANY($1) ORDER BY job_id FOR UPDATE";
+
+/// The job rows of `$1` (position -1) and their tasks, each job's in planning order, in one
+/// statement and so from one snapshot.
+const LOAD_RECORDS: &str = "SELECT job_id, -1 AS position, body::text AS body FROM jobs
+        WHERE job_id = ANY($1)
+    UNION ALL
+    SELECT job_id, position, body::text FROM tasks WHERE job_id = ANY($1)
+    ORDER BY job_id, position";
 
 /// The tasks of the jobs `$1`, each job's in planning order (primary key, then a small sort).
 pub(super) const LOAD_TASKS: &str = "SELECT job_id, body::text AS body FROM tasks
@@ -161,15 +171,39 @@ pub(super) async fn insert_jobs(
 
 /// The records of the jobs among `ids` that exist, by job id. With `lock`, the job rows stay
 /// locked until the transaction ends, and the tasks are read after the locks are held, so they
-/// are the latest committed ones.
+/// are the latest committed ones; without, job and tasks come from one statement's snapshot.
 pub(super) async fn load_records(
     conn: &mut PgConnection,
     ids: &[&str],
     lock: bool,
 ) -> Result<HashMap<String, JobRecord>, PgError> {
-    let sql = if lock { LOCK_JOBS } else { LOAD_JOBS };
-    let jobs = sqlx::query(sql).bind(ids).fetch_all(&mut *conn).await?;
-    let mut records = HashMap::with_capacity(jobs.len());
+    let mut records = HashMap::with_capacity(ids.len());
+    if !lock {
+        let rows = sqlx::query(LOAD_RECORDS)
+            .bind(ids)
+            .fetch_all(&mut *conn)
+            .await?;
+        for row in &rows {
+            let job_id: String = row.try_get("job_id")?;
+            if row.try_get::<i32, _>("position")? < 0 {
+                let job: Job = json(row, "body")?;
+                records.insert(
+                    job_id,
+                    JobRecord {
+                        job,
+                        tasks: Vec::new(),
+                    },
+                );
+            } else if let Some(r) = records.get_mut(&job_id) {
+                r.tasks.push(json(row, "body")?);
+            }
+        }
+        return Ok(records);
+    }
+    let jobs = sqlx::query(LOCK_JOBS)
+        .bind(ids)
+        .fetch_all(&mut *conn)
+        .await?;
     for row in &jobs {
         let job: Job = json(row, "body")?;
         records.insert(

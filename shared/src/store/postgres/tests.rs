@@ -802,10 +802,13 @@ async fn store_survives_terminated_connections() {
         store.create_job(&record, &ready, None).await.unwrap();
         assert!(t.terminate_connections().await > 0);
         store
-            .update_jobs(&[record.job.job_id.clone()], &mut |r: &mut JobRecord| {
-                r.job.message = "touched".into();
-                Vec::new()
-            })
+            .update_jobs(
+                std::slice::from_ref(&record.job.job_id),
+                &mut |r: &mut JobRecord| {
+                    r.job.message = "touched".into();
+                    Vec::new()
+                },
+            )
             .await
             .unwrap();
         let loaded = store.load_job(&record.job.job_id).await.unwrap().unwrap();

@@ -9,7 +9,7 @@ use std::collections::hash_map::Entry;
 use sqlx::{PgConnection, Row};
 
 use super::db::PgError;
-use super::jobs::{INSERT_TASKS, LOCK_JOBS, TaskArrays, load_records};
+use super::jobs::{INSERT_TASKS, LOCK_JOB_ROWS, TaskArrays, load_records};
 use super::rows::{EntryArrays, entry_columns, json, to_json, unnest_entries};
 use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
@@ -204,7 +204,7 @@ pub(super) async fn renew_leases(
     let mut jobs: Vec<&str> = renewals.iter().map(|r| r.task.job_id.as_str()).collect();
     jobs.sort_unstable();
     jobs.dedup();
-    sqlx::query(LOCK_JOBS)
+    sqlx::query(LOCK_JOB_ROWS)
         .bind(&jobs)
         .execute(&mut *conn)
         .await?;
