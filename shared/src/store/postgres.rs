@@ -30,13 +30,18 @@ use crate::domain::{
     Worker, WorkerId, WorkerRegistration,
 };
 
-/// Runs an operation (an `async` expression, re-evaluated per attempt) until it succeeds, fails
-/// for good, or has failed transiently a few times, pausing with backoff in between.
+/// Runs an operation (an `async` expression, re-evaluated per attempt) on `$db` until it
+/// succeeds, fails for good, or has failed transiently a few times, pausing with backoff in
+/// between; failures are reported to `$db` (`PgDb::note`).
 macro_rules! retrying {
-    ($what:expr, $op:expr) => {{
+    ($db:expr, $what:expr, $op:expr) => {{
         let mut attempt = 1_u32;
         loop {
-            match $op.await {
+            let out = $op.await;
+            if let Err(e) = &out {
+                $db.note(e);
+            }
+            match out {
                 Err(e) if e.is_transient() && attempt < $crate::store::postgres::attempts() => {
                     tracing::warn!(op = $what, attempt, error = ?e, "postgres operation failed; retrying");
                     tokio::time::sleep($crate::store::postgres::backoff(attempt)).await;
@@ -53,7 +58,7 @@ pub(crate) use retrying;
 /// transaction's connection) in a transaction, retried as a whole on a transient failure.
 macro_rules! in_tx {
     ($db:expr, $what:expr, |$conn:ident| $body:block) => {
-        $crate::store::postgres::retrying!($what, async {
+        $crate::store::postgres::retrying!($db, $what, async {
             let mut tx = $db.begin().await?;
             let out = {
                 let $conn: &mut sqlx::PgConnection = &mut *tx;
@@ -73,7 +78,7 @@ pub(crate) use in_tx;
 /// COMMIT would only add two round trips.
 macro_rules! on_conn {
     ($db:expr, $what:expr, |$conn:ident| $body:block) => {
-        $crate::store::postgres::retrying!($what, async {
+        $crate::store::postgres::retrying!($db, $what, async {
             let mut pooled = $db.acquire().await?;
             let $conn: &mut sqlx::PgConnection = &mut *pooled;
             let out: Result<_, $crate::store::postgres::PgError> = async { $body }.await;
@@ -293,7 +298,7 @@ impl JobStore for PostgresStore {
             .iter()
             .map(|j| jobs::NewRows::encode(j.record))
             .collect::<Result<Vec<_>, _>>()?;
-        retrying!("create_jobs", self.try_create(jobs, &encoded)).map_err(store_err)
+        retrying!(self.db, "create_jobs", self.try_create(jobs, &encoded)).map_err(store_err)
     }
 
     async fn find_idempotency(
@@ -359,7 +364,7 @@ impl JobStore for PostgresStore {
         if ids.is_empty() {
             return Ok(());
         }
-        retrying!("update_jobs", self.try_update(ids, &mut *apply)).map_err(store_err)
+        retrying!(self.db, "update_jobs", self.try_update(ids, &mut *apply)).map_err(store_err)
     }
 
     async fn renew_leases(
@@ -370,7 +375,7 @@ impl JobStore for PostgresStore {
         if renewals.is_empty() {
             return Ok(Vec::new());
         }
-        retrying!("renew_leases", self.try_renew(renewals, until)).map_err(store_err)
+        retrying!(self.db, "renew_leases", self.try_renew(renewals, until)).map_err(store_err)
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

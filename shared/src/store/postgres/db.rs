@@ -9,11 +9,14 @@
 //! while committing is never retried: the commit may have happened.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Connection, Postgres, Row, Transaction};
 
 use crate::queue::QueueError;
 use crate::store::StoreError;
@@ -39,10 +42,26 @@ const ATTEMPTS: u32 = 4;
 /// The default pool size (`SPLAI_POSTGRES_MAX_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 10;
 
+/// How long after a lost connection every pooled connection is checked before use.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
 /// A pool of connections to one Postgres database. Cheap to clone: the pool is shared.
 #[derive(Clone)]
 pub struct PgDb {
     pool: PgPool,
+    health: Arc<Health>,
+}
+
+/// When this pool last lost a connection. A restart or `pg_terminate_backend` kills every idle
+/// connection at once, and the pool only finds out when one is used; so for a while after a
+/// loss, each connection is pinged before it is handed out and a dead one is dropped, instead
+/// of costing an operation one of its few attempts each. The rest of the time nothing is
+/// pinged: that would cost a round trip per operation.
+struct Health {
+    base: Instant,
+    /// Milliseconds since `base` until which connections are suspect.
+    suspect_until: AtomicU64,
+    max_connections: u32,
 }
 
 impl std::fmt::Debug for PgDb {
@@ -79,16 +98,39 @@ impl PgDb {
         // The parse error may quote the DSN, password included; say only what is wrong.
         let options = PgConnectOptions::from_str(dsn)
             .map_err(|_| StoreError::Unavailable("the Postgres DSN is not a valid URL".into()))?;
+        let max_connections = max_connections.max(1);
         let pool = PgPoolOptions::new()
-            .max_connections(max_connections.max(1))
+            .max_connections(max_connections)
             .acquire_timeout(ACQUIRE_TIMEOUT)
-            // A pooled connection the server dropped (restart, pg_terminate_backend) is found
-            // out and replaced before it is handed out.
-            .test_before_acquire(true)
+            // Not on every acquire (a round trip per operation): only after a loss (`Health`).
+            .test_before_acquire(false)
             .connect_with(options)
             .await
             .map_err(|e| StoreError::Unavailable(format!("cannot connect to Postgres: {e}")))?;
-        Ok(PgDb { pool })
+        Ok(PgDb {
+            pool,
+            health: Arc::new(Health {
+                base: Instant::now(),
+                suspect_until: AtomicU64::new(0),
+                max_connections,
+            }),
+        })
+    }
+
+    fn millis_now(&self) -> u64 {
+        u64::try_from(self.health.base.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Records a failure: after a lost connection, connections are checked before use for a
+    /// while.
+    pub(crate) fn note(&self, e: &PgError) {
+        if e.lost_connection() {
+            let window = u64::try_from(SUSPECT_FOR.as_millis()).unwrap_or(u64::MAX);
+            let until = self.millis_now().saturating_add(window);
+            self.health
+                .suspect_until
+                .fetch_max(until, Ordering::Relaxed);
+        }
     }
 
     /// The pool, for the queue's listener and for tests.
@@ -126,20 +168,39 @@ impl PgDb {
 
     /// Runs a trivial statement.
     pub(crate) async fn ping(&self) -> Result<(), PgError> {
-        retrying!("ping", async {
+        retrying!(self, "ping", async {
             sqlx::query("SELECT 1").execute(&self.pool).await?;
             Ok::<_, PgError>(())
         })
     }
 
-    /// Takes a pooled connection.
-    pub(crate) async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, PgError> {
-        Ok(self.pool.acquire().await?)
+    /// Takes a pooled connection; shortly after a lost connection, a live one.
+    pub(crate) async fn acquire(&self) -> Result<PoolConnection<Postgres>, PgError> {
+        let mut conn = self.pool.acquire().await?;
+        if self.health.suspect_until.load(Ordering::Relaxed) < self.millis_now() {
+            return Ok(conn);
+        }
+        // Every idle connection may be dead: try each at most once.
+        for _ in 0..self.health.max_connections {
+            match conn.ping().await {
+                Ok(()) => return Ok(conn),
+                Err(e) => {
+                    tracing::info!(error = %e, "dropping a dead pooled postgres connection");
+                    conn.close_on_drop();
+                    drop(conn);
+                    conn = self.pool.acquire().await?;
+                }
+            }
+        }
+        Ok(conn)
     }
 
-    /// Starts a transaction.
+    /// Starts a transaction on a connection from [`PgDb::acquire`].
     pub(crate) async fn begin(&self) -> Result<Transaction<'static, Postgres>, PgError> {
-        Ok(self.pool.begin().await?)
+        let conn = self.acquire().await?;
+        // What `Pool::begin` does, on a connection we checked: the transaction owns the
+        // pooled connection, rolls back if dropped unfinished, and returns it to the pool.
+        Ok(Transaction::begin(conn, None).await?)
     }
 }
 
@@ -217,6 +278,22 @@ impl PgError {
     /// Whether running the whole operation again may succeed.
     pub(crate) fn is_transient(&self) -> bool {
         matches!(self, PgError::Sql(e) if transient(e))
+    }
+
+    /// Whether the connection it ran on is gone (I/O failure, connection exception class 08,
+    /// or the server shutting it down, 57P0x).
+    pub(crate) fn lost_connection(&self) -> bool {
+        let e = match self {
+            PgError::Sql(e) | PgError::Commit(e) => e,
+            PgError::Store(_) => return false,
+        };
+        match e {
+            sqlx::Error::Io(_) => true,
+            sqlx::Error::Database(db) => db
+                .code()
+                .is_some_and(|c| c.starts_with("08") || c.starts_with("57P0")),
+            _ => false,
+        }
     }
 }
 

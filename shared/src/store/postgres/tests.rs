@@ -800,7 +800,16 @@ async fn store_survives_terminated_connections() {
         let record = a_record(&format!("job-{round}"), &["a"]);
         let ready: Vec<_> = record.tasks.iter().map(entry_for).collect();
         store.create_job(&record, &ready, None).await.unwrap();
-        assert!(t.terminate_connections().await > 0);
+        // Fill the pool with idle connections, every one of which is then cut.
+        let filter = JobFilter {
+            limit: 5,
+            ..Default::default()
+        };
+        let reads = (0..8).map(|_| store.list_jobs(&filter));
+        for r in futures::future::join_all(reads).await {
+            r.unwrap();
+        }
+        assert!(t.terminate_connections().await >= 8);
         store
             .update_jobs(
                 std::slice::from_ref(&record.job.job_id),
