@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use splai_shared::artifacts::ArtifactBackend;
-use splai_shared::backends::{BackendConfig, RedisConfig};
+use splai_shared::backends::{
+    BackendConfig, DEFAULT_POSTGRES_MAX_CONNECTIONS, RedisConfig, Secret,
+};
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
 
@@ -56,6 +58,12 @@ impl Config {
             sqlite_path: var("SPLAI_SQLITE_PATH")
                 .map_or_else(|| BackendConfig::default().sqlite_path, PathBuf::from),
             redis: redis_config(&var)?,
+            postgres_dsn: var("SPLAI_POSTGRES_DSN").map(Secret::new),
+            postgres_max_connections: parse_or(
+                &var,
+                "SPLAI_POSTGRES_MAX_CONNECTIONS",
+                DEFAULT_POSTGRES_MAX_CONNECTIONS,
+            )?,
         };
         backends.validate()?;
         let secs = |k: &str, d: u64| -> anyhow::Result<Duration> {
@@ -168,7 +176,7 @@ mod tests {
     fn unknown_backends_fail_listing_supported_values() {
         let e = config(&[("SPLAI_STORE", "mongo")]).unwrap_err();
         assert!(
-            format!("{e:#}").contains("supported values: sqlite, memory"),
+            format!("{e:#}").contains("supported values: sqlite, postgres, memory"),
             "{e:#}"
         );
         let e = config(&[("SPLAI_ARTIFACT_BACKEND", "s3")]).unwrap_err();
@@ -203,6 +211,45 @@ mod tests {
         assert_eq!(config(&[]).unwrap().backends.redis, RedisConfig::default());
         let e = config(&[("SPLAI_REDIS_DB", "first")]).unwrap_err();
         assert!(format!("{e:#}").contains("SPLAI_REDIS_DB"), "{e:#}");
+    }
+
+    #[test]
+    fn postgres_needs_its_dsn() {
+        let e = config(&[("SPLAI_STORE", "postgres")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_POSTGRES_DSN must be set"),
+            "{e:#}"
+        );
+        let c = config(&[
+            ("SPLAI_STORE", "postgres"),
+            (
+                "SPLAI_POSTGRES_DSN",
+                "postgres://splai:secret@db:5432/splai",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.backends.postgres_max_connections, 10);
+        assert!(
+            !format!("{c:?}").contains("secret"),
+            "the DSN is not logged"
+        );
+        let e = config(&[
+            ("SPLAI_STORE", "postgres"),
+            ("SPLAI_POSTGRES_DSN", "postgres://db/splai"),
+            ("SPLAI_POSTGRES_MAX_CONNECTIONS", "many"),
+        ])
+        .unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_POSTGRES_MAX_CONNECTIONS"),
+            "{e:#}"
+        );
+        let e = config(&[
+            ("SPLAI_STORE", "postgres"),
+            ("SPLAI_POSTGRES_DSN", "postgres://db/splai"),
+            ("SPLAI_QUEUE", "memory"),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("SPLAI_QUEUE=store"), "{e:#}");
     }
 
     #[test]

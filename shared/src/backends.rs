@@ -17,6 +17,8 @@ pub enum StoreKind {
     /// An embedded SQLite file (the default).
     #[default]
     Sqlite,
+    /// A Postgres database (`SPLAI_POSTGRES_DSN`), shared by any number of processes.
+    Postgres,
     /// Process memory; for tests and throwaway runs.
     Memory,
 }
@@ -43,9 +45,10 @@ impl FromStr for StoreKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "sqlite" => Ok(StoreKind::Sqlite),
+            "postgres" => Ok(StoreKind::Postgres),
             "memory" => Ok(StoreKind::Memory),
             other => Err(BackendChoiceError(format!(
-                "unsupported SPLAI_STORE `{other}`; supported values: sqlite, memory"
+                "unsupported SPLAI_STORE `{other}`; supported values: sqlite, postgres, memory"
             ))),
         }
     }
@@ -69,6 +72,7 @@ impl fmt::Display for StoreKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
             StoreKind::Memory => "memory",
         })
     }
@@ -84,6 +88,9 @@ impl fmt::Display for QueueKind {
     }
 }
 
+/// The default `SPLAI_POSTGRES_MAX_CONNECTIONS`.
+pub const DEFAULT_POSTGRES_MAX_CONNECTIONS: u32 = 10;
+
 /// Which backends to open.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendConfig {
@@ -95,6 +102,33 @@ pub struct BackendConfig {
     pub sqlite_path: PathBuf,
     /// `SPLAI_REDIS_*`, used with `SPLAI_QUEUE=redis`.
     pub redis: RedisConfig,
+    /// `SPLAI_POSTGRES_DSN`, required with `SPLAI_STORE=postgres`.
+    pub postgres_dsn: Option<Secret>,
+    /// `SPLAI_POSTGRES_MAX_CONNECTIONS` (default 10): the pool size. The queue's `LISTEN`
+    /// keeps one of these connections.
+    pub postgres_max_connections: u32,
+}
+
+/// A setting that must not be shown: `Debug` prints `[redacted]` (a DSN holds a password).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
 }
 
 impl Default for BackendConfig {
@@ -104,6 +138,8 @@ impl Default for BackendConfig {
             queue: QueueKind::default(),
             sqlite_path: PathBuf::from(".splai/splai.db"),
             redis: RedisConfig::default(),
+            postgres_dsn: None,
+            postgres_max_connections: DEFAULT_POSTGRES_MAX_CONNECTIONS,
         }
     }
 }
@@ -155,12 +191,28 @@ impl BackendConfig {
     /// # Errors
     /// A message naming the variables and the supported combinations.
     pub fn validate(&self) -> Result<(), BackendChoiceError> {
+        if self.store == StoreKind::Postgres && self.postgres_dsn.is_none() {
+            return Err(BackendChoiceError(
+                "SPLAI_POSTGRES_DSN must be set when SPLAI_STORE=postgres (e.g. postgres://user:password@host:5432/splai)".into(),
+            ));
+        }
+        if self.postgres_max_connections < 2 {
+            return Err(BackendChoiceError(
+                "SPLAI_POSTGRES_MAX_CONNECTIONS must be at least 2 (the queue listener keeps one)"
+                    .into(),
+            ));
+        }
         match (self.store, self.queue) {
-            (StoreKind::Sqlite, QueueKind::Store)
+            (StoreKind::Sqlite | StoreKind::Postgres, QueueKind::Store)
             | (StoreKind::Memory, QueueKind::Memory)
-            | (StoreKind::Sqlite | StoreKind::Memory, QueueKind::Redis) => Ok(()),
+            | (StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory, QueueKind::Redis) => {
+                Ok(())
+            }
             (StoreKind::Memory, QueueKind::Store) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite, or SPLAI_QUEUE=memory or redis with SPLAI_STORE=memory".into(),
+                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite or postgres, or SPLAI_QUEUE=memory or redis with SPLAI_STORE=memory".into(),
+            )),
+            (StoreKind::Postgres, QueueKind::Memory) => Err(BackendChoiceError(
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable Postgres store on restart; use SPLAI_QUEUE=store or redis".into(),
             )),
             (StoreKind::Sqlite, QueueKind::Memory) => Err(BackendChoiceError(
                 "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store or redis".into(),
@@ -240,6 +292,43 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
         StoreKind::Sqlite => {
             Err(BackendChoiceError("this build has no sqlite support".into()).into())
         }
+        #[cfg(feature = "postgres")]
+        StoreKind::Postgres => {
+            use crate::queue::postgres::PostgresLeaseQueue;
+            use crate::store::Dispatch;
+            use crate::store::postgres::{PgDb, PostgresStore};
+            let dsn = config.postgres_dsn.as_ref().map_or("", Secret::expose);
+            let db = PgDb::open(dsn, config.postgres_max_connections)
+                .await
+                .map_err(|e| OpenError::Store {
+                    backend: StoreKind::Postgres,
+                    source: match e {
+                        StoreError::Unavailable(m) => {
+                            StoreError::Unavailable(format!("SPLAI_POSTGRES_DSN: {m}"))
+                        }
+                        other => other,
+                    },
+                })?;
+            let (dispatch, queue): (_, Arc<dyn LeaseQueue>) = match config.queue {
+                QueueKind::Store => (
+                    Dispatch::Direct,
+                    Arc::new(PostgresLeaseQueue::new(db.clone())),
+                ),
+                // As with SQLite: entries commit to the outbox with the job change.
+                _ => (Dispatch::Outbox, external_queue(config).await?),
+            };
+            let store = Arc::new(PostgresStore::new(db, dispatch));
+            Ok(Backends {
+                jobs: store.clone(),
+                workers: store.clone(),
+                outbox: store,
+                queue,
+            })
+        }
+        #[cfg(not(feature = "postgres"))]
+        StoreKind::Postgres => {
+            Err(BackendChoiceError("this build has no postgres support".into()).into())
+        }
     }
 }
 
@@ -286,7 +375,7 @@ mod tests {
         let e = "postgresql".parse::<StoreKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported SPLAI_STORE `postgresql`; supported values: sqlite, memory"
+            "unsupported SPLAI_STORE `postgresql`; supported values: sqlite, postgres, memory"
         );
         let e = "kafka".parse::<QueueKind>().unwrap_err();
         assert!(
@@ -332,6 +421,7 @@ mod tests {
                 key: redis.key.clone(),
                 ..Default::default()
             },
+            ..BackendConfig::default()
         };
         for store in [StoreKind::Memory, StoreKind::Sqlite] {
             let b = open(&config(store)).await.unwrap();
@@ -366,5 +456,54 @@ mod tests {
         assert_eq!((c.store, c.queue), (StoreKind::Sqlite, QueueKind::Store));
         assert_eq!(c.sqlite_path, PathBuf::from(".splai/splai.db"));
         assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn postgres_needs_a_dsn_and_the_store_queue() {
+        let mut c = BackendConfig {
+            store: StoreKind::Postgres,
+            ..BackendConfig::default()
+        };
+        let e = c.validate().unwrap_err();
+        assert!(
+            e.to_string().contains("SPLAI_POSTGRES_DSN must be set"),
+            "{e}"
+        );
+        c.postgres_dsn = Some(Secret::new("postgres://u:hunter2@db/splai"));
+        assert!(c.validate().is_ok());
+        assert!(!format!("{c:?}").contains("hunter2"), "the DSN is redacted");
+        c.queue = QueueKind::Memory;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("SPLAI_QUEUE=store")
+        );
+        c.queue = QueueKind::Store;
+        c.postgres_max_connections = 1;
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("SPLAI_POSTGRES_MAX_CONNECTIONS")
+        );
+    }
+
+    /// An unreachable database fails start-up naming the variable.
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn unreachable_postgres_names_the_variable() {
+        let c = BackendConfig {
+            store: StoreKind::Postgres,
+            // Port 1 on loopback: nothing listens there, so the connect is refused at once.
+            postgres_dsn: Some(Secret::new("postgres://postgres@127.0.0.1:1/none")),
+            ..BackendConfig::default()
+        };
+        let Err(e) = open(&c).await else {
+            panic!("opened an unreachable database")
+        };
+        let msg = e.to_string();
+        assert!(msg.contains("SPLAI_POSTGRES_DSN"), "{msg}");
+        assert!(msg.contains("postgres store"), "{msg}");
     }
 }

@@ -64,7 +64,7 @@ fn client_commands_drive_a_running_server() {
 fn unknown_backend_fails_start_up_listing_supported_values() {
     let dir = tempfile::tempdir().unwrap();
     for (var, value, supported) in [
-        ("SPLAI_STORE", "mongo", "sqlite, memory"),
+        ("SPLAI_STORE", "mongo", "sqlite, postgres, memory"),
         ("SPLAI_QUEUE", "kafka", "store, redis, memory"),
     ] {
         let out = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"))
@@ -76,6 +76,24 @@ fn unknown_backend_fails_start_up_listing_supported_values() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{var}={value} must not start");
         assert!(stderr.contains(supported), "{var}: {stderr}");
+    }
+}
+
+/// `SPLAI_STORE=postgres` without a DSN, or with one nobody answers at, stops start-up naming
+/// `SPLAI_POSTGRES_DSN`.
+#[test]
+fn postgres_store_fails_start_up_naming_its_dsn() {
+    for dsn in [None, Some("postgres://postgres@127.0.0.1:1/splai")] {
+        let mut cmd = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"));
+        cmd.args(["migrate"]).env("SPLAI_STORE", "postgres");
+        match dsn {
+            Some(d) => cmd.env("SPLAI_POSTGRES_DSN", d),
+            None => cmd.env_remove("SPLAI_POSTGRES_DSN"),
+        };
+        let out = cmd.output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{dsn:?} must not start");
+        assert!(stderr.contains("SPLAI_POSTGRES_DSN"), "{dsn:?}: {stderr}");
     }
 }
 

@@ -190,6 +190,15 @@ impl Engine {
             let notified = self.work_ready.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
+            // The same for work dispatched by other processes, where the queue can tell.
+            let external = self
+                .external_wake
+                .as_deref()
+                .map(tokio::sync::Notify::notified);
+            tokio::pin!(external);
+            if let Some(n) = external.as_mut().as_pin_mut() {
+                n.enable();
+            }
             let got = self.try_assign(&caps, max).await.inspect_err(|_| {
                 metrics::add(&self.counters.scheduler_assignment_errors_total, 1);
             })?;
@@ -199,7 +208,19 @@ impl Engine {
             }
             // Wake on new work, or periodically for entries whose backoff has run out.
             let nap = (deadline - now).min(self.config.poll_interval);
-            let _ = tokio::time::timeout(nap, notified).await;
+            let woken = async {
+                match external.as_mut().as_pin_mut() {
+                    Some(n) => n.await,
+                    None => std::future::pending().await,
+                }
+            };
+            let _ = tokio::time::timeout(nap, async {
+                tokio::select! {
+                    () = notified => {}
+                    () = woken => {}
+                }
+            })
+            .await;
         }
     }
 

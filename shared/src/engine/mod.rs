@@ -130,6 +130,8 @@ pub struct Engine {
     config: EngineConfig,
     events: broadcast::Sender<Arc<JobEvent>>,
     work_ready: Notify,
+    /// The queue's wake-ups from other processes ([`LeaseQueue::wake_source`]), if any.
+    external_wake: Option<Arc<Notify>>,
     relay_lock: Mutex<()>,
     counters: metrics::Counters,
     caps_cache: assign::CapsCache,
@@ -145,6 +147,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
+        let external_wake = backends.queue.wake_source();
         Self {
             backends,
             planner,
@@ -152,6 +155,7 @@ impl Engine {
             config,
             events,
             work_ready: Notify::new(),
+            external_wake,
             relay_lock: Mutex::new(()),
             counters: metrics::Counters::default(),
             caps_cache: assign::CapsCache::default(),

@@ -14,6 +14,8 @@ use crate::domain::{
 };
 
 pub mod memory;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -62,6 +64,14 @@ impl QueueDepth {
 pub trait LeaseQueue: Send + Sync {
     /// Short name for metrics labels (`sqlite`, `memory`, `redis`, `sqs`, ...).
     fn backend_name(&self) -> &'static str;
+
+    /// A notifier the queue fires when entries become claimable through *another* process
+    /// (Postgres: a `LISTEN` on the channel every enqueue `NOTIFY`s). The engine's long-polling
+    /// claimers wait on it as well as on their own process's dispatches. `None`, the default,
+    /// for queues that have no such source (memory, SQLite: one process owns them).
+    fn wake_source(&self) -> Option<std::sync::Arc<tokio::sync::Notify>> {
+        None
+    }
 
     /// Adds entries; an entry for a task that already has one (pending, leased or dead)
     /// replaces it.
