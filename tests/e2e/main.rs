@@ -2,6 +2,7 @@
 
 mod cli;
 mod durability;
+mod postgres_faults;
 mod redis_faults;
 mod worker_jobs;
 mod worker_lifecycle;
@@ -9,7 +10,7 @@ mod worker_lifecycle;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use splai_e2e::SplaiServer;
 use splai_e2e::model_server::ModelServer;
 use splai_e2e::worker::SplaiWorker;
@@ -199,4 +200,63 @@ impl Fabric {
         all.extend_from_slice(env);
         SplaiWorker::start(&self.server.base, id, &all).await
     }
+}
+
+/// `n` one-task no-op jobs for the echo backend, as a bulk submit body.
+fn noop_jobs(n: usize) -> Value {
+    let job = json!({
+        "type": "fault",
+        "tasks": [{ "task_id": "noop", "type": "llm_inference",
+                    "inputs": { "prompt": "noop" }, "constraints": { "backend": "echo" } }],
+    });
+    json!({ "jobs": vec![job; n] })
+}
+
+/// Submits `n` no-op jobs in one bulk request; their ids.
+pub async fn submit_batch(base: &str, n: usize) -> Vec<String> {
+    let resp: Value = reqwest::Client::new()
+        .post(format!("{base}/v1/jobs/batch"))
+        .json(&noop_jobs(n))
+        .send()
+        .await
+        .expect("bulk submit")
+        .json()
+        .await
+        .expect("bulk submit answer");
+    assert_eq!(resp["rejected"], 0, "{resp}");
+    resp["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["job_id"].as_str().expect("a job id").to_owned())
+        .collect()
+}
+
+/// Waits up to a minute for every job to complete, then checks by the metrics that each
+/// completed once and nothing was dead-lettered.
+pub async fn all_complete_nothing_dead(fabric: &Fabric, jobs: &[String]) {
+    eventually_within(Duration::from_secs(60), "every job completes", || {
+        let (api, jobs) = (fabric.api.clone(), jobs.to_vec());
+        async move {
+            for job in &jobs {
+                if api.job(job).await["status"] != "Completed" {
+                    return false;
+                }
+            }
+            true
+        }
+    })
+    .await;
+    let metrics: Value = reqwest::get(format!("{}/v1/metrics", fabric.server.base))
+        .await
+        .expect("metrics")
+        .json()
+        .await
+        .expect("metrics JSON");
+    assert_eq!(
+        metrics["counters"]["jobs_completed_total"],
+        json!(jobs.len()),
+        "{metrics}"
+    );
+    assert_eq!(metrics["dead_letter_count"], json!(0), "{metrics}");
 }

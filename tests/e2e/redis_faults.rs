@@ -4,9 +4,7 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-
-use crate::{Fabric, eventually_within};
+use crate::{Fabric, all_complete_nothing_dead, submit_batch};
 
 /// A database number no other test uses, so that this test's `CLIENT KILL`s hit only the
 /// connections of its own server.
@@ -91,34 +89,6 @@ async fn wipe(prefix: &str) -> usize {
         .expect("wipe")
 }
 
-fn noop_jobs(n: usize) -> Value {
-    let job = json!({
-        "type": "redis-fault",
-        "tasks": [{ "task_id": "noop", "type": "llm_inference",
-                    "inputs": { "prompt": "noop" }, "constraints": { "backend": "echo" } }],
-    });
-    json!({ "jobs": vec![job; n] })
-}
-
-async fn submit_batch(base: &str, n: usize) -> Vec<String> {
-    let resp: Value = reqwest::Client::new()
-        .post(format!("{base}/v1/jobs/batch"))
-        .json(&noop_jobs(n))
-        .send()
-        .await
-        .expect("bulk submit")
-        .json()
-        .await
-        .expect("bulk submit answer");
-    assert_eq!(resp["rejected"], 0, "{resp}");
-    resp["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|r| r["job_id"].as_str().expect("a job id").to_owned())
-        .collect()
-}
-
 /// Jobs submitted before and while Redis drops the server's connections, and jobs whose
 /// entries a Redis "restart" wiped, all complete (the sweeper's reconciliation enqueues the
 /// lost ones again), and nothing is dead-lettered.
@@ -166,29 +136,6 @@ async fn redis_faults_lose_no_work() {
     assert!(wipe(&key).await > 0, "the queue had no keys to lose");
     kill_fault_db_clients(&mut admin).await;
 
-    eventually_within(Duration::from_secs(60), "every job completes", || {
-        let (api, jobs) = (fabric.api.clone(), jobs.clone());
-        async move {
-            for job in &jobs {
-                if api.job(job).await["status"] != "Completed" {
-                    return false;
-                }
-            }
-            true
-        }
-    })
-    .await;
-    let metrics: Value = reqwest::get(format!("{}/v1/metrics", fabric.server.base))
-        .await
-        .expect("metrics")
-        .json()
-        .await
-        .expect("metrics JSON");
-    assert_eq!(
-        metrics["counters"]["jobs_completed_total"],
-        json!(jobs.len()),
-        "{metrics}"
-    );
-    assert_eq!(metrics["dead_letter_count"], json!(0), "{metrics}");
+    all_complete_nothing_dead(&fabric, &jobs).await;
     wipe(&key).await;
 }

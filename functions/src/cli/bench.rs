@@ -16,8 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use splai_shared::domain::Timestamp;
-use splai_shared::store::sqlite::{SqliteDb, SqliteStore};
-use splai_shared::store::{Dispatch, JobFilter, JobStore};
+use splai_shared::store::{JobFilter, JobStore};
 
 /// Arguments of `splai bench`.
 #[derive(Debug, clap::Args)]
@@ -94,11 +93,17 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
          bulk submit {} jobs/request from {} clients",
         a.tasks, a.workers, a.parallel, a.batch, a.clients
     );
+    // Job types of this run only, so a database that outlives runs (Postgres) is fine.
+    let run = format!("bench-{}", unix_ms() as u64);
     let cpu_before = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
-    let bulk = bulk_phase(&http, &base, &a).await?;
+    let bulk = bulk_phase(&http, &base, &a, &run).await?;
     let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
-    let store = SqliteStore::new(SqliteDb::open(&db_path).await?, Dispatch::Direct);
-    let latencies = task_latencies(&store, "bench").await?;
+    // The server's own backends (SPLAI_STORE and the rest come from this environment), read
+    // directly for the task timestamps it recorded.
+    let mut config = crate::config::Config::from_env()?.backends;
+    config.sqlite_path = db_path.clone();
+    let store = splai_shared::backends::open(&config).await?.jobs;
+    let latencies = task_latencies(store.as_ref(), &run).await?;
     let last_done = latencies.last_finished.unwrap_or(bulk.started);
     let elapsed = secs_between(bulk.started, last_done);
     println!(
@@ -123,7 +128,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     print_percentiles("submit->done", &latencies.to_done);
 
     if a.trickle > 0 {
-        let pickup = trickle_phase(&http, &base, a.trickle).await?;
+        let pickup = trickle_phase(&http, &base, a.trickle, &format!("{run}-trickle")).await?;
         println!(
             "  idle pickup  {} single jobs, one at a time, to idle long-polling workers:",
             a.trickle
@@ -249,10 +254,15 @@ struct Bulk {
 }
 
 /// Submits every job through the bulk API, then waits until all have completed.
-async fn bulk_phase(http: &reqwest::Client, base: &str, a: &BenchArgs) -> anyhow::Result<Bulk> {
+async fn bulk_phase(
+    http: &reqwest::Client,
+    base: &str,
+    a: &BenchArgs,
+    job_type: &str,
+) -> anyhow::Result<Bulk> {
     let done_before = completed(http, base).await?;
     let body = |n: usize| {
-        let jobs: Vec<Value> = (0..n).map(|_| noop_job("bench")).collect();
+        let jobs: Vec<Value> = (0..n).map(|_| noop_job(job_type)).collect();
         json!({ "jobs": jobs }).to_string()
     };
     let batches: Vec<String> = (0..a.tasks)
@@ -314,7 +324,7 @@ struct Latencies {
 }
 
 /// Per task of every job of `job_type`: started and finished minus the job's creation, in ms.
-async fn task_latencies(store: &SqliteStore, job_type: &str) -> anyhow::Result<Latencies> {
+async fn task_latencies(store: &dyn JobStore, job_type: &str) -> anyhow::Result<Latencies> {
     let mut out = Latencies {
         count: 0,
         to_start: Vec::new(),
@@ -357,13 +367,18 @@ struct Pickup {
 
 /// Sends single jobs one at a time, each once the workers are idle again, and measures from
 /// just before the submit to the executor's start (recorded by the worker) and to completion.
-async fn trickle_phase(http: &reqwest::Client, base: &str, n: usize) -> anyhow::Result<Pickup> {
+async fn trickle_phase(
+    http: &reqwest::Client,
+    base: &str,
+    n: usize,
+    job_type: &str,
+) -> anyhow::Result<Pickup> {
     let mut sent = Vec::with_capacity(n);
     let mut to_done = Vec::with_capacity(n);
     for _ in 0..n {
         // Let every worker go back to waiting on its long-poll.
         tokio::time::sleep(Duration::from_millis(20)).await;
-        let body = noop_job("bench-trickle").to_string();
+        let body = noop_job(job_type).to_string();
         let t0 = unix_ms();
         let clock = Instant::now();
         let r: Value = http
