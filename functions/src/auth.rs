@@ -143,8 +143,7 @@ pub fn fingerprint(token: &str) -> String {
 
 struct Known {
     digest: [u8; 32],
-    fingerprint: String,
-    scopes: Arc<BTreeSet<Scope>>,
+    caller: Caller,
 }
 
 /// The configured tokens. Present only when auth is on.
@@ -156,7 +155,11 @@ impl fmt::Debug for Tokens {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Fingerprints only: a token never reaches a log through `Debug`.
         f.debug_map()
-            .entries(self.known.iter().map(|k| (&k.fingerprint, &k.scopes)))
+            .entries(
+                self.known
+                    .iter()
+                    .map(|k| (&k.caller.fingerprint, &k.caller.scopes)),
+            )
             .finish()
     }
 }
@@ -267,8 +270,10 @@ impl Tokens {
             .into_iter()
             .map(|(token, scopes)| Known {
                 digest: Sha256::digest(token.as_bytes()).into(),
-                fingerprint: fingerprint(&token),
-                scopes: Arc::new(scopes),
+                caller: Caller {
+                    fingerprint: fingerprint(&token).into(),
+                    scopes: Arc::new(scopes),
+                },
             })
             .collect();
         Ok(Some(Self { known }))
@@ -293,11 +298,9 @@ impl Tokens {
                 found = Some(k);
             }
         }
-        let k = found.ok_or_else(|| ApiError::unauthorized("unknown token"))?;
-        Ok(Caller {
-            fingerprint: k.fingerprint.clone(),
-            scopes: k.scopes.clone(),
-        })
+        found
+            .map(|k| k.caller.clone())
+            .ok_or_else(|| ApiError::unauthorized("unknown token"))
     }
 }
 
@@ -338,7 +341,7 @@ pub enum TenantAccess {
 /// Who is calling, as the [`authorize`] layer found out. Handlers take it as an extractor.
 #[derive(Clone)]
 pub struct Caller {
-    fingerprint: String,
+    fingerprint: Arc<str>,
     scopes: Arc<BTreeSet<Scope>>,
 }
 
@@ -354,10 +357,14 @@ impl fmt::Debug for Caller {
 impl Caller {
     /// The caller when auth is off: every scope.
     pub fn anonymous() -> Self {
-        Self {
-            fingerprint: "anonymous".to_owned(),
-            scopes: Arc::new(BTreeSet::from([Scope::Admin])),
-        }
+        // Built once: with auth off every request takes this caller.
+        static ANONYMOUS: std::sync::OnceLock<Caller> = std::sync::OnceLock::new();
+        ANONYMOUS
+            .get_or_init(|| Self {
+                fingerprint: "anonymous".into(),
+                scopes: Arc::new(BTreeSet::from([Scope::Admin])),
+            })
+            .clone()
     }
 
     /// The token's [`fingerprint`] (`anonymous` with auth off), for audit actor fields.

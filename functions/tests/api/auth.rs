@@ -270,6 +270,24 @@ async fn a_tenant_token_never_reaches_another_tenants_job() {
         .expect("id")
         .to_owned();
     let beta_job = submit_as(&app, "beta-tok", one_task(Some("beta"))).await;
+    let batch = json!({ "jobs": [one_task(Some("beta")), one_task(Some("alpha"))] });
+    let (status, body) = call(
+        &app,
+        Method::POST,
+        "/v1/jobs/batch",
+        Some("beta-tok"),
+        Some(batch),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(
+        (v["accepted"].as_u64(), v["rejected"].as_u64()),
+        (Some(1), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["results"][1]["error"]["code"], "forbidden", "{v}");
+    let batch_job = v["results"][0]["job_id"].as_str().expect("id").to_owned();
     assert_eq!(
         app.engine
             .job(&JobId::parse(alpha_job.clone()).expect("id"))
@@ -324,7 +342,7 @@ async fn a_tenant_token_never_reaches_another_tenants_job() {
     // Listing is filtered to the caller's tenants, whatever it asks for.
     let (_, mine) = call(&app, Method::GET, "/v1/jobs", Some("beta-tok"), None).await;
     assert!(
-        mine.contains(&beta_job) && !mine.contains(&alpha_job),
+        mine.contains(&beta_job) && mine.contains(&batch_job) && !mine.contains(&alpha_job),
         "{mine}"
     );
     let (status, theirs) = call(
@@ -341,9 +359,10 @@ async fn a_tenant_token_never_reaches_another_tenants_job() {
     assert!(all.contains(&alpha_job) && all.contains(&beta_job), "{all}");
 
     // A beta-scoped worker token cannot report on alpha's job; an unscoped one can.
-    submit_as(&app, "alpha-tok", one_task(Some("alpha"))).await;
+    let third = submit_as(&app, "alpha-tok", one_task(Some("alpha"))).await;
     let mut alpha_lease = claim_as(&app, "worker-tok", "w1").await;
-    if alpha_lease["job_id"] == json!(beta_job) {
+    while alpha_lease["job_id"] != json!(third) {
+        assert!(!alpha_lease.is_null(), "alpha's new task was claimed");
         alpha_lease = claim_as(&app, "worker-tok", "w1").await;
     }
     let report = inline_report(&alpha_lease);
@@ -458,5 +477,83 @@ async fn invalid_auth_variables_fail_start_up_naming_the_variable() {
         let m = format!("{e:#}");
         assert!(m.contains(name), "{vars:?}: {m}");
         assert!(!m.contains("secret-one"), "the token leaks: {m}");
+    }
+}
+
+/// Everything logged in this test binary, from the moment the log test starts. A global
+/// subscriber, since a scoped one misses events while other tests run in parallel.
+#[derive(Clone, Default)]
+struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn no_token_reaches_the_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    tracing::subscriber::set_global_default(subscriber).expect("the only global subscriber");
+    let app = secured().await;
+    let job = submit_as(&app, "root-tok", one_task(None)).await;
+    for token in [
+        "root-tok",
+        "reader-tok",
+        "beta-tok",
+        "worker-tok",
+        "guessed-tok",
+    ] {
+        call(
+            &app,
+            Method::GET,
+            &format!("/v1/jobs/{job}"),
+            Some(token),
+            None,
+        )
+        .await;
+        let resp = app
+            .http
+            .get(app.url("/v1/jobs"))
+            .header("X-SPLAI-Token", token)
+            .send()
+            .await
+            .expect("GET");
+        assert!(!resp.text().await.expect("body").contains(token));
+    }
+    register_as(&app, "worker-tok", "w1").await;
+    let a = claim_as(&app, "worker-tok", "w1").await;
+    call(
+        &app,
+        Method::POST,
+        "/v1/tasks/report",
+        Some("worker-tok"),
+        Some(inline_report(&a)),
+    )
+    .await;
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    assert!(text.contains("/v1/jobs"), "requests are logged:\n{text}");
+    for token in [
+        "root-tok",
+        "reader-tok",
+        "beta-tok",
+        "worker-tok",
+        "guessed-tok",
+    ] {
+        assert!(!text.contains(token), "{token} logged:\n{text}");
     }
 }
