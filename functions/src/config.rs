@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -12,6 +13,8 @@ use splai_shared::backends::{
 };
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
+
+use crate::auth::Tokens;
 
 /// Everything `splai serve` needs.
 #[derive(Debug, Clone)]
@@ -35,6 +38,10 @@ pub struct Config {
     /// Largest task output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default
     /// 65536); larger outputs go to the artifact store. Workers learn it at registration.
     pub max_inline_output_bytes: usize,
+    /// API tokens with their scopes (`SPLAI_API_TOKENS`, `SPLAI_API_ROLES`,
+    /// `SPLAI_API_TOKEN_ROLES`); `None`, auth off, unless `SPLAI_API_TOKENS` is set. Its `Debug`
+    /// shows fingerprints only.
+    pub auth: Option<Arc<Tokens>>,
 }
 
 impl Config {
@@ -116,6 +123,12 @@ impl Config {
                 .map_or_else(|| PathBuf::from("/tmp/splai-artifacts"), PathBuf::from),
             sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
             max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
+            auth: Tokens::from_vars(
+                var("SPLAI_API_TOKENS").as_deref(),
+                var("SPLAI_API_ROLES").as_deref(),
+                var("SPLAI_API_TOKEN_ROLES").as_deref(),
+            )?
+            .map(Arc::new),
         })
     }
 }
@@ -250,6 +263,24 @@ mod tests {
         ])
         .unwrap_err();
         assert!(format!("{e:#}").contains("SPLAI_QUEUE=store"), "{e:#}");
+    }
+
+    #[test]
+    fn api_tokens_turn_auth_on_and_stay_out_of_debug() {
+        assert!(config(&[]).unwrap().auth.is_none());
+        let c = config(&[
+            ("SPLAI_API_TOKENS", "very-secret-token:job:read|tenant:acme"),
+            ("SPLAI_API_TOKEN_ROLES", "very-secret-token=tenant-runner"),
+        ])
+        .unwrap();
+        assert!(c.auth.is_some());
+        assert!(!format!("{c:?}").contains("very-secret"), "{c:?}");
+        let e = config(&[
+            ("SPLAI_API_TOKENS", "t:job:read"),
+            ("SPLAI_API_ROLES", "x=nope"),
+        ])
+        .unwrap_err();
+        assert!(format!("{e:#}").contains("SPLAI_API_ROLES"), "{e:#}");
     }
 
     #[test]

@@ -38,6 +38,24 @@ impl ApiError {
         }
     }
 
+    /// 401: no token, or one the server does not know. The token itself is never repeated.
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::UNAUTHORIZED,
+            code: "unauthorized",
+            message: message.into(),
+        }
+    }
+
+    /// 403: a known token without the scope or tenant the request needs.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self {
+            status: StatusCode::FORBIDDEN,
+            code: "forbidden",
+            message: message.into(),
+        }
+    }
+
     /// 413. The body limit is a layer setting the extractor cannot see, so it is not named.
     pub fn too_large() -> Self {
         Self {

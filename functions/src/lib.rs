@@ -2,12 +2,14 @@
 //!
 //! Layout:
 //! - [`gateway`]: the gateway's axum router and handlers.
+//! - [`auth`]: tokens, scopes, roles and tenancy; the layer every non-health route runs.
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
 //! - [`server`]: state built once, routers nested, sweeper loop, graceful shutdown.
 //! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
 
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod dev;

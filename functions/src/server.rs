@@ -115,6 +115,7 @@ pub async fn start(
         artifacts: config.artifact_backend.open(&config.artifact_root),
         max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
+        auth: config.auth.clone(),
     };
     let app = app(state, config.max_body_bytes);
     let sweeper = tokio::spawn(sweep_loop(

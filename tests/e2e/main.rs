@@ -1,5 +1,6 @@
 //! End-to-end tests against real `splai` processes.
 
+mod auth;
 mod cli;
 mod durability;
 mod postgres_faults;
@@ -93,6 +94,20 @@ impl Api {
     pub fn new(base: &str) -> Api {
         Api {
             http: reqwest::Client::new(),
+            base: base.to_owned(),
+        }
+    }
+
+    /// A client of the gateway at `base` sending `token` as a Bearer token.
+    pub fn with_token(base: &str, token: &str) -> Api {
+        let mut headers = reqwest::header::HeaderMap::new();
+        let value = format!("Bearer {token}").parse().expect("a header value");
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        Api {
+            http: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .expect("an HTTP client"),
             base: base.to_owned(),
         }
     }

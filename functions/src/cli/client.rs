@@ -95,8 +95,22 @@ async fn print_response(resp: reqwest::Response) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The HTTP client for client commands; it sends `SPLAI_API_TOKEN`, when set, as a Bearer
+/// token (marked sensitive, so it is never logged).
 pub(super) fn client() -> reqwest::Client {
-    reqwest::Client::new()
+    let mut headers = reqwest::header::HeaderMap::new();
+    let token = std::env::var("SPLAI_API_TOKEN")
+        .ok()
+        .filter(|t| !t.trim().is_empty())
+        .and_then(|t| reqwest::header::HeaderValue::from_str(&format!("Bearer {}", t.trim())).ok());
+    if let Some(mut value) = token {
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .unwrap_or_default()
 }
 
 /// GET a path and print the JSON.

@@ -13,7 +13,8 @@ use splai_shared::domain::{
 use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
 
-use super::{AppState, job_id};
+use super::{AppState, check_job, job_id, visible_job};
+use crate::auth::{Caller, TenantAccess};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams, parse_json};
 
@@ -46,7 +47,9 @@ pub struct SubmitJobRequest {
 
 impl SubmitJobRequest {
     /// Validates what serde cannot and resolves the tenant and idempotency key from headers.
-    fn into_new_job(self, headers: &HeaderMap) -> Result<NewJob, ApiError> {
+    /// The tenant is the body's, then `X-SPLAI-Tenant`'s, then `default`, and must be one the
+    /// caller may act in (403 otherwise: the caller named it, so nothing leaks).
+    fn into_new_job(self, headers: &HeaderMap, caller: &Caller) -> Result<NewJob, ApiError> {
         if self.job_type.trim().is_empty() {
             return Err(ApiError::invalid("field `type` must not be empty"));
         }
@@ -64,7 +67,13 @@ impl SubmitJobRequest {
                 .map(TenantId::parse)
                 .transpose()
                 .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
-        };
+        }
+        .unwrap_or_else(TenantId::default_tenant);
+        if !caller.may_act_in(&tenant) {
+            return Err(ApiError::forbidden(format!(
+                "this token may not act in tenant `{tenant}`"
+            )));
+        }
         let header_key = header(headers, "idempotency-key")?;
         let idempotency_key = match (header_key, self.idempotency_key.as_deref()) {
             (Some(h), Some(b)) if h != b => {
@@ -83,7 +92,7 @@ impl SubmitJobRequest {
             (None, None) => None,
         };
         Ok(NewJob {
-            tenant,
+            tenant: Some(tenant),
             job_type: self.job_type,
             input: self.input,
             policy: self.policy,
@@ -115,10 +124,11 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
 /// Submits a job: 202 with its id, or 200 with the first job's id for a repeated key.
 pub async fn submit(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitJobRequest>,
 ) -> Result<Response, ApiError> {
-    let new = req.into_new_job(&headers)?;
+    let new = req.into_new_job(&headers, &caller)?;
     let done = s.engine.submit(new).await?;
     let body = Json(json!({ "job_id": done.job_id }));
     Ok(if done.replayed {
@@ -142,6 +152,7 @@ const MAX_BATCH_JOBS: usize = 10_000;
 /// each job's `idempotency_key` field.
 pub async fn submit_batch(
     State(s): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitBatchRequest>,
 ) -> Result<Json<Value>, ApiError> {
@@ -161,7 +172,7 @@ pub async fn submit_batch(
     let mut parsed: Vec<Result<(), ApiError>> = Vec::with_capacity(req.jobs.len());
     for raw in &req.jobs {
         match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
-            .and_then(|r| r.into_new_job(&headers))
+            .and_then(|r| r.into_new_job(&headers, &caller))
         {
             Ok(job) => {
                 valid.push(job);
@@ -212,25 +223,34 @@ fn batch_result(i: usize, outcome: Result<Submitted, ApiError>, counts: &mut [us
 }
 
 /// One job.
-pub async fn get(State(s): State<AppState>, Path(id): Path<String>) -> Result<Json<Job>, ApiError> {
-    Ok(Json(s.engine.job(&job_id(id)?).await?))
+pub async fn get(
+    State(s): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(visible_job(&s, &caller, &job_id(id)?).await?))
 }
 
 /// Cancels a job.
 pub async fn cancel(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    s.engine.cancel(&job_id(id)?).await?;
+    let id = job_id(id)?;
+    check_job(&s, &caller, &id).await?;
+    s.engine.cancel(&id).await?;
     Ok(Json(json!({ "accepted": true })))
 }
 
 /// Re-runs a failed or canceled job.
 pub async fn retry(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = job_id(id)?;
+    check_job(&s, &caller, &id).await?;
     s.engine.retry(&id).await?;
     Ok(Json(json!({ "accepted": true, "job_id": id })))
 }
@@ -256,9 +276,12 @@ pub struct JobList {
 /// Most jobs one page may hold.
 const MAX_PAGE: u32 = 500;
 
-/// Lists jobs, newest first.
+/// Lists jobs, newest first. The tenant filter is the `tenant` query, then `X-SPLAI-Tenant`;
+/// a tenant-scoped caller sees only its tenants (its one tenant when it names none).
 pub async fn list(
     State(s): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
     QueryParams(q): QueryParams<ListJobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {
     let limit = q.limit.unwrap_or(50);
@@ -267,9 +290,32 @@ pub async fn list(
             "query `limit` must be between 1 and {MAX_PAGE}"
         )));
     }
+    let named = match q.tenant {
+        Some(t) => Some(t),
+        None => header(&headers, "x-splai-tenant")?
+            .map(TenantId::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
+    };
+    let tenant = match (caller.tenants(), named) {
+        (TenantAccess::All, named) => named,
+        (TenantAccess::Only(mine), Some(t)) if !mine.contains(&t) => {
+            return Ok(Json(JobList {
+                jobs: Vec::new(),
+                next_cursor: None,
+            }));
+        }
+        (TenantAccess::Only(_), Some(t)) => Some(t),
+        (TenantAccess::Only(mine), None) if mine.len() == 1 => mine.into_iter().next(),
+        (TenantAccess::Only(_), None) => {
+            return Err(ApiError::invalid(
+                "this token acts in several tenants: name one with query `tenant` or X-SPLAI-Tenant",
+            ));
+        }
+    };
     let filter = JobFilter {
         status: q.status,
-        tenant: q.tenant,
+        tenant,
         job_type: q.job_type,
         limit,
         cursor: q.cursor,

@@ -10,7 +10,8 @@ use splai_shared::artifacts::ArtifactKey;
 use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
 use splai_shared::engine::Report;
 
-use super::AppState;
+use super::{AppState, check_job};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::parse_json;
 
@@ -146,7 +147,13 @@ struct Output {
 }
 
 /// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.
-pub async fn report(State(s): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+///
+/// A tenant-scoped caller gets 404 for a report on another tenant's job (the whole request).
+pub async fn report(
+    State(s): State<AppState>,
+    caller: Caller,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let max_inline = s.max_inline_output_bytes;
     // One parse for a batch (the hot path); a single report is read a second time.
     let batch: ReportBatch = parse_json(&body)?;
@@ -161,10 +168,12 @@ pub async fn report(State(s): State<AppState>, body: Bytes) -> Result<Json<Value
             .enumerate()
             .map(|(i, r)| r.into_report(&format!("reports[{i}]: "), max_inline))
             .collect::<Result<Vec<_>, _>>()?;
+        check_jobs(&s, &caller, &reports).await?;
         let results = s.engine.report(&reports).await?;
         return Ok(Json(json!({ "accepted": true, "results": results })));
     }
     let report = parse_json::<ReportRequest>(&body)?.into_report("", max_inline)?;
+    check_jobs(&s, &caller, std::slice::from_ref(&report)).await?;
     let result = s
         .engine
         .report(std::slice::from_ref(&report))
@@ -173,4 +182,13 @@ pub async fn report(State(s): State<AppState>, body: Bytes) -> Result<Json<Value
     Ok(Json(
         json!({ "accepted": true, "outcome": result.outcome, "applied": result.applied }),
     ))
+}
+
+/// Checks every distinct job the reports name (nothing to load for unscoped callers).
+async fn check_jobs(s: &AppState, caller: &Caller, reports: &[Report]) -> Result<(), ApiError> {
+    let jobs: std::collections::BTreeSet<&JobId> = reports.iter().map(|r| &r.task.job_id).collect();
+    for id in jobs {
+        check_job(s, caller, id).await?;
+    }
+    Ok(())
 }

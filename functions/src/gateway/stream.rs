@@ -16,7 +16,8 @@ use splai_shared::domain::{JobId, JobRecord};
 use splai_shared::engine::{Engine, JobEvent};
 use tokio::sync::broadcast::{Receiver, error::RecvError};
 
-use super::{AppState, job_id};
+use super::{AppState, check_job, job_id};
+use crate::auth::Caller;
 use crate::error::ApiError;
 
 struct Follow {
@@ -56,9 +57,11 @@ fn sse(name: &str, data: &impl serde::Serialize) -> Event {
 /// Follows a job until it reaches a terminal status.
 pub async fn stream(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = job_id(id)?;
+    check_job(&s, &caller, &id).await?;
     // Subscribe before reading, so nothing between the snapshot and the first event is lost.
     let rx = s.engine.subscribe();
     let record = s.engine.job_record(&id).await?;

@@ -10,7 +10,8 @@ use splai_shared::artifacts::{ArtifactError, Download};
 use splai_shared::domain::{JobId, Status, Task, TaskId, WorkerId};
 use splai_shared::store::TaskFilter;
 
-use super::{AppState, job_id};
+use super::{AppState, check_job, job_id};
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
 
@@ -37,10 +38,12 @@ pub struct TaskList {
 /// A job's tasks in planning order. `limit` 0 or absent means all.
 pub async fn list(
     State(s): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<ListTasksQuery>,
 ) -> Result<Json<TaskList>, ApiError> {
     let id = job_id(id)?;
+    check_job(&s, &caller, &id).await?;
     let (limit, offset) = (q.limit.unwrap_or(0), q.offset.unwrap_or(0));
     let filter = TaskFilter {
         status: q.status,
@@ -64,9 +67,12 @@ pub async fn list(
 /// redirected to as is.
 pub async fn output(
     State(s): State<AppState>,
+    caller: Caller,
     Path((id, task_id)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
-    let record = s.engine.job_record(&job_id(id)?).await?;
+    let id = job_id(id)?;
+    check_job(&s, &caller, &id).await?;
+    let record = s.engine.job_record(&id).await?;
     let task_id = TaskId::parse(task_id.clone())
         .map_err(|_| ApiError::not_found(format!("task {task_id} not found")))?;
     let task = record

@@ -19,13 +19,25 @@ pub struct TestApp {
     pub clock: Arc<ManualClock>,
     pub engine: Arc<Engine>,
     pub dir: tempfile::TempDir,
+    /// Sent as `Authorization: Bearer` by every helper call when set.
+    pub token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     handle: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A test server with these extra `SPLAI_*` variables (auth, for instance).
+pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut config = Config::from_lookup(|_| None).expect("default config");
+    let mut config = Config::from_lookup(|k| {
+        vars.iter()
+            .find(|(name, _)| *name == k)
+            .map(|(_, v)| (*v).to_owned())
+    })
+    .expect("config");
     config.backends.sqlite_path = dir.path().join("splai.db");
     config.artifact_root = dir.path().join("artifacts");
     config.listen = "127.0.0.1:0".parse().expect("addr");
@@ -51,6 +63,7 @@ pub async fn spawn_app() -> TestApp {
         clock,
         engine: running.engine,
         dir,
+        token: None,
         stop: Some(stop),
         handle: Some(running.handle),
     }
@@ -70,8 +83,21 @@ impl TestApp {
         format!("{}{path}", self.base)
     }
 
+    /// A request to `path`, with the app's token if it has one.
+    pub fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        let req = self.http.request(method, self.url(path));
+        match &self.token {
+            Some(t) => req.bearer_auth(t),
+            None => req,
+        }
+    }
+
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self.http.get(self.url(path)).send().await.expect("GET");
+        let resp = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("GET");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }
@@ -86,8 +112,7 @@ impl TestApp {
         body: impl Into<reqwest::Body>,
     ) -> (StatusCode, Value) {
         let resp = self
-            .http
-            .post(self.url(path))
+            .request(reqwest::Method::POST, path)
             .body(body)
             .send()
             .await
@@ -98,8 +123,7 @@ impl TestApp {
 
     pub async fn delete(&self, path: &str) -> (StatusCode, Value) {
         let resp = self
-            .http
-            .delete(self.url(path))
+            .request(reqwest::Method::DELETE, path)
             .send()
             .await
             .expect("DELETE");
