@@ -4,6 +4,7 @@
 //! Layout:
 //! - [`domain`]: jobs, tasks, workers, queue entries; types only.
 //! - [`planner`]: turns a submission into a validated DAG of task specs.
+//! - [`routing`]: the model routing table, applied to planned inference tasks.
 //! - [`store`], [`queue`]: the traits and one file per backend engine.
 //! - [`engine`]: leases, retries, DAG progress, cancel; pure rules plus orchestration.
 //! - [`backends`]: the one factory that turns configuration into trait objects.
@@ -16,6 +17,7 @@ pub mod domain;
 pub mod engine;
 pub mod planner;
 pub mod queue;
+pub mod routing;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;

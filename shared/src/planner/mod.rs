@@ -6,9 +6,11 @@
 //! - `llm`: the optional HTTP planner endpoint; any failure falls back to the template.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::domain::{NewJob, PlannerMode, TaskId, TaskSpec};
+use crate::routing::RoutingTable;
 
 mod dag;
 mod llm;
@@ -102,6 +104,7 @@ fn cycle_path(path: &[TaskId]) -> String {
 pub struct Planner {
     config: PlannerConfig,
     http: reqwest::Client,
+    routing: Option<Arc<RoutingTable>>,
 }
 
 impl Planner {
@@ -116,7 +119,24 @@ impl Planner {
 
     /// A planner sharing an HTTP client built elsewhere (clients are built once per process).
     pub fn with_client(config: PlannerConfig, http: reqwest::Client) -> Planner {
-        Planner { config, http }
+        Planner {
+            config,
+            http,
+            routing: None,
+        }
+    }
+
+    /// The same planner, recording `routing`'s backend and model on every inference task it
+    /// plans (see [`RoutingTable::apply`]). Without a table, tasks keep only what the job or
+    /// the client named.
+    pub fn with_routing(mut self, routing: Option<Arc<RoutingTable>>) -> Planner {
+        self.routing = routing;
+        self
+    }
+
+    /// The routing table, if one is configured.
+    pub fn routing(&self) -> Option<&RoutingTable> {
+        self.routing.as_deref()
     }
 
     /// The settings this planner runs with.
@@ -126,22 +146,28 @@ impl Planner {
 
     /// Plans a job: a client-supplied DAG is validated and returned unchanged; otherwise the
     /// job's planner mode decides. The LLM planner never fails a job: any error falls back to
-    /// the template.
+    /// the template. With a routing table, the job's route is then recorded on every inference
+    /// task that does not name its own backend or model, client DAGs included.
     ///
     /// # Errors
     /// When the resulting DAG is invalid (see [`PlanError`]), e.g. a client DAG with a cycle or
     /// a template that exceeds `max_tasks`.
     pub async fn plan(&self, job: &NewJob) -> Result<Vec<TaskSpec>, PlanError> {
-        if let Some(tasks) = &job.tasks {
+        let mut specs = if let Some(tasks) = &job.tasks {
             validate_dag(tasks, self.config.max_tasks)?;
-            return Ok(tasks.clone());
-        }
-        let specs = match job.planner_mode {
-            PlannerMode::Template => template(job),
-            PlannerMode::Hybrid => with_aggregation_tail(template(job)),
-            PlannerMode::LlmPlanner => self.plan_with_llm_or_template(job).await,
+            tasks.clone()
+        } else {
+            let specs = match job.planner_mode {
+                PlannerMode::Template => template(job),
+                PlannerMode::Hybrid => with_aggregation_tail(template(job)),
+                PlannerMode::LlmPlanner => self.plan_with_llm_or_template(job).await,
+            };
+            validate_dag(&specs, self.config.max_tasks)?;
+            specs
         };
-        validate_dag(&specs, self.config.max_tasks)?;
+        if let Some(routing) = &self.routing {
+            routing.apply(job, &mut specs);
+        }
         Ok(specs)
     }
 
@@ -273,6 +299,31 @@ mod tests {
 
         assert_eq!(ids(&specs), ["generate", "aggregate"]);
         assert_eq!(specs[1].task_type, TaskType::Aggregation);
+    }
+
+    /// With a routing table, planned inference tasks carry the route; the job's explicit
+    /// model still wins, and non-inference tasks are untouched.
+    #[tokio::test]
+    async fn routing_is_recorded_on_planned_inference_tasks() {
+        let table = crate::routing::RoutingTable::parse(
+            "default_backend: ollama\ndefault_model: small\nrules:\n  - latency_class: batch\n    use_backend: vllm\n",
+            "r.yaml",
+        )
+        .unwrap();
+        let planner = Planner::new(config(10)).with_routing(Some(Arc::new(table)));
+        let new_job = NewJob {
+            latency_class: Some("batch".into()),
+            model: Some("big".into()),
+            ..job("batch_analysis", json!(["a"]), PlannerMode::Template)
+        };
+
+        let specs = planner.plan(&new_job).await.unwrap();
+
+        assert_eq!(specs[0].constraints.backend.as_deref(), Some("vllm"));
+        assert_eq!(specs[0].constraints.model.as_deref(), Some("big"));
+        assert_eq!(specs[1].constraints, Default::default());
+        let plain = Planner::new(config(10)).plan(&new_job).await.unwrap();
+        assert_eq!(plain[0].constraints.backend, None);
     }
 
     /// A template larger than the limit is refused rather than truncated.
