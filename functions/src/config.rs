@@ -13,6 +13,7 @@ use splai_shared::backends::{
 };
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
+use splai_shared::routing::RoutingTable;
 
 use crate::auth::Tokens;
 
@@ -42,6 +43,9 @@ pub struct Config {
     /// `SPLAI_API_TOKEN_ROLES`); `None`, auth off, unless `SPLAI_API_TOKENS` is set. Its `Debug`
     /// shows fingerprints only.
     pub auth: Option<Arc<Tokens>>,
+    /// The model routing table (`SPLAI_MODEL_ROUTING_FILE`), read and parsed here, once; `None`
+    /// when the variable is unset, and tasks then carry only what the job names.
+    pub routing: Option<Arc<RoutingTable>>,
 }
 
 impl Config {
@@ -129,8 +133,22 @@ impl Config {
                 var("SPLAI_API_TOKEN_ROLES").as_deref(),
             )?
             .map(Arc::new),
+            routing: routing_table(&var)?,
         })
     }
+}
+
+/// `SPLAI_MODEL_ROUTING_FILE`: a bad file stops start-up naming the variable, the file, the
+/// line and the problem.
+fn routing_table(
+    var: &impl Fn(&str) -> Option<String>,
+) -> anyhow::Result<Option<Arc<RoutingTable>>> {
+    let Some(path) = var("SPLAI_MODEL_ROUTING_FILE") else {
+        return Ok(None);
+    };
+    let table = RoutingTable::load(std::path::Path::new(path.trim()))
+        .with_context(|| format!("invalid SPLAI_MODEL_ROUTING_FILE=`{path}`"))?;
+    Ok(Some(Arc::new(table)))
 }
 
 /// `SPLAI_REDIS_*`, read whatever the queue so that a bad value fails at start-up.
@@ -175,6 +193,37 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    /// A routing file is loaded at start-up; a bad one fails naming the variable, the file
+    /// and the line.
+    #[test]
+    fn routing_file_is_loaded_and_a_bad_one_fails_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("routing.yaml");
+        std::fs::write(&good, "default_backend: ollama\ndefault_model: m\n").unwrap();
+        let c = config(&[("SPLAI_MODEL_ROUTING_FILE", good.to_str().unwrap())]).unwrap();
+        assert_eq!(
+            c.routing
+                .as_deref()
+                .and_then(|r| r.default_backend.as_deref()),
+            Some("ollama")
+        );
+        assert!(config(&[]).unwrap().routing.is_none());
+
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "default_backend: ollama\nrules: 7\n").unwrap();
+        let e = config(&[("SPLAI_MODEL_ROUTING_FILE", bad.to_str().unwrap())]).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(shown.contains("SPLAI_MODEL_ROUTING_FILE"), "{shown}");
+        assert!(
+            shown.contains(&format!("{}: line 2", bad.display())),
+            "{shown}"
+        );
+
+        let missing = dir.path().join("missing.yaml");
+        let e = config(&[("SPLAI_MODEL_ROUTING_FILE", missing.to_str().unwrap())]).unwrap_err();
+        assert!(format!("{e:#}").contains("cannot read"), "{e:#}");
     }
 
     #[test]

@@ -33,7 +33,7 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
                 config.backends.store, config.backends.queue
             )
         })?;
-    let planner = Planner::new(config.planner.clone());
+    let planner = Planner::new(config.planner.clone()).with_routing(config.routing.clone());
     Ok(Arc::new(Engine::new(
         backends,
         planner,

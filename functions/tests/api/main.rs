@@ -6,4 +6,5 @@ mod bad_input;
 mod bulk;
 mod helpers;
 mod jobs;
+mod routing;
 mod workers;
