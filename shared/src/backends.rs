@@ -280,12 +280,14 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 // so a crash between the two loses nothing.
                 _ => (Dispatch::Outbox, external_queue(config).await?),
             };
+            let audit = Arc::new(crate::store::sqlite::SqliteAuditLog::new(db.clone()));
             let store = Arc::new(SqliteStore::new(db, dispatch));
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store,
                 queue,
+                audit,
             })
         }
         #[cfg(not(feature = "sqlite"))]
@@ -317,12 +319,14 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 // As with SQLite: entries commit to the outbox with the job change.
                 _ => (Dispatch::Outbox, external_queue(config).await?),
             };
+            let audit = Arc::new(crate::store::postgres::PostgresAuditLog::new(db.clone()));
             let store = Arc::new(PostgresStore::new(db, dispatch));
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store,
                 queue,
+                audit,
             })
         }
         #[cfg(not(feature = "postgres"))]
@@ -363,6 +367,7 @@ pub fn memory() -> Backends {
         workers: store.clone(),
         outbox: store,
         queue: Arc::new(MemoryLeaseQueue::new()),
+        audit: Arc::new(crate::store::memory::MemoryAuditLog::new()),
     }
 }
 

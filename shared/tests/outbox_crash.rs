@@ -86,6 +86,7 @@ fn backends(store: Arc<SqliteStore>, queue: Arc<dyn LeaseQueue>) -> Backends {
         workers: store.clone(),
         outbox: store,
         queue,
+        audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
     }
 }
 

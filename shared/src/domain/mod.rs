@@ -1,6 +1,8 @@
-//! Domain types: jobs, tasks, workers, leases and queue entries. Types only, no I/O.
+//! Domain types: jobs, tasks, workers, leases, queue entries and audit events. Types only, no
+//! I/O.
 
 mod artifact;
+mod audit;
 mod ids;
 mod job;
 mod queue;
@@ -9,6 +11,9 @@ mod task;
 mod worker;
 
 pub use artifact::Artifact;
+pub use audit::{
+    AuditEvent, ChainReport, ChainWalk, GENESIS_HASH, NewAuditEvent, canonical, event_hash,
+};
 pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
 pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};

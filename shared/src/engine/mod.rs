@@ -30,7 +30,7 @@ use crate::clock::Clock;
 use crate::domain::{JobId, JobRecord, QueueEntry};
 use crate::planner::{PlanError, Planner};
 use crate::queue::{LeaseQueue, QueueError};
-use crate::store::{DispatchOutbox, JobStore, StoreError, WorkerStore};
+use crate::store::{AuditLog, DispatchOutbox, JobStore, StoreError, WorkerStore};
 use rules::Effects;
 
 /// Engine tunables, with the defaults documented in the README.
@@ -111,6 +111,8 @@ pub struct Backends {
     pub outbox: Arc<dyn DispatchOutbox>,
     /// The lease queue.
     pub queue: Arc<dyn LeaseQueue>,
+    /// The tamper-evident audit log.
+    pub audit: Arc<dyn AuditLog>,
 }
 
 /// What a rule did to one job, kept until its transaction commits.

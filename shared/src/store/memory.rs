@@ -3,10 +3,14 @@
 //! It always dispatches through its outbox, so the memory pair exercises the same relay path
 //! that an external queue uses in production.
 
+mod audit;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+
+pub use self::audit::MemoryAuditLog;
 
 use super::{
     ApplyFn, CreateOutcome, DispatchOutbox, JobFilter, JobPage, JobStore, LeaseRenewal,

@@ -1,4 +1,4 @@
-//! The state seam: jobs with their tasks, workers, and the dispatch outbox.
+//! The state seam: jobs with their tasks, workers, the dispatch outbox, and the audit log.
 //!
 //! A job and its tasks form one aggregate ([`JobRecord`]) that changes atomically through
 //! [`JobStore::update_jobs`]: the backend loads the record, hands it to a pure engine rule, and
@@ -10,8 +10,9 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, Task, TaskRef,
-    TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
+    AuditEvent, ChainReport, ChainWalk, Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId,
+    NewAuditEvent, QueueEntry, Status, Task, TaskRef, TenantId, Timestamp, Worker, WorkerId,
+    WorkerRegistration,
 };
 
 pub mod memory;
@@ -254,4 +255,79 @@ pub trait DispatchOutbox: Send + Sync {
 
     /// Forgets entries the queue has accepted.
     async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), StoreError>;
+}
+
+/// Filters for listing audit events, newest first. Every filter is an exact match except
+/// `from` (inclusive) and `to` (exclusive) on `created_at`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AuditFilter {
+    /// Page size.
+    pub limit: u32,
+    /// Events to skip.
+    pub offset: u32,
+    /// Exact action.
+    pub action: Option<String>,
+    /// Exact actor (a token fingerprint).
+    pub actor: Option<String>,
+    /// Exact tenant.
+    pub tenant: Option<TenantId>,
+    /// Exact result.
+    pub result: Option<String>,
+    /// Events at or after this instant.
+    pub from: Option<Timestamp>,
+    /// Events before this instant.
+    pub to: Option<Timestamp>,
+}
+
+impl AuditFilter {
+    /// Whether `e` passes the filter (paging aside): the one definition the memory backend
+    /// uses and the SQL backends mirror.
+    pub fn admits(&self, e: &AuditEvent) -> bool {
+        let ev = &e.event;
+        self.action.as_ref().is_none_or(|a| *a == ev.action)
+            && self.actor.as_ref().is_none_or(|a| *a == ev.actor)
+            && self
+                .tenant
+                .as_ref()
+                .is_none_or(|t| Some(t) == ev.tenant.as_ref())
+            && self.result.as_ref().is_none_or(|r| *r == ev.result)
+            && self.from.is_none_or(|f| ev.created_at >= f)
+            && self.to.is_none_or(|t| ev.created_at < t)
+    }
+}
+
+/// Events verified per page by [`AuditLog::verify`].
+pub const AUDIT_VERIFY_PAGE: u32 = 500;
+
+/// The tamper-evident audit log: an append-only SHA-256 chain of events.
+#[async_trait]
+pub trait AuditLog: Send + Sync {
+    /// Appends `event` as the new head of the chain: id one past the head's, `prev_hash` the
+    /// head's `event_hash` ([`GENESIS_HASH`](crate::domain::GENESIS_HASH) for the first).
+    /// Appends are serialised across threads and processes sharing the log, so the chain
+    /// never forks.
+    async fn append(&self, event: NewAuditEvent) -> Result<AuditEvent, StoreError>;
+
+    /// A page of events matching `filter`, newest first.
+    async fn list(&self, filter: &AuditFilter) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Up to `limit` events with ids above `after`, oldest first: the chain, page by page.
+    async fn chain_after(&self, after: i64, limit: u32) -> Result<Vec<AuditEvent>, StoreError>;
+
+    /// Walks the whole chain and reports the first broken link, if any.
+    async fn verify(&self) -> Result<ChainReport, StoreError> {
+        let mut walk = ChainWalk::default();
+        loop {
+            let page = self.chain_after(walk.last_id(), AUDIT_VERIFY_PAGE).await?;
+            let full = page.len() == AUDIT_VERIFY_PAGE as usize;
+            for e in &page {
+                if !walk.check(e) {
+                    return Ok(walk.finish());
+                }
+            }
+            if !full {
+                return Ok(walk.finish());
+            }
+        }
+    }
 }

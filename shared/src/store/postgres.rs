@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{PgConnection, Row};
 
+pub use self::audit::PostgresAuditLog;
 pub use self::db::{DEFAULT_MAX_CONNECTIONS, PgDb};
 pub(crate) use self::db::{PgError, attempts, backoff, commit, queue_err, store_err};
 pub(crate) use self::rows::{
@@ -88,6 +89,7 @@ macro_rules! on_conn {
 }
 pub(crate) use on_conn;
 
+mod audit;
 mod db;
 mod jobs;
 mod rows;

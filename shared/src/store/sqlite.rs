@@ -9,6 +9,7 @@
 use async_trait::async_trait;
 use rusqlite::{Connection, OptionalExtension};
 
+pub use self::audit::SqliteAuditLog;
 pub use self::db::SqliteDb;
 pub(crate) use self::db::store_err;
 pub(crate) use self::rows::id as row_id;
@@ -26,6 +27,7 @@ use crate::domain::{
     Worker, WorkerId, WorkerRegistration,
 };
 
+mod audit;
 mod db;
 mod jobs;
 mod rows;

@@ -1,6 +1,7 @@
 //! Test support shared by every crate: intent-named fixtures, a harness around an engine on a
 //! manual clock, and the engine conformance suite every backend combination must pass.
 
+pub mod audit;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

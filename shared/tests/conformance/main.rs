@@ -36,6 +36,7 @@ mod sqlite {
             workers: store.clone(),
             outbox: store,
             queue,
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Harness::new(b, Some(Box::new(dir)))
     }
@@ -50,6 +51,7 @@ mod sqlite {
             workers: store.clone(),
             outbox: store,
             queue,
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Harness::new(b, Some(Box::new(dir)))
     }
@@ -85,6 +87,7 @@ mod redis_queue {
             workers: store.clone(),
             outbox: store,
             queue: Arc::new(redis.queue(5).await),
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Some(Harness::new(b, Some(Box::new((dir, redis)))))
     }
@@ -102,6 +105,7 @@ mod redis_queue {
             workers: store.clone(),
             outbox: store,
             queue: Arc::new(redis.queue(5).await),
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Some(Harness::new(b, Some(Box::new((t, redis)))))
     }
@@ -127,6 +131,7 @@ mod postgres {
             workers: store.clone(),
             outbox: store,
             queue,
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Some(Harness::new(b, Some(Box::new(t))))
     }
@@ -141,6 +146,7 @@ mod postgres {
             workers: store.clone(),
             outbox: store,
             queue,
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         Some(Harness::new(b, Some(Box::new(t))))
     }
@@ -172,6 +178,7 @@ async fn postgres_dispatch_wakes_long_polls_of_other_gateways() {
             workers: store.clone(),
             outbox: store,
             queue: Arc::new(PostgresLeaseQueue::new(db)),
+            audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
         let planner = Planner::new(PlannerConfig {
             llm_endpoint: None,

@@ -23,11 +23,18 @@ use crate::store::StoreError;
 
 /// Migrations in order: (version, name, SQL). The SQL is compiled in, so a binary always
 /// carries the schema it was built against.
-pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "0001_init",
-    include_str!("../../../../migrations/postgres/0001_init.sql"),
-)];
+pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "0001_init",
+        include_str!("../../../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "0002_audit_events",
+        include_str!("../../../../migrations/postgres/0002_audit_events.sql"),
+    ),
+];
 
 /// The advisory lock key migrations take, so that two processes starting together do not both
 /// migrate (`'splai'` as a number; any constant that no other code uses would do).

@@ -42,6 +42,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0004_tasks_rowid_table",
         include_str!("../../../../migrations/sqlite/0004_tasks_rowid_table.sql"),
     ),
+    (
+        5,
+        "0005_audit_events",
+        include_str!("../../../../migrations/sqlite/0005_audit_events.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;
@@ -553,7 +558,10 @@ mod tests {
         })
         .await
         .unwrap();
-        assert_eq!(db.migrate().await.unwrap(), ["0004_tasks_rowid_table"]);
+        assert_eq!(
+            db.migrate().await.unwrap(),
+            ["0004_tasks_rowid_table", "0005_audit_events"]
+        );
         let rows = db
             .read(|tx| {
                 tx.prepare(
