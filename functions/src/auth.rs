@@ -93,6 +93,8 @@ pub enum Permission {
     Operator,
     /// `metrics` or `operator`.
     Metrics,
+    /// `admin`.
+    Admin,
 }
 
 impl Permission {
@@ -120,6 +122,7 @@ impl Permission {
             Self::TaskReport => "task:report",
             Self::Operator => "operator",
             Self::Metrics => "metrics or operator",
+            Self::Admin => "admin",
         }
     }
 }

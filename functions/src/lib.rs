@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`gateway`]: the gateway's axum router and handlers.
+//! - [`admin`]: the admin router (the audit log) and [`admin::audit::record`].
 //! - [`auth`]: tokens, scopes, roles and tenancy; the layer every non-health route runs.
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
@@ -9,6 +10,7 @@
 //! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

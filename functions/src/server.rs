@@ -1,5 +1,5 @@
-//! The local all-in-one server: builds state once, nests the routers, runs the sweeper, and
-//! shuts down gracefully.
+//! The local all-in-one server: builds state once, nests the routers (gateway, admin), runs the
+//! sweeper, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
@@ -44,7 +45,12 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
 
 /// The whole HTTP application with its layers.
 pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+    let admin = admin::router(AdminState {
+        engine: state.engine.clone(),
+        auth: state.auth.clone(),
+    });
     gateway::router(state)
+        .merge(admin)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))

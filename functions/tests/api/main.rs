@@ -1,6 +1,7 @@
 //! Gateway integration tests: the real server on an ephemeral port over a real SQLite file,
 //! with the tests acting as clients and workers over HTTP.
 
+mod admin;
 mod auth;
 mod bad_input;
 mod bulk;

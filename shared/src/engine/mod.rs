@@ -170,6 +170,11 @@ impl Engine {
         &self.config
     }
 
+    /// Now, by the engine's clock: for stamping records made beside the engine (audit events).
+    pub fn now(&self) -> crate::domain::Timestamp {
+        self.clock.now()
+    }
+
     /// The backends.
     pub fn backends(&self) -> &Backends {
         &self.backends

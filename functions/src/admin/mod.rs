@@ -1,0 +1,39 @@
+//! The admin router: the audit log (list, CSV export, chain verification). A router of its
+//! own beside the gateway's, so that it can deploy as its own function.
+
+pub mod audit;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::middleware;
+use axum::routing::{MethodRouter, get};
+use splai_shared::engine::Engine;
+
+use crate::auth::{self, Guard, Permission, Tokens};
+
+/// What every admin handler can reach. Built once at start-up.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The engine (its clock, and its backends' audit log).
+    pub engine: Arc<Engine>,
+    /// API tokens; `None` means auth is off.
+    pub auth: Option<Arc<Tokens>>,
+}
+
+/// The admin routes, each with the permission it needs: the one place they are authorised.
+pub fn router(state: AdminState) -> Router {
+    use Permission as P;
+    let tokens = state.auth.clone();
+    let g = move |need: Permission, m: MethodRouter<AdminState>| {
+        let guard = Guard {
+            tokens: tokens.clone(),
+            need,
+        };
+        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
+    };
+    Router::new()
+        .route("/v1/admin/audit", g(P::Admin, get(audit::list)))
+        .route("/v1/admin/audit/verify", g(P::Admin, get(audit::verify)))
+        .with_state(state)
+}
