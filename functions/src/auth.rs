@@ -308,7 +308,7 @@ impl Tokens {
 }
 
 /// Constant-time equality of two digests.
-fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+pub(crate) fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     let diff = a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y));
     // `black_box` keeps the optimiser from turning the fold into an early exit.
     std::hint::black_box(diff) == 0

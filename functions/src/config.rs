@@ -15,6 +15,7 @@ use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
 use splai_shared::routing::RoutingTable;
 
+use crate::admin::deadletter::RequeueGuards;
 use crate::auth::Tokens;
 
 /// Everything `splai serve` needs.
@@ -46,6 +47,9 @@ pub struct Config {
     /// The model routing table (`SPLAI_MODEL_ROUTING_FILE`), read and parsed here, once; `None`
     /// when the variable is unset, and tasks then carry only what the job names.
     pub routing: Option<Arc<RoutingTable>>,
+    /// Dead-letter requeue guards (`SPLAI_ADMIN_REQUEUE_MAX_BATCH`, `_RATE_LIMIT_PER_MIN`,
+    /// `_CONFIRM_THRESHOLD`, `_CONFIRM_TOKEN`).
+    pub admin_requeue: RequeueGuards,
 }
 
 impl Config {
@@ -134,6 +138,7 @@ impl Config {
             )?
             .map(Arc::new),
             routing: routing_table(&var)?,
+            admin_requeue: requeue_guards(&var)?,
         })
     }
 }
@@ -161,6 +166,29 @@ fn redis_config(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<RedisCo
         key: var("SPLAI_REDIS_KEY").unwrap_or(d.key),
         deadletter_max: parse_or(var, "SPLAI_REDIS_DEADLETTER_MAX", d.deadletter_max)?,
     })
+}
+
+/// The requeue guards; a zero batch size is refused (it would refuse every requeue).
+fn requeue_guards(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<RequeueGuards> {
+    let d = RequeueGuards::default();
+    let guards = RequeueGuards {
+        max_batch: parse_or(var, "SPLAI_ADMIN_REQUEUE_MAX_BATCH", d.max_batch)?,
+        rate_limit_per_min: parse_or(
+            var,
+            "SPLAI_ADMIN_REQUEUE_RATE_LIMIT_PER_MIN",
+            d.rate_limit_per_min,
+        )?,
+        confirm_threshold: parse_or(
+            var,
+            "SPLAI_ADMIN_REQUEUE_CONFIRM_THRESHOLD",
+            d.confirm_threshold,
+        )?,
+        confirm_token: var("SPLAI_ADMIN_REQUEUE_CONFIRM_TOKEN").map(Secret::new),
+    };
+    if guards.max_batch == 0 {
+        bail!("SPLAI_ADMIN_REQUEUE_MAX_BATCH must be at least 1");
+    }
+    Ok(guards)
 }
 
 fn parse_or<T: FromStr>(

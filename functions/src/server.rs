@@ -16,6 +16,7 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
+use crate::admin::deadletter::RequeueGuards;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -44,10 +45,11 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
 }
 
 /// The whole HTTP application with its layers.
-pub fn app(state: AppState, max_body_bytes: usize) -> Router {
+pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) -> Router {
     let admin = admin::router(AdminState {
         engine: state.engine.clone(),
         auth: state.auth.clone(),
+        requeue,
     });
     gateway::router(state)
         .merge(admin)
@@ -123,7 +125,11 @@ pub async fn start(
         shutdown: stop_rx.clone(),
         auth: config.auth.clone(),
     };
-    let app = app(state, config.max_body_bytes);
+    let app = app(
+        state,
+        Arc::new(config.admin_requeue.clone()),
+        config.max_body_bytes,
+    );
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),
         config.sweep_interval,

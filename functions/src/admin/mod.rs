@@ -1,7 +1,9 @@
-//! The admin router: the audit log (list, CSV export, chain verification). A router of its
-//! own beside the gateway's, so that it can deploy as its own function.
+//! The admin router: the dead-letter queue (list, guarded requeue) and the audit log (list,
+//! CSV export, chain verification). A router of its own beside the gateway's, so that it can
+//! deploy as its own function.
 
 pub mod audit;
+pub mod deadletter;
 
 use std::sync::Arc;
 
@@ -10,6 +12,7 @@ use axum::middleware;
 use axum::routing::{MethodRouter, get};
 use splai_shared::engine::Engine;
 
+use self::deadletter::RequeueGuards;
 use crate::auth::{self, Guard, Permission, Tokens};
 
 /// What every admin handler can reach. Built once at start-up.
@@ -19,6 +22,8 @@ pub struct AdminState {
     pub engine: Arc<Engine>,
     /// API tokens; `None` means auth is off.
     pub auth: Option<Arc<Tokens>>,
+    /// The dead-letter requeue guards (`SPLAI_ADMIN_REQUEUE_*`).
+    pub requeue: Arc<RequeueGuards>,
 }
 
 /// The admin routes, each with the permission it needs: the one place they are authorised.
@@ -33,6 +38,10 @@ pub fn router(state: AdminState) -> Router {
         m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
     };
     Router::new()
+        .route(
+            "/v1/admin/queue/dead-letter",
+            g(P::Operator, get(deadletter::list).post(deadletter::requeue)),
+        )
         .route("/v1/admin/audit", g(P::Admin, get(audit::list)))
         .route("/v1/admin/audit/verify", g(P::Admin, get(audit::verify)))
         .with_state(state)

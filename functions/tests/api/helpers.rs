@@ -38,7 +38,10 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
             .map(|(_, v)| (*v).to_owned())
     })
     .expect("config");
-    config.backends.sqlite_path = dir.path().join("splai.db");
+    // A test may name the database (two servers sharing one); otherwise a fresh one.
+    if !vars.iter().any(|(k, _)| *k == "SPLAI_SQLITE_PATH") {
+        config.backends.sqlite_path = dir.path().join("splai.db");
+    }
     config.artifact_root = dir.path().join("artifacts");
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.engine.lease = LEASE;
