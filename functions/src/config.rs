@@ -371,4 +371,40 @@ mod tests {
         .unwrap_err();
         assert!(format!("{e:#}").contains("shorter than"), "{e:#}");
     }
+
+    /// The requeue guards default to the documented values, read their variables, keep the
+    /// confirm token out of `Debug`, and refuse a zero batch or a non-number.
+    #[test]
+    fn requeue_guards_are_read_once_with_defaults() {
+        assert_eq!(config(&[]).unwrap().admin_requeue, RequeueGuards::default());
+        let d = RequeueGuards::default();
+        assert_eq!(
+            (d.max_batch, d.rate_limit_per_min, d.confirm_threshold),
+            (100, 30, 20)
+        );
+        let c = config(&[
+            ("SPLAI_ADMIN_REQUEUE_MAX_BATCH", "7"),
+            ("SPLAI_ADMIN_REQUEUE_RATE_LIMIT_PER_MIN", "0"),
+            ("SPLAI_ADMIN_REQUEUE_CONFIRM_THRESHOLD", "3"),
+            ("SPLAI_ADMIN_REQUEUE_CONFIRM_TOKEN", "c0nfirm-tok"),
+        ])
+        .unwrap();
+        let g = &c.admin_requeue;
+        assert_eq!(
+            (g.max_batch, g.rate_limit_per_min, g.confirm_threshold),
+            (7, 0, 3)
+        );
+        assert_eq!(
+            g.confirm_token.as_ref().map(Secret::expose),
+            Some("c0nfirm-tok")
+        );
+        assert!(!format!("{c:?}").contains("c0nfirm-tok"));
+        for (k, v) in [
+            ("SPLAI_ADMIN_REQUEUE_MAX_BATCH", "0"),
+            ("SPLAI_ADMIN_REQUEUE_RATE_LIMIT_PER_MIN", "lots"),
+        ] {
+            let e = config(&[(k, v)]).unwrap_err();
+            assert!(format!("{e:#}").contains(k), "{e:#}");
+        }
+    }
 }
