@@ -16,6 +16,7 @@ pub mod clock;
 pub mod domain;
 pub mod engine;
 pub mod planner;
+pub mod policy;
 pub mod queue;
 pub mod routing;
 pub mod store;
