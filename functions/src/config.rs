@@ -13,6 +13,7 @@ use splai_shared::backends::{
 };
 use splai_shared::engine::{EngineConfig, TaskDefaults};
 use splai_shared::planner::PlannerConfig;
+use splai_shared::policy::Policy;
 use splai_shared::routing::RoutingTable;
 
 use crate::admin::deadletter::RequeueGuards;
@@ -47,6 +48,9 @@ pub struct Config {
     /// The model routing table (`SPLAI_MODEL_ROUTING_FILE`), read and parsed here, once; `None`
     /// when the variable is unset, and tasks then carry only what the job names.
     pub routing: Option<Arc<RoutingTable>>,
+    /// The policy (`SPLAI_POLICY_FILE`), read and parsed here, once; `None` when the variable
+    /// is unset, and every submit and assignment is allowed as before.
+    pub policy: Option<Arc<Policy>>,
     /// Dead-letter requeue guards (`SPLAI_ADMIN_REQUEUE_MAX_BATCH`, `_RATE_LIMIT_PER_MIN`,
     /// `_CONFIRM_THRESHOLD`, `_CONFIRM_TOKEN`).
     pub admin_requeue: RequeueGuards,
@@ -138,6 +142,7 @@ impl Config {
             )?
             .map(Arc::new),
             routing: routing_table(&var)?,
+            policy: policy_file(&var)?,
             admin_requeue: requeue_guards(&var)?,
         })
     }
@@ -154,6 +159,17 @@ fn routing_table(
     let table = RoutingTable::load(std::path::Path::new(path.trim()))
         .with_context(|| format!("invalid SPLAI_MODEL_ROUTING_FILE=`{path}`"))?;
     Ok(Some(Arc::new(table)))
+}
+
+/// `SPLAI_POLICY_FILE`: a bad file stops start-up naming the variable, the file, the line and
+/// the problem.
+fn policy_file(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Option<Arc<Policy>>> {
+    let Some(path) = var("SPLAI_POLICY_FILE") else {
+        return Ok(None);
+    };
+    let policy = Policy::load(std::path::Path::new(path.trim()))
+        .with_context(|| format!("invalid SPLAI_POLICY_FILE=`{path}`"))?;
+    Ok(Some(Arc::new(policy)))
 }
 
 /// `SPLAI_REDIS_*`, read whatever the queue so that a bad value fails at start-up.
@@ -252,6 +268,30 @@ mod tests {
         let missing = dir.path().join("missing.yaml");
         let e = config(&[("SPLAI_MODEL_ROUTING_FILE", missing.to_str().unwrap())]).unwrap_err();
         assert!(format!("{e:#}").contains("cannot read"), "{e:#}");
+    }
+
+    /// A policy file is loaded at start-up; a bad one fails naming the variable, the file,
+    /// the line and the problem.
+    #[test]
+    fn policy_file_is_loaded_and_a_bad_one_fails_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("policy.yaml");
+        std::fs::write(&good, "default_action: deny\n").unwrap();
+        let c = config(&[("SPLAI_POLICY_FILE", good.to_str().unwrap())]).unwrap();
+        assert!(
+            !c.policy
+                .unwrap()
+                .evaluate_submit(&Default::default())
+                .allowed
+        );
+        assert!(config(&[]).unwrap().policy.is_none());
+        let bad = dir.path().join("bad.yaml");
+        std::fs::write(&bad, "default_action: allow\nrules:\n  - effect: perhaps\n").unwrap();
+        let e = config(&[("SPLAI_POLICY_FILE", bad.to_str().unwrap())]).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(shown.contains("SPLAI_POLICY_FILE"), "{shown}");
+        assert!(shown.contains("bad.yaml"), "{shown}");
+        assert!(shown.contains("line 3"), "{shown}");
     }
 
     #[test]

@@ -36,12 +36,10 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
             )
         })?;
     let planner = Planner::new(config.planner.clone()).with_routing(config.routing.clone());
-    Ok(Arc::new(Engine::new(
-        backends,
-        planner,
-        clock,
-        config.engine.clone(),
-    )))
+    Ok(Arc::new(
+        Engine::new(backends, planner, clock, config.engine.clone())
+            .with_policy(config.policy.clone()),
+    ))
 }
 
 /// The whole HTTP application with its layers.

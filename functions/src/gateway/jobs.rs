@@ -14,6 +14,7 @@ use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
 
 use super::{AppState, check_job, job_id, visible_job};
+use crate::admin::audit::{self, Action, Origin};
 use crate::auth::{Caller, TenantAccess};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams, parse_json};
@@ -125,10 +126,12 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
 pub async fn submit(
     State(s): State<AppState>,
     caller: Caller,
+    origin: Origin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitJobRequest>,
 ) -> Result<Response, ApiError> {
     let new = req.into_new_job(&headers, &caller)?;
+    policy_gate(&s, &origin, &new, "/v1/jobs").await?;
     let done = s.engine.submit(new).await?;
     let body = Json(json!({ "job_id": done.job_id }));
     Ok(if done.replayed {
@@ -153,6 +156,7 @@ const MAX_BATCH_JOBS: usize = 10_000;
 pub async fn submit_batch(
     State(s): State<AppState>,
     caller: Caller,
+    origin: Origin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitBatchRequest>,
 ) -> Result<Json<Value>, ApiError> {
@@ -171,9 +175,15 @@ pub async fn submit_batch(
     let mut valid = Vec::with_capacity(req.jobs.len());
     let mut parsed: Vec<Result<(), ApiError>> = Vec::with_capacity(req.jobs.len());
     for raw in &req.jobs {
-        match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
+        let job = match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
             .and_then(|r| r.into_new_job(&headers, &caller))
         {
+            Ok(job) => policy_gate(&s, &origin, &job, "/v1/jobs/batch")
+                .await
+                .map(|()| job),
+            Err(e) => Err(e),
+        };
+        match job {
             Ok(job) => {
                 valid.push(job);
                 parsed.push(Ok(()));
@@ -202,6 +212,47 @@ pub async fn submit_batch(
         "rejected": counts[2],
         "results": results,
     })))
+}
+
+/// With a policy (`SPLAI_POLICY_FILE`): the rules and the tenant's `max_running_jobs`, the
+/// decision audited as `policy_check_submit`; a denied job gets 403 with the reason, and
+/// nothing of it is written. Without a policy, nothing happens.
+async fn policy_gate(
+    s: &AppState,
+    origin: &Origin,
+    new: &NewJob,
+    resource: &str,
+) -> Result<(), ApiError> {
+    if s.engine.policy().is_none() {
+        return Ok(());
+    }
+    let d = s.engine.check_submit(new).await?;
+    let tenant = new.tenant.clone().unwrap_or_else(TenantId::default_tenant);
+    audit::record(
+        &s.engine,
+        origin,
+        Action {
+            action: "policy_check_submit",
+            tenant: Some(tenant),
+            resource,
+            payload: None,
+            requested: Some(1),
+            result: if d.allowed { "allowed" } else { "denied" },
+            details: json!({ "rule": d.rule, "reason": d.reason, "job_type": new.job_type }),
+        },
+    )
+    .await?;
+    if d.allowed {
+        return Ok(());
+    }
+    let by = d.rule.map_or_else(
+        || "the default action".to_owned(),
+        |r| format!("rule `{r}`"),
+    );
+    Err(ApiError::forbidden(format!(
+        "denied by policy ({by}): {}",
+        d.reason
+    )))
 }
 
 fn batch_result(i: usize, outcome: Result<Submitted, ApiError>, counts: &mut [usize; 3]) -> Value {

@@ -8,5 +8,6 @@ mod bulk;
 mod deadletter;
 mod helpers;
 mod jobs;
+mod policy;
 mod routing;
 mod workers;

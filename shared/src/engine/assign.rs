@@ -263,8 +263,9 @@ impl Engine {
             }
             metrics::add(&self.counters.queue_claimed_total, leases.len());
             let claimed = leases.len();
-            let started = self.start_leases(leases, now).await?;
-            let stale = claimed - started.len();
+            let (started, refused) = self.start_leases(caps, leases, now).await?;
+            // Refused entries went back to the queue: claiming again would find them again.
+            let stale = claimed - started.len() - refused;
             out.extend(started);
             if stale == 0 {
                 break;
@@ -273,48 +274,94 @@ impl Engine {
         Ok(out)
     }
 
-    /// Marks the claimed tasks running in the store; acks the leases it refuses. Keeps the
-    /// queue's claim order.
+    /// Marks the claimed tasks running in the store; acks the stale leases and releases those
+    /// the policy refuses. Keeps the queue's claim order; returns the count released.
     async fn start_leases(
         &self,
+        caps: &WorkerCaps,
         leases: Vec<Lease>,
         now: Timestamp,
-    ) -> Result<Vec<Assignment>, EngineError> {
+    ) -> Result<(Vec<Assignment>, usize), EngineError> {
         let mut by_job: HashMap<JobId, Vec<&Lease>> = HashMap::new();
         for l in &leases {
             by_job.entry(l.entry.job_id.clone()).or_default().push(l);
         }
         let ids: Vec<JobId> = by_job.keys().cloned().collect();
+        // With a policy: each task is checked against the rules and its tenant's
+        // `max_running_tasks`; refused ones are handed back to the queue untouched.
+        let policy = self.policy.clone();
+        let mut counts = self
+            .running_tasks(leases.iter().map(|l| l.entry.tenant.clone()))
+            .await?;
         let started = self
             .update(&ids, |record, _fx| {
                 let job = record.job.job_id.clone();
                 let mut accepted = Vec::new();
+                let mut refused = Vec::new();
+                let mut decisions = Vec::new();
                 for lease in by_job.get(&job).into_iter().flatten() {
+                    if let Some(p) = policy.as_deref()
+                        && record
+                            .task(&lease.entry.task_id)
+                            .is_some_and(|t| t.status == Status::Queued)
+                        && let Some(d) = super::policy::decide_assignment(
+                            p,
+                            record,
+                            &lease.entry.task_id,
+                            caps,
+                            counts.get_mut(&record.job.tenant),
+                        )
+                    {
+                        let allowed = d.allowed;
+                        decisions.push((
+                            record.job.tenant.clone(),
+                            format!("{}/{}", job, lease.entry.task_id),
+                            d,
+                        ));
+                        if !allowed {
+                            refused.push(lease.lease_id.clone());
+                            continue;
+                        }
+                    }
                     if rules::start(record, lease, now) {
                         accepted.extend(to_assignment(record, lease));
                     }
                 }
-                accepted
+                (accepted, refused, decisions)
             })
             .await?;
-        let mut accepted: HashMap<LeaseId, Assignment> = started
-            .into_values()
-            .flatten()
-            .map(|a| (a.lease_id.clone(), a))
-            .collect();
+        let mut accepted = HashMap::new();
+        let mut refused = std::collections::HashSet::new();
+        let mut decisions = Vec::new();
+        for (a, r, d) in started.into_values() {
+            accepted.extend(a.into_iter().map(|a: Assignment| (a.lease_id.clone(), a)));
+            refused.extend(r);
+            decisions.extend(d);
+        }
+        for (tenant, resource, d) in &decisions {
+            self.audit_assignment(caps, tenant, resource.clone(), d)
+                .await;
+        }
         let mut out = Vec::with_capacity(accepted.len());
         let mut stale = Vec::new();
+        let mut back = Vec::new();
         for lease in leases {
             match accepted.remove(&lease.lease_id) {
                 Some(a) => out.push(a),
+                None if refused.contains(&lease.lease_id) => back.push(lease.lease_id),
                 None => stale.push(lease.lease_id),
             }
+        }
+        let refused = back.len();
+        if !back.is_empty() {
+            // Left for other workers (or for later, once the tenant's tasks finish).
+            self.backends.queue.release(&back).await?;
         }
         if !stale.is_empty() {
             self.backends.queue.ack(&stale).await?;
             metrics::add(&self.counters.queue_acked_total, stale.len());
         }
-        Ok(out)
+        Ok((out, refused))
     }
 }
 

@@ -9,6 +9,7 @@ mod assign;
 mod control;
 pub mod events;
 pub mod metrics;
+mod policy;
 mod report;
 pub mod rules;
 mod submit;
@@ -138,6 +139,7 @@ pub struct Engine {
     counters: metrics::Counters,
     caps_cache: assign::CapsCache,
     last_reconcile: std::sync::Mutex<Option<crate::domain::Timestamp>>,
+    policy: Option<Arc<crate::policy::Policy>>,
 }
 
 impl Engine {
@@ -162,6 +164,7 @@ impl Engine {
             counters: metrics::Counters::default(),
             caps_cache: assign::CapsCache::default(),
             last_reconcile: std::sync::Mutex::new(None),
+            policy: None,
         }
     }
 
