@@ -18,4 +18,5 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod policy;
 pub mod server;

@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
+use crate::policy::{self, PolicyState};
 
 /// Opens the backends (running migrations) and builds the engine.
 ///
@@ -49,8 +50,13 @@ pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) 
         auth: state.auth.clone(),
         requeue,
     });
+    let policy = policy::router(PolicyState {
+        engine: state.engine.clone(),
+        auth: state.auth.clone(),
+    });
     gateway::router(state)
         .merge(admin)
+        .merge(policy)
         .fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))

@@ -50,7 +50,11 @@ impl SubmitJobRequest {
     /// Validates what serde cannot and resolves the tenant and idempotency key from headers.
     /// The tenant is the body's, then `X-SPLAI-Tenant`'s, then `default`, and must be one the
     /// caller may act in (403 otherwise: the caller named it, so nothing leaks).
-    fn into_new_job(self, headers: &HeaderMap, caller: &Caller) -> Result<NewJob, ApiError> {
+    pub(crate) fn into_new_job(
+        self,
+        headers: &HeaderMap,
+        caller: &Caller,
+    ) -> Result<NewJob, ApiError> {
         if self.job_type.trim().is_empty() {
             return Err(ApiError::invalid("field `type` must not be empty"));
         }

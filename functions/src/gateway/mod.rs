@@ -1,7 +1,7 @@
 //! The gateway router: jobs, tasks, workers, reports, the event stream and health.
 
 mod health;
-mod jobs;
+pub(crate) mod jobs;
 mod reports;
 mod stream;
 mod tasks;

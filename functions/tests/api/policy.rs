@@ -148,3 +148,79 @@ async fn assignment_denied_for_one_worker_goes_to_another() {
         "{events:?}"
     );
 }
+
+/// `POST /v1/policy/evaluate` dry-runs a submission (decision and route, nothing written);
+/// `GET /v1/policy` shows the effective policy and routing.
+#[tokio::test]
+async fn policy_router_evaluates_and_shows() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let policy = files.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("write policy file");
+    let routing = files.path().join("routing.yaml");
+    std::fs::write(
+        &routing,
+        "default_backend: ollama\ndefault_model: llama3-8b-q4\n",
+    )
+    .expect("write routing file");
+    let app = spawn_app_with(&[
+        ("SPLAI_POLICY_FILE", policy.to_str().expect("utf-8")),
+        ("SPLAI_MODEL_ROUTING_FILE", routing.to_str().expect("utf-8")),
+    ])
+    .await;
+
+    let denied = json!({
+        "type": "chat", "input": "x", "data_classification": "confidential", "model": "external_api",
+    });
+    let (status, body) = app.post("/v1/policy/evaluate", &denied).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["allowed"], false, "{body}");
+    assert_eq!(body["rule"], "deny-confidential-external");
+    assert_eq!(body["reason"], "confidential_external_forbidden");
+    assert_eq!(body["route"]["backend"], "ollama");
+    assert_eq!(body["route"]["model"], "external_api");
+
+    let (status, body) = app
+        .post(
+            "/v1/policy/evaluate",
+            &json!({ "type": "chat", "input": "x" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["allowed"], true, "{body}");
+    assert_eq!(body["reason"], "default_allow");
+    assert_eq!(body["route"]["model"], "llama3-8b-q4");
+    assert_eq!(job_count(&app).await, 0, "a dry run writes nothing");
+    assert!(audit(&app, "policy_check_submit").await.is_empty());
+
+    let (status, body) = app.get("/v1/policy").await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["policy"]["default_action"], "allow", "{body}");
+    assert_eq!(body["policy"]["rules"][0]["match"]["model"], "external_api");
+    assert_eq!(
+        body["policy"]["tenant_quotas"]["tenant-a"]["max_running_jobs"],
+        1
+    );
+    assert_eq!(body["routing"]["default_backend"], "ollama");
+}
+
+/// Both policy routes need `operator` (or `admin`): 401 without a known token, 403 with a
+/// job reader's or a worker's.
+#[tokio::test]
+async fn policy_routes_need_operator() {
+    let tokens = "root-tok:admin,reader-tok:job:read,ops-tok:operator,worker-tok:task:report";
+    let mut app = spawn_app_with(&[("SPLAI_API_TOKENS", tokens)]).await;
+    let body = json!({ "type": "chat", "input": "x" });
+    for (token, want) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (Some("reader-tok"), StatusCode::FORBIDDEN),
+        (Some("worker-tok"), StatusCode::FORBIDDEN),
+        (Some("ops-tok"), StatusCode::OK),
+        (Some("root-tok"), StatusCode::OK),
+    ] {
+        app.token = token.map(str::to_owned);
+        let (status, resp) = app.get("/v1/policy").await;
+        assert_eq!(status, want, "GET as {token:?}: {resp}");
+        let (status, resp) = app.post("/v1/policy/evaluate", &body).await;
+        assert_eq!(status, want, "evaluate as {token:?}: {resp}");
+    }
+}

@@ -168,6 +168,11 @@ impl Engine {
         }
     }
 
+    /// The planner (and through it the routing table).
+    pub fn planner(&self) -> &Planner {
+        &self.planner
+    }
+
     /// The engine's configuration.
     pub fn config(&self) -> &EngineConfig {
         &self.config
