@@ -224,3 +224,51 @@ async fn policy_routes_need_operator() {
         assert_eq!(status, want, "evaluate as {token:?}: {resp}");
     }
 }
+
+/// `max_running_tasks: 1`: of two ready tasks only one is handed out; the other stays queued
+/// and goes out once the first finishes.
+#[tokio::test]
+async fn running_tasks_quota_holds_back_tasks_until_one_finishes() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let path = files.path().join("policy.yaml");
+    std::fs::write(
+        &path,
+        "tenant_quotas:\n  tenant-a:\n    max_running_tasks: 1\n",
+    )
+    .expect("write policy file");
+    let app = spawn_app_with(&[("SPLAI_POLICY_FILE", path.to_str().expect("utf-8"))]).await;
+    let mut body = dag(&[("a", &[]), ("b", &[])]);
+    body["tenant"] = json!("tenant-a");
+    let job = app.submit(body).await;
+    app.register("w1").await;
+
+    let first = app.claim("w1", 10).await;
+    assert_eq!(first.len(), 1, "{first:?}");
+    let statuses: Vec<Value> = app
+        .tasks(&job)
+        .await
+        .iter()
+        .map(|t| t["status"].clone())
+        .collect();
+    assert!(statuses.contains(&json!("Queued")), "{statuses:?}");
+    let (status, resp) = app
+        .get("/v1/workers/w1/assignments?max_tasks=10&wait_seconds=0")
+        .await;
+    assert_eq!(status, StatusCode::OK, "{resp}");
+    assert_eq!(
+        resp["assignments"].as_array().map(Vec::len),
+        Some(0),
+        "{resp}"
+    );
+
+    app.report(&first[0], "Completed").await;
+    let second = app.claim("w1", 10).await;
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(second[0]["task_id"], first[0]["task_id"]);
+    let events = audit(&app, "policy_check_assignment").await;
+    assert!(
+        events.iter().any(|e| e["result"] == "denied"
+            && e["details"]["rule"] == "tenant_quotas.tenant-a.max_running_tasks"),
+        "{events:?}"
+    );
+}
