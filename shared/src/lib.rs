@@ -22,3 +22,4 @@ pub mod routing;
 pub mod store;
 #[cfg(feature = "test-utils")]
 pub mod testing;
+pub mod yaml_file;

@@ -197,26 +197,9 @@ pub struct Decision {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O failure.
-        source: std::io::Error,
-    },
-    /// The YAML is malformed or does not fit the policy shape.
-    #[error("{path}: line {line}, column {column}: {problem}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// 1-based line of the problem (0 when the parser gave no location).
-        line: usize,
-        /// 1-based column of the problem (0 when the parser gave no location).
-        column: usize,
-        /// What is wrong.
-        problem: String,
-    },
+    /// The file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] crate::yaml_file::YamlFileError),
 }
 
 impl Policy {
@@ -225,11 +208,7 @@ impl Policy {
     /// # Errors
     /// An unreadable file, or any [`Policy::parse`] error.
     pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = crate::yaml_file::read(path)?;
         Policy::parse(&text, &shown)
     }
 
@@ -238,18 +217,7 @@ impl Policy {
     /// # Errors
     /// Malformed YAML, or unknown or mistyped fields, with the line and column.
     pub fn parse(text: &str, path: &str) -> Result<Policy, PolicyError> {
-        if text.trim().is_empty() {
-            return Ok(Policy::default());
-        }
-        yaml_serde::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            PolicyError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                problem: e.to_string(),
-            }
-        })
+        Ok(crate::yaml_file::parse(text, path)?)
     }
 
     /// First matching rule, else the default action.

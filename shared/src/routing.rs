@@ -90,26 +90,9 @@ pub struct Route {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RoutingError {
-    /// The file could not be read.
-    #[error("cannot read {path}: {source}")]
-    Read {
-        /// The file.
-        path: String,
-        /// The I/O failure.
-        source: std::io::Error,
-    },
-    /// The YAML is malformed or does not fit the routing shape.
-    #[error("{path}: line {line}, column {column}: {problem}")]
-    Parse {
-        /// The file.
-        path: String,
-        /// 1-based line of the problem (0 when the parser gave no location).
-        line: usize,
-        /// 1-based column of the problem (0 when the parser gave no location).
-        column: usize,
-        /// What is wrong.
-        problem: String,
-    },
+    /// The file could not be read or parsed.
+    #[error(transparent)]
+    File(#[from] crate::yaml_file::YamlFileError),
     /// A rule would change nothing.
     #[error("{path}: rule `{rule}` sets neither use_backend nor use_model")]
     EmptyRule {
@@ -126,11 +109,7 @@ impl RoutingTable {
     /// # Errors
     /// An unreadable file, or any [`RoutingTable::parse`] error.
     pub fn load(path: &Path) -> Result<RoutingTable, RoutingError> {
-        let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| RoutingError::Read {
-            path: shown.clone(),
-            source,
-        })?;
+        let (text, shown) = crate::yaml_file::read(path)?;
         RoutingTable::parse(&text, &shown)
     }
 
@@ -141,18 +120,7 @@ impl RoutingTable {
     /// neither `use_backend` nor `use_model`.
     pub fn parse(text: &str, path: &str) -> Result<RoutingTable, RoutingError> {
         // An empty file is a table with no defaults and no rules, not a parse error.
-        if text.trim().is_empty() {
-            return Ok(RoutingTable::default());
-        }
-        let table: RoutingTable = yaml_serde::from_str(text).map_err(|e| {
-            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
-            RoutingError::Parse {
-                path: path.to_owned(),
-                line,
-                column,
-                problem: e.to_string(),
-            }
-        })?;
+        let table: RoutingTable = crate::yaml_file::parse(text, path)?;
         if let Some((i, rule)) = table
             .rules
             .iter()
@@ -236,6 +204,7 @@ fn rule_label(rule: &RoutingRule, index: usize) -> String {
 mod tests {
     use super::*;
     use crate::domain::{Constraints, TaskId};
+    use crate::yaml_file::YamlFileError;
 
     const SEED: &str = "\
 default_backend: ollama
@@ -408,7 +377,10 @@ rules:
         let text = "default_backend: ollama\nrules:\n  - name: r\n    reasoning_required: maybe\n    use_backend: vllm\n";
         let e = RoutingTable::parse(text, "/etc/routing.yaml").unwrap_err();
         let shown = e.to_string();
-        assert!(matches!(e, RoutingError::Parse { line: 4, .. }), "{shown}");
+        assert!(
+            matches!(e, RoutingError::File(YamlFileError::Parse { line: 4, .. })),
+            "{shown}"
+        );
         assert!(shown.starts_with("/etc/routing.yaml: line 4"), "{shown}");
         assert!(shown.contains("reasoning_required"), "{shown}");
     }
@@ -418,7 +390,10 @@ rules:
     fn unknown_field_is_rejected_with_its_line() {
         let text = "rules:\n  - name: r\n    use_modle: x\n";
         let e = RoutingTable::parse(text, "r.yaml").unwrap_err();
-        assert!(matches!(e, RoutingError::Parse { line: 3, .. }), "{e}");
+        assert!(
+            matches!(e, RoutingError::File(YamlFileError::Parse { line: 3, .. })),
+            "{e}"
+        );
         assert!(e.to_string().contains("use_modle"), "{e}");
     }
 
