@@ -116,6 +116,11 @@ impl Config {
             max_wait: secs("SPLAI_MAX_WAIT_SECONDS", 30)?,
             poll_interval: Duration::from_millis(500),
             reconcile_after: secs("SPLAI_RECONCILE_AFTER_SECONDS", 60)?,
+            metrics_label_cap: parse_or(
+                &var,
+                "SPLAI_METRICS_LABEL_CAP",
+                splai_shared::metrics::DEFAULT_LABEL_CAP,
+            )?,
         };
         let planner = PlannerConfig {
             llm_endpoint: var("SPLAI_LLM_PLANNER_ENDPOINT"),

@@ -70,6 +70,9 @@ pub async fn run(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Resu
     let deps = splai_worker::build(&worker)
         .await
         .context("starting the in-process worker")?;
+    if let Some(addr) = worker.metrics_addr {
+        splai_worker::metrics::serve(addr, deps.metrics.clone()).await?;
+    }
     print_banner(&base, &config, &worker);
     let stop_worker = CancellationToken::new();
     let worker_done = tokio::spawn(splai_worker::run(

@@ -2,7 +2,9 @@
 //!
 //! Layout:
 //! - [`gateway`]: the gateway's axum router and handlers.
-//! - [`admin`]: the admin router (the audit log) and [`admin::audit::record`].
+//! - [`admin`]: the admin router (dead letters, the audit log, metrics) and
+//!   [`admin::audit::record`].
+//! - [`http_metrics`]: the request-duration middleware on the whole server.
 //! - [`auth`]: tokens, scopes, roles and tenancy; the layer every non-health route runs.
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
@@ -18,5 +20,6 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod http_metrics;
 pub mod policy;
 pub mod server;

@@ -1,5 +1,5 @@
-//! The local all-in-one server: builds state once, nests the routers (gateway, admin), runs the
-//! sweeper, and shuts down gracefully.
+//! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy)
+//! under the request-duration middleware, runs the sweeper, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
+use crate::http_metrics::HttpMetrics;
 use crate::policy::{self, PolicyState};
 
 /// Opens the backends (running migrations) and builds the engine.
@@ -54,6 +55,7 @@ pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) 
         engine: state.engine.clone(),
         auth: state.auth.clone(),
     });
+    let http_metrics = HttpMetrics::new(state.engine.metrics().registry());
     gateway::router(state)
         .merge(admin)
         .merge(policy)
@@ -61,6 +63,12 @@ pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) 
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
+        // Outermost, so panics (as 500s) are counted; `Router::layer` runs after routing, so
+        // the matched route template is known.
+        .layer(axum::middleware::from_fn_with_state(
+            http_metrics,
+            crate::http_metrics::track,
+        ))
 }
 
 /// A 500 for a panicking handler; the panic message goes to the log, not to the client.

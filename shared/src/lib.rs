@@ -15,6 +15,7 @@ pub mod backends;
 pub mod clock;
 pub mod domain;
 pub mod engine;
+pub mod metrics;
 pub mod planner;
 pub mod policy;
 pub mod queue;

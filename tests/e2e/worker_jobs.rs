@@ -246,3 +246,59 @@ async fn model_server_rejection_fails_the_task_without_retries() {
     );
     assert_eq!(double.requests("/api/generate"), 1);
 }
+
+/// With `SPLAI_WORKER_METRICS_ADDR` set, the worker serves Prometheus text on `/metrics`:
+/// after one chat task, the running gauge is back to 0, the task is counted as completed, and
+/// the model call is in the latency histogram under its backend.
+#[tokio::test]
+async fn worker_serves_its_metrics_after_a_task() {
+    let double = ModelServer::start().await;
+    let fabric = Fabric::start(&[]);
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+        l.local_addr().expect("addr").port()
+    };
+    let addr = format!("127.0.0.1:{port}");
+    let mut env = ollama(&double).to_vec();
+    env.push(("SPLAI_WORKER_METRICS_ADDR", &addr));
+    let _worker = fabric.worker("w-metrics", &env).await;
+
+    let job = fabric
+        .api
+        .submit(json!({"type": "chat", "input": "count me"}))
+        .await;
+    let done = fabric.api.finished(&job, JOB_LIMIT).await;
+    assert_eq!(done["status"], "Completed", "{done}");
+
+    let resp = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), reqwest::StatusCode::OK);
+    let text = resp.text().await.expect("body");
+    for line in [
+        "# TYPE worker_tasks_running gauge",
+        "# TYPE worker_tasks_finished_total counter",
+        "# TYPE worker_executor_duration_seconds histogram",
+        "# TYPE worker_model_errors_total counter",
+        "worker_tasks_running 0",
+        "worker_tasks_finished_total{task_type=\"llm_inference\",outcome=\"completed\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    let count = text
+        .lines()
+        .find(|l| l.starts_with("worker_executor_duration_seconds_count{backend=\"ollama\","))
+        .unwrap_or_else(|| panic!("no ollama latency series in:\n{text}"));
+    assert!(count.ends_with(" 1"), "{count}");
+    assert!(
+        text.lines().any(|l| l
+            .starts_with("worker_executor_duration_seconds_bucket{backend=\"ollama\",")
+            && l.contains("le=\"+Inf\"")
+            && l.ends_with(" 1")),
+        "{text}"
+    );
+    assert!(!text.contains(&job), "job id in the worker's metrics");
+}

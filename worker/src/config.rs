@@ -207,6 +207,10 @@ pub struct Config {
     pub artifact_backend: ArtifactBackend,
     /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
     pub artifact_root: PathBuf,
+    /// Where to serve `GET /metrics` (Prometheus text), e.g. `0.0.0.0:9102`
+    /// (`SPLAI_WORKER_METRICS_ADDR`); unset (the default) serves nothing, so several workers
+    /// on one host do not collide on a port.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {
@@ -242,6 +246,16 @@ impl Config {
             executors,
             artifact_backend: parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?,
             artifact_root,
+            metrics_addr: var("SPLAI_WORKER_METRICS_ADDR")
+                .map(|v| {
+                    v.parse().with_context(|| {
+                        format!(
+                            "invalid SPLAI_WORKER_METRICS_ADDR=`{v}`: expected host:port, \
+                             e.g. 0.0.0.0:9102"
+                        )
+                    })
+                })
+                .transpose()?,
         })
     }
 }

@@ -8,11 +8,13 @@
 //! - `runtime`: the claim, heartbeat and report loops, and shutdown ([`run`]).
 //! - [`executor`]: one executor per task type.
 //! - [`models`]: the model-server seam (Ollama, OpenAI-compatible, echo).
+//! - [`metrics`]: the worker's metrics and their `/metrics` listener.
 //! - [`sysinfo`]: what the host offers.
 
 pub mod client;
 pub mod config;
 pub mod executor;
+pub mod metrics;
 pub mod models;
 mod runtime;
 pub mod sysinfo;
@@ -43,7 +45,9 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         .clone()
         .context("SPLAI_WORKER_ID must be set")?;
     let gateway = GatewayClient::new(&config.gateway.url, config.gateway.token.clone(), worker_id)?;
-    let models = ModelBackends::from_config(&config.models, &config.capabilities.backends)?;
+    let metrics = Arc::new(metrics::WorkerMetrics::default());
+    let models = ModelBackends::from_config(&config.models, &config.capabilities.backends)?
+        .metered(&metrics);
     if models.is_empty() {
         tracing::warn!(
             "no model server configured: llm_inference tasks will fail here; set \
@@ -101,5 +105,6 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         artifacts,
         registration,
         inventory,
+        metrics,
     })
 }

@@ -27,6 +27,10 @@ async fn main() -> std::process::ExitCode {
 async fn start() -> anyhow::Result<()> {
     let config = splai_worker::config::Config::from_env()?;
     let deps = splai_worker::build(&config).await?;
+    if let Some(addr) = config.metrics_addr {
+        let bound = splai_worker::metrics::serve(addr, deps.metrics.clone()).await?;
+        tracing::info!(addr = %bound, "serving worker metrics on /metrics");
+    }
     tracing::info!(
         worker_id = %deps.gateway.worker_id(),
         gateway = %config.gateway.url,

@@ -1,9 +1,10 @@
-//! The admin router: the dead-letter queue (list, guarded requeue) and the audit log (list,
-//! CSV export, chain verification). A router of its own beside the gateway's, so that it can
-//! deploy as its own function.
+//! The admin router: the dead-letter queue (list, guarded requeue), the audit log (list,
+//! CSV export, chain verification) and the metrics (JSON and Prometheus text). A router of its
+//! own beside the gateway's, so that it can deploy as its own function.
 
 pub mod audit;
 pub mod deadletter;
+pub mod metrics;
 
 use std::sync::Arc;
 
@@ -44,5 +45,10 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/admin/audit", g(P::Admin, get(audit::list)))
         .route("/v1/admin/audit/verify", g(P::Admin, get(audit::verify)))
+        .route("/v1/metrics", g(P::Metrics, get(metrics::json)))
+        .route(
+            "/v1/metrics/prometheus",
+            g(P::Metrics, get(metrics::prometheus)),
+        )
         .with_state(state)
 }

@@ -1,4 +1,5 @@
-//! The gateway router: jobs, tasks, workers, reports, the event stream and health.
+//! The gateway router: jobs, tasks, workers, reports, the event stream and health. (The
+//! metrics routes live in the admin router.)
 
 mod health;
 pub(crate) mod jobs;
@@ -81,7 +82,6 @@ pub fn router(state: AppState) -> Router {
             g(P::TaskReport, post(workers::release)),
         )
         .route("/v1/tasks/report", g(P::TaskReport, post(reports::report)))
-        .route("/v1/metrics", g(P::Metrics, get(health::metrics)))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)

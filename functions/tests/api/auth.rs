@@ -162,6 +162,7 @@ async fn a_missing_scope_gets_403_without_the_token() {
         (Method::POST, "/v1/jobs/job-x/retry", None),
         (Method::GET, "/v1/workers", None),
         (Method::GET, "/v1/metrics", None),
+        (Method::GET, "/v1/metrics/prometheus", None),
         (Method::GET, "/v1/workers/w1/assignments", None),
         (Method::POST, "/v1/tasks/report", Some(json!({}))),
     ];
@@ -183,12 +184,24 @@ async fn custom_and_built_in_roles_grant_their_scopes() {
         (
             "auditor-tok",
             Method::GET,
+            "/v1/metrics/prometheus",
+            StatusCode::OK,
+        ),
+        (
+            "auditor-tok",
+            Method::GET,
             "/v1/workers",
             StatusCode::FORBIDDEN,
         ),
         // built-in `ops`
         ("ops-tok", Method::GET, "/v1/workers", StatusCode::OK),
         ("ops-tok", Method::GET, "/v1/metrics", StatusCode::OK),
+        (
+            "ops-tok",
+            Method::GET,
+            "/v1/metrics/prometheus",
+            StatusCode::OK,
+        ),
         ("ops-tok", Method::GET, "/v1/jobs", StatusCode::OK),
         // built-in `tenant-reader`, from SPLAI_API_TOKEN_ROLES alone
         ("any-reader-tok", Method::GET, "/v1/jobs", StatusCode::OK),

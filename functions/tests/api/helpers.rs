@@ -45,7 +45,10 @@ pub async fn spawn_app_with(vars: &[(&str, &str)]) -> TestApp {
     config.artifact_root = dir.path().join("artifacts");
     config.listen = "127.0.0.1:0".parse().expect("addr");
     config.engine.lease = LEASE;
-    config.engine.retry_base = Duration::from_secs(1);
+    // A test may ask for immediate retries (`SPLAI_RETRY_BASE_MS=0`) to know when they start.
+    if !vars.iter().any(|(k, _)| *k == "SPLAI_RETRY_BASE_MS") {
+        config.engine.retry_base = Duration::from_secs(1);
+    }
     config.engine.retry_max = Duration::from_secs(2);
     config.engine.task_defaults.max_retries = 2;
     config.engine.poll_interval = Duration::from_millis(20);
@@ -183,7 +186,7 @@ impl TestApp {
     /// Moves the server's clock past the lease and waits until the sweeper has acted.
     pub async fn expire_leases(&self) {
         let expired = || {
-            let c = self.engine.counters().snapshot();
+            let c = self.engine.metrics().totals();
             c["queue_expired_requeued_total"] + c["dead_letter_total"]
         };
         let before = expired();

@@ -8,6 +8,8 @@ mod bulk;
 mod deadletter;
 mod helpers;
 mod jobs;
+mod metrics;
+mod observability;
 mod policy;
 mod routing;
 mod workers;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::{Engine, EngineError, metrics, rules};
+use super::{Engine, EngineError, rules};
 use crate::domain::{
     Constraints, Heartbeat, JobId, Lease, LeaseId, Priority, Resources, Status, TaskId, TaskRef,
     TaskType, TenantId, Timestamp, Worker, WorkerCaps, WorkerId, WorkerRegistration,
@@ -135,10 +135,11 @@ impl Engine {
                 None => reply.lost.push(lease.task),
             }
         }
-        metrics::add(&self.counters.lease_renewals_total, reply.renewed.len());
+        self.metrics.renewed(id.as_str(), reply.renewed.len());
         if !finished.is_empty() {
             // The task is over in the store; its entry has no further use.
             self.backends.queue.ack(&finished).await?;
+            self.metrics.acked(id.as_str(), finished.len());
         }
         Ok(reply)
     }
@@ -156,16 +157,21 @@ impl Engine {
         leases: &[LeaseRenewal],
     ) -> Result<Vec<rules::ReleaseOutcome>, EngineError> {
         let now = self.clock.now();
-        let out = self
+        let done = self
             .update_each(
                 leases,
                 |l| &l.task.job_id,
-                rules::ReleaseOutcome::NotFound,
+                (rules::ReleaseOutcome::NotFound, 0),
                 |record, l, fx| {
-                    rules::release(record, &l.task.task_id, &l.lease_id, worker, now, fx)
+                    let acks = fx.ack.len();
+                    let o = rules::release(record, &l.task.task_id, &l.lease_id, worker, now, fx);
+                    (o, fx.ack.len() - acks)
                 },
             )
             .await?;
+        self.metrics
+            .acked(worker.as_str(), done.iter().map(|(_, acks)| acks).sum());
+        let out: Vec<rules::ReleaseOutcome> = done.into_iter().map(|(o, _)| o).collect();
         if out.contains(&rules::ReleaseOutcome::Released) {
             // The entries are claimable again.
             self.work_ready.notify_waiters();
@@ -199,9 +205,10 @@ impl Engine {
             if let Some(n) = external.as_mut().as_pin_mut() {
                 n.enable();
             }
-            let got = self.try_assign(&caps, max).await.inspect_err(|_| {
-                metrics::add(&self.counters.scheduler_assignment_errors_total, 1);
-            })?;
+            let got = self
+                .try_assign(&caps, max)
+                .await
+                .inspect_err(|_| self.metrics.assignment_error(id.as_str()))?;
             let now = tokio::time::Instant::now();
             if !got.is_empty() || now >= deadline {
                 return Ok(got);
@@ -261,7 +268,7 @@ impl Engine {
             if leases.is_empty() {
                 break;
             }
-            metrics::add(&self.counters.queue_claimed_total, leases.len());
+            self.metrics.claimed(worker_label(caps), leases.len());
             let claimed = leases.len();
             let (started, refused) = self.start_leases(caps, leases, now).await?;
             // Refused entries went back to the queue: claiming again would find them again.
@@ -347,7 +354,11 @@ impl Engine {
         let mut back = Vec::new();
         for lease in leases {
             match accepted.remove(&lease.lease_id) {
-                Some(a) => out.push(a),
+                Some(a) => {
+                    self.metrics
+                        .task_started(a.task_type.as_str(), lease.entry.not_before, now);
+                    out.push(a);
+                }
                 None if refused.contains(&lease.lease_id) => back.push(lease.lease_id),
                 None => stale.push(lease.lease_id),
             }
@@ -359,7 +370,7 @@ impl Engine {
         }
         if !stale.is_empty() {
             self.backends.queue.ack(&stale).await?;
-            metrics::add(&self.counters.queue_acked_total, stale.len());
+            self.metrics.acked(worker_label(caps), stale.len());
         }
         Ok((out, refused))
     }
@@ -389,6 +400,11 @@ impl CapsCache {
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         entries.insert(id.clone(), (caps, now));
     }
+}
+
+/// The worker label of a claim.
+fn worker_label(caps: &WorkerCaps) -> &str {
+    caps.worker_id.as_ref().map_or("unknown", WorkerId::as_str)
 }
 
 fn to_assignment(record: &crate::domain::JobRecord, lease: &Lease) -> Option<Assignment> {

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::submit::not_found;
-use super::{Engine, EngineError, metrics, rules};
+use super::{Engine, EngineError, rules};
 use crate::domain::{
     DeadLetter, Expired, ExpiryOutcome, JobId, Lease, QueueEntry, Status, Task, TaskRef, Timestamp,
 };
@@ -91,7 +91,7 @@ impl Engine {
         jobs.dedup();
         self.update(&jobs, |r, fx| rules::revive(r, now, fx))
             .await?;
-        metrics::add(&self.counters.dead_letter_requeued_total, requeued.len());
+        self.metrics.dead_letters_requeued(requeued.len());
         Ok(requeued)
     }
 
@@ -111,8 +111,7 @@ impl Engine {
                 crate::domain::ExpiryOutcome::DeadLettered => report.dead_lettered += 1,
             }
         }
-        metrics::add(&self.counters.queue_expired_requeued_total, report.requeued);
-        metrics::add(&self.counters.dead_letter_total, report.dead_lettered);
+        self.metrics.expired(report.requeued, report.dead_lettered);
         if !expired.is_empty() {
             let mut by_job: BTreeMap<JobId, Vec<Expired>> = BTreeMap::new();
             for e in expired {

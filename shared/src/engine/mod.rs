@@ -56,6 +56,9 @@ pub struct EngineConfig {
     /// A ready task waiting this long is checked against the queue, and enqueued again if
     /// the queue lost it (`SPLAI_RECONCILE_AFTER_SECONDS`, 60 s).
     pub reconcile_after: Duration,
+    /// Distinct values a free-form metric label (tenant, job type, worker id) may take
+    /// before further ones are counted under `other` (`SPLAI_METRICS_LABEL_CAP`, 100).
+    pub metrics_label_cap: usize,
 }
 
 impl Default for EngineConfig {
@@ -73,6 +76,7 @@ impl Default for EngineConfig {
             max_wait: Duration::from_secs(30),
             poll_interval: Duration::from_millis(500),
             reconcile_after: Duration::from_secs(60),
+            metrics_label_cap: crate::metrics::DEFAULT_LABEL_CAP,
         }
     }
 }
@@ -121,7 +125,8 @@ struct Applied<R> {
     result: R,
     effects: Effects,
     events: Vec<JobEvent>,
-    new_status: Option<crate::domain::Status>,
+    /// The job's new status, type and tenant, when its status changed.
+    new_status: Option<(crate::domain::Status, String, crate::domain::TenantId)>,
     dispatched: bool,
 }
 
@@ -136,7 +141,7 @@ pub struct Engine {
     /// The queue's wake-ups from other processes ([`LeaseQueue::wake_source`]), if any.
     external_wake: Option<Arc<Notify>>,
     relay_lock: Mutex<()>,
-    counters: metrics::Counters,
+    metrics: metrics::EngineMetrics,
     caps_cache: assign::CapsCache,
     last_reconcile: std::sync::Mutex<Option<crate::domain::Timestamp>>,
     policy: Option<Arc<crate::policy::Policy>>,
@@ -152,6 +157,8 @@ impl Engine {
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
         let external_wake = backends.queue.wake_source();
+        let registry = Arc::new(crate::metrics::Registry::new(config.metrics_label_cap));
+        let metrics = metrics::EngineMetrics::new(registry, backends.queue.backend_name());
         Self {
             backends,
             planner,
@@ -161,7 +168,7 @@ impl Engine {
             work_ready: Notify::new(),
             external_wake,
             relay_lock: Mutex::new(()),
-            counters: metrics::Counters::default(),
+            metrics,
             caps_cache: assign::CapsCache::default(),
             last_reconcile: std::sync::Mutex::new(None),
             policy: None,
@@ -188,9 +195,9 @@ impl Engine {
         &self.backends
     }
 
-    /// The counters.
-    pub fn counters(&self) -> &metrics::Counters {
-        &self.counters
+    /// The engine's metrics (and through them the process's registry).
+    pub fn metrics(&self) -> &metrics::EngineMetrics {
+        &self.metrics
     }
 
     /// Live job events; a lagging receiver should re-read the job.
@@ -228,7 +235,10 @@ impl Engine {
                 Some(before) => events::diff(before, record),
                 None => Vec::new(),
             };
-            let new_status = (record.job.status != status_before).then_some(record.job.status);
+            let new_status = (record.job.status != status_before).then(|| {
+                let j = &record.job;
+                (j.status, j.job_type.clone(), j.tenant.clone())
+            });
             let enqueue = std::mem::take(&mut fx.enqueue);
             let applied = Applied {
                 result: r,
@@ -248,8 +258,9 @@ impl Engine {
         for (id, a) in results {
             effects.extend(a.effects);
             dispatched |= a.dispatched;
-            if let Some(status) = a.new_status {
-                self.count_job_status(status);
+            if let Some((status, job_type, tenant)) = &a.new_status {
+                self.metrics
+                    .job_finished(*status, job_type, tenant.as_str());
             }
             for ev in a.events {
                 let _ = self.events.send(Arc::new(ev));
@@ -297,37 +308,23 @@ impl Engine {
         Ok(out)
     }
 
-    /// Counts a job reaching a terminal status (after its change committed).
-    fn count_job_status(&self, status: crate::domain::Status) {
-        use crate::domain::Status;
-        let c = &self.counters;
-        match status {
-            Status::Completed => metrics::add(&c.jobs_completed_total, 1),
-            Status::Failed => metrics::add(&c.jobs_failed_total, 1),
-            Status::Canceled => metrics::add(&c.jobs_canceled_total, 1),
-            _ => {}
-        }
-    }
-
     /// Queue operations decided by rules, after their transaction committed. Losing any of
     /// them (a crash right here) is safe: leases expire and stale entries are acked at claim.
     async fn carry_out(&self, fx: Effects) -> Result<(), EngineError> {
+        // Acks and nacks are counted by the callers, which know the worker.
         let q = &self.backends.queue;
-        let c = &self.counters;
         if !fx.ack.is_empty() {
             q.ack(&fx.ack).await?;
-            metrics::add(&c.queue_acked_total, fx.ack.len());
         }
         if !fx.release.is_empty() {
             q.release(&fx.release).await?;
         }
         if !fx.nack.is_empty() {
             q.nack(&fx.nack).await?;
-            metrics::add(&c.queue_nacked_total, fx.nack.len());
         }
         if !fx.dead_letter.is_empty() {
             q.dead_letter(&fx.dead_letter, self.clock.now()).await?;
-            metrics::add(&c.dead_letter_total, fx.dead_letter.len());
+            self.metrics.dead_lettered(fx.dead_letter.len());
         }
         if !fx.discard.is_empty() {
             q.discard(&fx.discard).await?;

@@ -2,9 +2,18 @@
 
 use serde::Serialize;
 
+use super::metrics::NackReason;
 use super::rules::{self, Report, ReportOutcome};
-use super::{Engine, EngineError, metrics};
-use crate::domain::TaskRef;
+use super::{Engine, EngineError};
+use crate::domain::{TaskRef, TaskType, Timestamp, WorkerId};
+
+/// What the metrics need to know about a reported task, read before the report applies.
+#[derive(Debug, Clone)]
+struct Facts {
+    worker: Option<WorkerId>,
+    task_type: TaskType,
+    started_at: Option<Timestamp>,
+}
 
 /// The outcome of one report, in request order.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -31,31 +40,33 @@ impl Engine {
             .update_each(
                 reports,
                 |r| &r.task.job_id,
-                ReportOutcome::NotFound,
+                (ReportOutcome::NotFound, None),
                 |record, report, fx| {
+                    let facts = record.task(&report.task.task_id).map(|t| Facts {
+                        worker: t.worker_id.clone(),
+                        task_type: t.task_type,
+                        started_at: t.started_at,
+                    });
                     let retry_at =
                         |attempt| now + rules::backoff(attempt, base, max, rand::random());
-                    rules::apply_report(record, report, now, retry_at, fx)
+                    let o = rules::apply_report(record, report, now, retry_at, fx);
+                    (o, facts)
                 },
             )
             .await?;
-        let c = &self.counters;
         Ok(reports
             .iter()
             .zip(results)
-            .map(|(r, o)| {
+            .map(|(r, (o, facts))| {
+                if let Some(f) = &facts {
+                    self.count_report(r, &o, f, now);
+                }
                 let (outcome, applied) = match o {
                     ReportOutcome::Completed => ("completed", true),
                     ReportOutcome::Retrying { .. } => ("retrying", true),
                     ReportOutcome::Failed => ("failed", true),
-                    ReportOutcome::Duplicate => {
-                        metrics::add(&c.reports_duplicate_total, 1);
-                        ("duplicate", false)
-                    }
-                    ReportOutcome::Stale => {
-                        metrics::add(&c.reports_stale_total, 1);
-                        ("stale", false)
-                    }
+                    ReportOutcome::Duplicate => ("duplicate", false),
+                    ReportOutcome::Stale => ("stale", false),
                     ReportOutcome::NotFound => ("not_found", false),
                 };
                 ReportResult {
@@ -65,5 +76,42 @@ impl Engine {
                 }
             })
             .collect())
+    }
+
+    /// Counts one applied (or ignored) report: the ack or nack it caused and the attempt's
+    /// run time.
+    fn count_report(&self, r: &Report, o: &ReportOutcome, f: &Facts, now: Timestamp) {
+        let m = &self.metrics;
+        let worker = f.worker.as_ref().map_or("unknown", WorkerId::as_str);
+        let task_type = f.task_type.as_str();
+        let ran = |outcome| {
+            if let Some(at) = f.started_at {
+                m.task_ran(task_type, outcome, at, now);
+            }
+        };
+        match o {
+            ReportOutcome::Completed => {
+                m.acked(worker, 1);
+                ran("completed");
+            }
+            ReportOutcome::Retrying { .. } => {
+                m.nacked(worker, NackReason::Retryable);
+                ran("failed");
+            }
+            ReportOutcome::Failed => {
+                let reason = if r.retryable {
+                    NackReason::Exhausted
+                } else {
+                    NackReason::Permanent
+                };
+                m.nacked(worker, reason);
+                ran("failed");
+            }
+            ReportOutcome::Duplicate | ReportOutcome::Stale => {
+                m.acked(worker, 1);
+                m.report_ignored(matches!(o, ReportOutcome::Duplicate));
+            }
+            ReportOutcome::NotFound => {}
+        }
     }
 }

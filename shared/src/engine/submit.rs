@@ -2,7 +2,7 @@
 
 use sha2::{Digest, Sha256};
 
-use super::{Engine, EngineError, JobEvent, metrics, rules};
+use super::{Engine, EngineError, JobEvent, rules};
 use crate::domain::{IdempotencyKey, Job, JobId, JobRecord, NewJob, TenantId};
 use crate::store::{
     CreateOutcome, IdempotencyClaim, JobFilter, JobPage, NewJobWrite, TaskFilter, TaskPage,
@@ -105,6 +105,8 @@ impl Engine {
             results[i] = Some(match (outcome, &claim) {
                 (CreateOutcome::Created, _) => {
                     created += 1;
+                    self.metrics
+                        .job_submitted(&record.job.job_type, record.job.tenant.as_str());
                     if self.events.receiver_count() > 0 {
                         let _ = self.events.send(std::sync::Arc::new(JobEvent::Job(Box::new(
                             record.job.clone(),
@@ -128,7 +130,6 @@ impl Engine {
             });
         }
         if created > 0 {
-            metrics::add(&self.counters.jobs_submitted_total, created);
             self.after_dispatch().await;
         }
         Ok(results

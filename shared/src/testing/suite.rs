@@ -168,7 +168,7 @@ pub async fn expired_lease_is_requeued_for_another_worker(h: Harness) {
     let swept = h.engine.sweep().await.unwrap();
     assert_eq!(swept.requeued, 1);
     assert_eq!(
-        h.engine.counters().snapshot()["queue_expired_requeued_total"],
+        h.engine.metrics().totals()["queue_expired_requeued_total"],
         1
     );
 
@@ -666,7 +666,7 @@ pub async fn claims_are_batched_up_to_max(h: Harness) {
     }
     assert_eq!(h.claim(&w, 5).await.len(), 5);
     assert_eq!(h.claim(&w, 5).await.len(), 2);
-    assert_eq!(h.engine.counters().snapshot()["queue_claimed_total"], 7);
+    assert_eq!(h.engine.metrics().totals()["queue_claimed_total"], 7);
 }
 
 /// A ready task whose queue entry was lost (an external queue that restarted empty) is

@@ -4,6 +4,7 @@
 //! - `openai.rs`: any OpenAI-compatible server (vLLM, llama.cpp server, TGI, a remote API).
 //! - `echo.rs`: the development backend; answers without a model and says so.
 //! - `http.rs`: the shared POST with retries and error classification.
+//! - `metered.rs`: a wrapper timing every call and counting errors (the worker's metrics).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,10 +16,12 @@ use crate::config::ModelServers;
 
 mod echo;
 pub(crate) mod http;
+mod metered;
 mod ollama;
 mod openai;
 
 pub use echo::EchoBackend;
+pub use metered::Metered;
 pub use ollama::OllamaBackend;
 pub use openai::OpenAiBackend;
 
@@ -263,6 +266,22 @@ impl ModelBackends {
             out = out.with(build(&name)?);
         }
         Ok(out)
+    }
+
+    /// The same backends, each wrapped to record its calls in `metrics`.
+    pub fn metered(self, metrics: &Arc<crate::metrics::WorkerMetrics>) -> Self {
+        let by_name = self
+            .by_name
+            .into_iter()
+            .map(|(name, b)| {
+                let m: Arc<dyn ModelBackend> = Arc::new(Metered::new(b, metrics.clone()));
+                (name, m)
+            })
+            .collect();
+        Self {
+            by_name,
+            order: self.order,
+        }
     }
 
     /// The backend called `name` (aliases accepted).

@@ -40,6 +40,7 @@ pub(crate) async fn execute(
     permit: OwnedSemaphorePermit,
 ) {
     let started_at = OffsetDateTime::now_utc();
+    let _running = shared.metrics.task_started();
     let soft_timeout = Duration::from_secs(u64::from(task.timeout_sec.max(1)));
     let run = AssertUnwindSafe(shared.executors.run(&task)).catch_unwind();
     let outcome = tokio::select! {
@@ -54,6 +55,15 @@ pub(crate) async fn execute(
             )))),
         },
     };
+    let outcome_label = match &outcome {
+        Outcome::Done(Ok(_)) => "completed",
+        Outcome::Done(Err(_)) => "failed",
+        Outcome::TimedOut(_) => "timed_out",
+        Outcome::Stopped => "stopped",
+    };
+    shared
+        .metrics
+        .task_finished(task.task_type.as_str(), outcome_label);
     let report = match outcome {
         Outcome::Stopped => {
             match shared.registry.stop_reason(&lease) {

@@ -42,6 +42,8 @@ pub struct Deps {
     pub registration: WorkerRegistration,
     /// Re-reads the model inventory after a `model_download`.
     pub inventory: Arc<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The worker's metrics (the model backends record into the same ones).
+    pub metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 /// State every loop shares.
@@ -59,6 +61,7 @@ pub(crate) struct Shared {
     /// This worker's inline-output limit; the gateway's, learnt at registration, caps it.
     configured_max_inline: usize,
     max_inline: AtomicUsize,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
 }
 
 impl Shared {
@@ -141,6 +144,7 @@ impl Shared {
             configured_max_inline: config.max_inline_output,
             // Nothing inline until the gateway has said what it accepts.
             max_inline: AtomicUsize::new(0),
+            metrics: deps.metrics,
         }
     }
 }

@@ -258,3 +258,55 @@ async fn unreachable_servers_are_retryable() {
         "{shown}"
     );
 }
+
+/// A metered backend times each call under its backend and the answering model, and counts
+/// failures by kind; the running gauge starts at 0.
+#[tokio::test]
+async fn metered_backends_record_latency_and_errors() {
+    use splai_worker::metrics::WorkerMetrics;
+    use splai_worker::models::ModelBackends;
+    use std::sync::Arc;
+
+    let server = ModelServer::start().await;
+    let gone = Endpoint {
+        base_url: unreachable_url(),
+        api_key: None,
+    };
+    let metrics = Arc::new(WorkerMetrics::default());
+    let backends = ModelBackends::new()
+        .with(Arc::new(ollama(&server, 0)))
+        .with(Arc::new(openai("vllm", &server, None, 0)))
+        .metered(&metrics);
+    let ok = backends.get("ollama").unwrap();
+    ok.complete(&chat("a")).await.unwrap();
+    ok.complete(&chat("b")).await.unwrap();
+    let broken = ModelBackends::new()
+        .with(Arc::new(OllamaBackend::new(
+            reqwest::Client::new(),
+            gone,
+            None,
+            0,
+        )))
+        .metered(&metrics);
+    let err = broken.get("ollama").unwrap().complete(&chat("c")).await;
+    assert!(
+        matches!(err, Err(ModelError::Unreachable { .. })),
+        "{err:?}"
+    );
+
+    let text = metrics.render();
+    for line in [
+        "worker_tasks_running 0",
+        "worker_executor_duration_seconds_count{backend=\"ollama\",model=\"llama3\"} 3",
+        "worker_model_errors_total{backend=\"ollama\",kind=\"unreachable\"} 1",
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in:\n{text}"
+        );
+    }
+    assert!(
+        !text.contains("vllm"),
+        "an unused backend has no series:\n{text}"
+    );
+}
