@@ -77,8 +77,15 @@ impl LabelCap {
 
     /// `value` if it is admitted (seen before, or there is still room), else [`OTHER`].
     pub fn fold<'a>(&self, value: &'a str) -> &'a str {
-        if read(&self.seen).contains(value) {
-            return value;
+        {
+            let seen = read(&self.seen);
+            if seen.contains(value) {
+                return value;
+            }
+            // Full: no write lock for values past the cap, however often they come.
+            if seen.len() >= self.limit {
+                return OTHER;
+            }
         }
         let mut seen = write(&self.seen);
         if seen.contains(value) || seen.len() < self.limit {
@@ -140,6 +147,15 @@ impl Family {
             self.name,
             self.labels
         );
+        // Fast path: a series already holding these exact values was admitted by the caps
+        // when it was created, so the caps need not be asked again.
+        {
+            let map = read(&self.series);
+            if let Some(s) = map.get(&hash_of(values)).and_then(|b| find(b, values)) {
+                f(&s.cell);
+                return;
+            }
+        }
         let mut folded = [""; MAX_LABELS];
         for (i, v) in values.iter().enumerate() {
             folded[i] = match &self.caps[i] {
@@ -149,7 +165,8 @@ impl Family {
         }
         let key = &folded[..values.len()];
         let hash = hash_of(key);
-        {
+        if key != values {
+            // Folded into `other`: that series usually exists already.
             let map = read(&self.series);
             if let Some(s) = map.get(&hash).and_then(|b| find(b, key)) {
                 f(&s.cell);
