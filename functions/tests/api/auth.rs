@@ -431,6 +431,8 @@ impl std::io::Write for Captured {
     }
 }
 
+/// Authenticated calls on every router, with right, wrong and unknown tokens and the requeue
+/// confirmation token: none of them appears in the log output, the audit log or the metrics.
 #[tokio::test]
 async fn no_token_reaches_the_logs() {
     let logs = Captured::default();
@@ -514,6 +516,20 @@ async fn no_token_reaches_the_logs() {
         let (_, resp) = call(&app, method, path, Some(token), body).await;
         assert!(!resp.contains(token), "{path}: {resp}");
     }
+    // What was recorded about all this: the audit log (actors are fingerprints) and metrics.
+    let (_, audit) = call(
+        &app,
+        Method::GET,
+        "/v1/admin/audit?format=csv&limit=1000",
+        Some("root-tok"),
+        None,
+    )
+    .await;
+    assert!(
+        audit.contains(&splai_functions::auth::fingerprint("ops-tok")),
+        "{audit}"
+    );
+    let (_, metrics) = call(&app, Method::GET, "/v1/metrics", Some("ops-tok"), None).await;
     let text = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
     assert!(text.contains("/v1/jobs"), "requests are logged:\n{text}");
     assert!(
@@ -531,5 +547,7 @@ async fn no_token_reaches_the_logs() {
         "wrong-confirm-secret",
     ] {
         assert!(!text.contains(token), "{token} logged:\n{text}");
+        assert!(!audit.contains(token), "{token} audited:\n{audit}");
+        assert!(!metrics.contains(token), "{token} in metrics:\n{metrics}");
     }
 }
