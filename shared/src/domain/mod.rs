@@ -8,6 +8,7 @@ mod job;
 mod queue;
 mod status;
 mod task;
+mod webhook;
 mod worker;
 
 pub use artifact::Artifact;
@@ -19,6 +20,7 @@ pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
 pub use status::{PlannerMode, Priority, Status, TaskType};
 pub use task::{Constraints, Resources, Task, TaskSpec};
+pub use webhook::{DeliveryState, WebhookAttempt, WebhookDelivery, job_event, terminal_delivery};
 pub use worker::{Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
 
 /// Wall-clock timestamps used throughout the domain (UTC, RFC 3339 on the wire).

@@ -7,6 +7,7 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod suite;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -12,7 +12,9 @@ use super::db::PgError;
 use super::jobs::{INSERT_TASKS, LOCK_JOB_ROWS, TaskArrays, load_records};
 use super::rows::{EntryArrays, entry_columns, json, to_json, unnest_entries};
 use crate::clock::to_millis;
-use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
+use crate::domain::{
+    Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp, terminal_delivery,
+};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
 /// Rewrites job rows from arrays: job id, status, updated at (ms), body. A job's tenant and
@@ -185,10 +187,14 @@ pub(super) async fn update_jobs(
         ready.extend(apply(record));
     }
     let mut changes = Changes::default();
+    let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
+        hooks.extend(terminal_delivery(loaded[id].job.status, &after[id].job));
     }
     changes.write(&mut *conn).await?;
+    // A terminal job's webhook delivery commits with its status, or neither does.
+    super::webhooks::insert(&mut *conn, &hooks).await?;
     dispatch(conn, mode, &ready).await
 }
 

@@ -10,7 +10,9 @@ use rusqlite::{Connection, OptionalExtension};
 use super::jobs::{load_job, load_tasks};
 use super::rows::{entry_columns, entry_params, entry_placeholders, json, text, to_json};
 use crate::clock::to_millis;
-use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
+use crate::domain::{
+    Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp, terminal_delivery,
+};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
 // Updates set only the columns that can change: SQLite rewrites the entries of every index
@@ -197,10 +199,14 @@ pub(super) fn update_jobs(
         ready.extend(apply(record));
     }
     let mut changes = Changes::default();
+    let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
+        hooks.extend(terminal_delivery(loaded[id].job.status, &after[id].job));
     }
     changes.write(conn)?;
+    // A terminal job's webhook delivery commits with its status, or neither does.
+    super::webhooks::insert(conn, &hooks)?;
     dispatch(conn, mode, &ready)
 }
 
