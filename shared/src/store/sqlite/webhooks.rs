@@ -29,6 +29,11 @@ const CLAIM: &str = "UPDATE webhook_deliveries SET lease_token = ?3, lease_until
     RETURNING delivery_id, job_id, tenant, event, url, body, state, attempts,
         next_attempt_ms, created_at_ms, attempt_log";
 
+/// Whether any delivery is due and unleased at ?1.
+const ANY_DUE: &str = "SELECT EXISTS (SELECT 1 FROM webhook_deliveries
+    WHERE state = 'pending' AND next_attempt_ms <= ?1
+      AND (lease_until_ms IS NULL OR lease_until_ms <= ?1))";
+
 /// Records an attempt under a lease: id, token, attempt (JSON), state, next attempt.
 const RECORD: &str = "UPDATE webhook_deliveries SET attempts = attempts + 1,
         attempt_log = json_insert(attempt_log, '$[#]', json(?3)), state = ?4,
@@ -89,6 +94,18 @@ impl WebhookOutbox for SqliteStore {
         limit: usize,
     ) -> Result<Vec<WebhookDelivery>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Every gateway asks every sweep: a reader answers "nothing due" without taking the
+        // one writer connection.
+        let due: bool = self
+            .db
+            .read(|tx| {
+                tx.prepare_cached(ANY_DUE)?
+                    .query_row([to_millis(now)], |r| r.get(0))
+            })
+            .map_err(store_err)?;
+        if !due {
+            return Ok(Vec::new());
+        }
         self.db
             .write(|tx| {
                 let mut rows: Vec<WebhookDelivery> = tx
@@ -180,7 +197,9 @@ mod tests {
     #[tokio::test]
     async fn claim_uses_the_due_index() {
         let (_dir, s) = store().await;
-        let plan = crate::store::sqlite::query_plan(&s.db, CLAIM);
-        assert!(plan.contains("webhook_due"), "{plan}");
+        for sql in [CLAIM, ANY_DUE] {
+            let plan = crate::store::sqlite::query_plan(&s.db, sql);
+            assert!(plan.contains("webhook_due"), "{plan}");
+        }
     }
 }
