@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use splai_shared::domain::{
-    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TaskSpec, TenantId,
+    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TASK_EVENTS, TaskSpec, TenantId,
+    WEBHOOK_EVENTS_KEY,
 };
 use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
@@ -233,7 +234,19 @@ pub async fn submit_batch(
 /// A job's `webhook_url` must be an allowed destination (no loopback, private or link-local
 /// address unless allowed) with a secret to sign for its tenant: 400 otherwise, nothing
 /// written.
+/// `metadata.webhook_events`, if given, must list known task events.
 fn webhook_gate(s: &AppState, new: &NewJob) -> Result<(), ApiError> {
+    if let Some(asked) = new.metadata.get(WEBHOOK_EVENTS_KEY) {
+        let known = asked.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|e| e.as_str().is_some_and(|e| TASK_EVENTS.contains(&e)))
+        });
+        if !known {
+            return Err(ApiError::invalid(format!(
+                "field `metadata.{WEBHOOK_EVENTS_KEY}` must be an array of {TASK_EVENTS:?}"
+            )));
+        }
+    }
     let (Some(url), Some(tenant)) = (&new.webhook_url, &new.tenant) else {
         return Ok(());
     };

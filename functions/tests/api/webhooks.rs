@@ -329,3 +329,54 @@ async fn pending_delivery_is_delivered_after_a_restart() {
     eventually(|| async { deliveries(&second, &job).await[0]["state"] == "delivered" }).await;
     second.shutdown().await.unwrap();
 }
+
+/// A job that asks for task events in `metadata.webhook_events` gets one per finished task
+/// beside its job event; an unknown event name is refused at submit.
+#[tokio::test]
+async fn task_events_are_sent_when_the_job_asks() {
+    let receiver = Receiver::start(SECRET, &[]).await;
+    let app = open_app(&[]).await;
+    let mut body = dag(&[("a", &[]), ("b", &["a"])]);
+    body["webhook_url"] = json!(receiver.url());
+    body["metadata"] = json!({ "webhook_events": ["task.completed"] });
+    let job = app.submit(body.clone()).await;
+    app.register("w1").await;
+    for _ in 0..2 {
+        let a = app.claim("w1", 1).await;
+        app.report(&a[0], "Completed").await;
+    }
+    let got = receiver.wait_for(3).await;
+    let mut seen: Vec<(String, String)> = got
+        .iter()
+        .map(|r| {
+            assert!(r.verified, "{r:?}");
+            assert_eq!(r.body["type"], r.event.as_str());
+            let task = r.body["data"]["task"]["task_id"].as_str().unwrap_or("-");
+            (r.event.clone(), task.to_owned())
+        })
+        .collect();
+    seen.sort();
+    let want = [
+        ("job.completed", "-"),
+        ("task.completed", "a"),
+        ("task.completed", "b"),
+    ];
+    let want: Vec<(String, String)> = want
+        .iter()
+        .map(|(e, t)| ((*e).to_owned(), (*t).to_owned()))
+        .collect();
+    assert_eq!(seen, want);
+    eventually(|| async { deliveries(&app, &job).await.len() == 3 }).await;
+
+    body["metadata"] = json!({ "webhook_events": ["task.started"] });
+    let (status, resp) = app.post("/v1/jobs", &body).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{resp}");
+    assert!(
+        resp["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("webhook_events"),
+        "{resp}"
+    );
+    app.shutdown().await.unwrap();
+}

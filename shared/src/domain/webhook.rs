@@ -1,10 +1,17 @@
-//! Webhook deliveries: one signed POST of a job event to the job's `webhook_url`, kept in a
-//! durable outbox with its attempts until delivered or given up.
+//! Webhook deliveries: one signed POST of a job event (or, when the job asks in
+//! `metadata.webhook_events`, a task event) to the job's `webhook_url`, kept in a durable
+//! outbox with its attempts until delivered or given up.
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Job, JobId, Status, TenantId, Timestamp};
+use super::{Job, JobId, JobRecord, Status, Task, TaskId, TenantId, Timestamp};
+
+/// The job metadata key that opts into task events: an array of [`TASK_EVENTS`] names.
+pub const WEBHOOK_EVENTS_KEY: &str = "webhook_events";
+
+/// The task events a job may ask for.
+pub const TASK_EVENTS: [&str; 2] = ["task.completed", "task.failed"];
 
 /// Where a delivery stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,7 +70,8 @@ pub struct WebhookDelivery {
     pub job_id: JobId,
     /// The job's tenant; picks the signing secret.
     pub tenant: TenantId,
-    /// `job.completed`, `job.failed` or `job.canceled`.
+    /// `job.completed`, `job.failed`, `job.canceled`, or (when asked) `task.completed`,
+    /// `task.failed`.
     pub event: String,
     /// Where it is POSTed.
     pub url: String,
@@ -94,33 +102,110 @@ pub fn job_event(status: Status) -> Option<&'static str> {
     }
 }
 
-/// The delivery a job change owes its webhook: one when the job has a `webhook_url` and just
-/// reached a terminal status (from `before`). Stores call this on every job they write, in the
-/// same transaction, so a committed terminal status always has its delivery.
-pub fn terminal_delivery(before: Status, after: &Job) -> Option<WebhookDelivery> {
-    let url = after.webhook_url.as_ref()?;
+/// What a job change is compared with: the statuses before the rule ran. Task statuses are
+/// kept only for a job that asked for task events, so most updates copy nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BeforeChange {
+    status: Status,
+    tasks: Vec<(TaskId, Status)>,
+}
+
+impl BeforeChange {
+    /// The statuses of `record` that [`owed_deliveries`] needs.
+    pub fn of(record: &JobRecord) -> Self {
+        let tasks = if record.job.webhook_url.is_some() && !task_events(&record.job).is_empty() {
+            record
+                .tasks
+                .iter()
+                .map(|t| (t.task_id.clone(), t.status))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            status: record.job.status,
+            tasks,
+        }
+    }
+}
+
+/// The task events `job` asked for in `metadata.webhook_events` (unknown names ignored; the
+/// gateway refuses them at submit).
+pub fn task_events(job: &Job) -> Vec<&'static str> {
+    let Some(Value::Array(asked)) = job.metadata.get(WEBHOOK_EVENTS_KEY) else {
+        return Vec::new();
+    };
+    TASK_EVENTS
+        .into_iter()
+        .filter(|e| asked.iter().any(|a| a.as_str() == Some(e)))
+        .collect()
+}
+
+/// Every delivery a job change owes its webhook: the job's terminal event, and the task
+/// events it asked for, for each task that just completed or failed for good. Stores call
+/// this on every job they write, in the same transaction, so a committed change always has
+/// its deliveries.
+pub fn owed_deliveries(before: &BeforeChange, after: &JobRecord) -> Vec<WebhookDelivery> {
+    let mut out = Vec::new();
+    if after.job.webhook_url.is_none() {
+        return out;
+    }
+    let wanted = task_events(&after.job);
+    if !wanted.is_empty() {
+        for task in &after.tasks {
+            let was = before
+                .tasks
+                .iter()
+                .find(|(id, _)| *id == task.task_id)
+                .map(|(_, s)| *s);
+            let event = match task.status {
+                Status::Completed => "task.completed",
+                Status::Failed => "task.failed",
+                _ => continue,
+            };
+            if was != Some(task.status) && wanted.contains(&event) {
+                out.extend(delivery(&after.job, event, Some(task)));
+            }
+        }
+    }
+    out.extend(terminal_delivery(before.status, &after.job));
+    out
+}
+
+/// The job event a change owes: one when the job has a `webhook_url` and just reached a
+/// terminal status (from `before`).
+fn terminal_delivery(before: Status, after: &Job) -> Option<WebhookDelivery> {
     if before == after.status {
         return None;
     }
-    let event = job_event(after.status)?;
+    delivery(after, job_event(after.status)?, None)
+}
+
+/// A new delivery of `event` about `job` (and `task`, for a task event), due at once.
+fn delivery(job: &Job, event: &str, task: Option<&Task>) -> Option<WebhookDelivery> {
+    let url = job.webhook_url.as_ref()?;
     let delivery_id = format!("whd-{}", uuid::Uuid::now_v7());
-    let created_at = after.updated_at;
+    let created_at = task.map_or(job.updated_at, |t| t.updated_at);
     let when = created_at
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default();
-    // Serialising a Job cannot fail (string keys only); `Null` would still be a valid body.
-    let job = serde_json::to_value(after).unwrap_or(Value::Null);
+    // Serialising a Job or Task cannot fail (string keys only); `Null` would still be a
+    // valid body.
+    let mut data = json!({ "job": serde_json::to_value(job).unwrap_or(Value::Null) });
+    if let Some(t) = task {
+        data["task"] = serde_json::to_value(t).unwrap_or(Value::Null);
+    }
     let body = json!({
         "id": delivery_id,
         "type": event,
         "created_at": when,
-        "data": { "job": job },
+        "data": data,
     })
     .to_string();
     Some(WebhookDelivery {
         delivery_id,
-        job_id: after.job_id.clone(),
-        tenant: after.tenant.clone(),
+        job_id: job.job_id.clone(),
+        tenant: job.tenant.clone(),
         event: event.to_owned(),
         url: url.clone(),
         body,

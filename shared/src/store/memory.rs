@@ -228,11 +228,11 @@ impl JobStore for MemoryStore {
             let Some((_, record)) = s.jobs.get_mut(id) else {
                 continue;
             };
-            let before = record.job.status;
+            let before = crate::domain::BeforeChange::of(record);
             let ready = apply(record);
-            let delivery = crate::domain::terminal_delivery(before, &record.job);
+            let owed = crate::domain::owed_deliveries(&before, record);
             s.push_outbox(&ready);
-            s.webhooks.insert(delivery);
+            s.webhooks.insert(owed);
         }
         Ok(())
     }

@@ -279,8 +279,9 @@ impl AttemptOutcome {
     }
 }
 
-/// Webhook deliveries, written by [`JobStore::update_jobs`] in the transaction that makes a
-/// job with a `webhook_url` terminal (see [`crate::domain::terminal_delivery`]), and handed out
+/// Webhook deliveries, written by [`JobStore::update_jobs`] in the transaction of the change
+/// that owes them (see [`crate::domain::owed_deliveries`]: a job with a `webhook_url` that
+/// became terminal, or a task event the job asked for), and handed out
 /// to deliverers under a lease, so that two gateway processes never send one at the same time.
 #[async_trait]
 pub trait WebhookOutbox: Send + Sync {

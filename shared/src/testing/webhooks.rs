@@ -26,6 +26,10 @@ const LEASE_MS: i64 = 30_000;
 async fn a_job<S: JobStore + ?Sized>(store: &S, webhook_url: Option<&str>) -> JobId {
     let mut new = super::a_single_task_job();
     new.webhook_url = webhook_url.map(str::to_owned);
+    write(store, new).await
+}
+
+async fn write<S: JobStore + ?Sized>(store: &S, new: crate::domain::NewJob) -> JobId {
     let specs = new.tasks.clone().unwrap_or_default();
     let id = JobId::generate();
     let defaults = TaskDefaults {
@@ -223,4 +227,67 @@ pub async fn outcomes_end_or_reschedule_deliveries<S: JobStore + WebhookOutbox +
     assert_eq!(failed.state, DeliveryState::Failed);
     assert_eq!(failed.next_attempt_at, None);
     assert_eq!(failed.attempt_log[1].status_code, Some(410));
+}
+
+/// Sets task `task` of `id` to `status` through `update_jobs`, and the job to `job` if given.
+async fn set<S: JobStore + ?Sized>(
+    store: &S,
+    id: &JobId,
+    task: &str,
+    status: Status,
+    job: Option<Status>,
+) {
+    store
+        .update_jobs(std::slice::from_ref(id), &mut |r| {
+            for t in r.tasks.iter_mut().filter(|t| t.task_id.as_str() == task) {
+                t.status = status;
+            }
+            if let Some(j) = job {
+                r.job.status = j;
+            }
+            Vec::new()
+        })
+        .await
+        .expect("update");
+}
+
+/// Task events are written only for a job that asked for them in `metadata.webhook_events`,
+/// only the ones it asked for, once per task, beside its job event.
+pub async fn task_events_only_when_asked<S: JobStore + WebhookOutbox + ?Sized>(store: &S) {
+    let two = || {
+        let mut new = super::a_job_with(vec![super::a_task("a", &[]), super::a_task("b", &[])]);
+        new.webhook_url = Some("https://hooks.example.test/tasks".into());
+        new
+    };
+    let mut asking = two();
+    asking.metadata.insert(
+        crate::domain::WEBHOOK_EVENTS_KEY.into(),
+        serde_json::json!(["task.failed"]),
+    );
+    let asking = write(store, asking).await;
+    let quiet = write(store, two()).await;
+    for id in [&asking, &quiet] {
+        set(store, id, "a", Status::Completed, None).await;
+        set(store, id, "b", Status::Failed, None).await;
+        // Written again unchanged: owes nothing more.
+        set(store, id, "b", Status::Failed, Some(Status::Failed)).await;
+    }
+    let events = |all: Vec<WebhookDelivery>| -> Vec<(String, Value)> {
+        all.iter()
+            .map(|d| {
+                let body: Value = serde_json::from_str(&d.body).expect("JSON body");
+                (d.event.clone(), body["data"]["task"]["task_id"].clone())
+            })
+            .collect()
+    };
+    let got = events(store.job_webhooks(&asking).await.unwrap());
+    assert_eq!(
+        got,
+        vec![
+            ("task.failed".to_owned(), Value::from("b")),
+            ("job.failed".to_owned(), Value::Null),
+        ]
+    );
+    let got = events(store.job_webhooks(&quiet).await.unwrap());
+    assert_eq!(got, vec![("job.failed".to_owned(), Value::Null)]);
 }

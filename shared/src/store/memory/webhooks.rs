@@ -17,8 +17,8 @@ type Row = (WebhookDelivery, Option<(String, Timestamp)>);
 pub(super) struct Deliveries(BTreeMap<String, Row>);
 
 impl Deliveries {
-    pub(super) fn insert(&mut self, d: Option<WebhookDelivery>) {
-        if let Some(d) = d {
+    pub(super) fn insert(&mut self, owed: Vec<WebhookDelivery>) {
+        for d in owed {
             self.0.insert(d.delivery_id.clone(), (d, None));
         }
     }
@@ -107,5 +107,10 @@ mod tests {
     #[tokio::test]
     async fn outcomes_end_or_reschedule_deliveries() {
         contract::outcomes_end_or_reschedule_deliveries(&MemoryStore::new()).await;
+    }
+
+    #[tokio::test]
+    async fn task_events_only_when_asked() {
+        contract::task_events_only_when_asked(&MemoryStore::new()).await;
     }
 }

@@ -13,7 +13,8 @@ use super::jobs::{INSERT_TASKS, LOCK_JOB_ROWS, TaskArrays, load_records};
 use super::rows::{EntryArrays, entry_columns, json, to_json, unnest_entries};
 use crate::clock::to_millis;
 use crate::domain::{
-    Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp, terminal_delivery,
+    BeforeChange, Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp,
+    owed_deliveries,
 };
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
@@ -190,10 +191,10 @@ pub(super) async fn update_jobs(
     let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
-        hooks.extend(terminal_delivery(loaded[id].job.status, &after[id].job));
+        hooks.extend(owed_deliveries(&BeforeChange::of(&loaded[id]), &after[id]));
     }
     changes.write(&mut *conn).await?;
-    // A terminal job's webhook delivery commits with its status, or neither does.
+    // Webhook deliveries commit with the change that owes them, or neither does.
     super::webhooks::insert(&mut *conn, &hooks).await?;
     dispatch(conn, mode, &ready).await
 }

@@ -206,4 +206,13 @@ mod tests {
         let s = PostgresStore::new(t.db.clone(), Dispatch::Direct);
         contract::outcomes_end_or_reschedule_deliveries(&s).await;
     }
+
+    #[tokio::test]
+    async fn task_events_only_when_asked() {
+        let Some(t) = TestDb::create("webhooks_task_events_only_when_asked").await else {
+            return;
+        };
+        let s = PostgresStore::new(t.db.clone(), Dispatch::Direct);
+        contract::task_events_only_when_asked(&s).await;
+    }
 }

@@ -11,7 +11,8 @@ use super::jobs::{load_job, load_tasks};
 use super::rows::{entry_columns, entry_params, entry_placeholders, json, text, to_json};
 use crate::clock::to_millis;
 use crate::domain::{
-    Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp, terminal_delivery,
+    BeforeChange, Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp,
+    owed_deliveries,
 };
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
@@ -202,10 +203,10 @@ pub(super) fn update_jobs(
     let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
-        hooks.extend(terminal_delivery(loaded[id].job.status, &after[id].job));
+        hooks.extend(owed_deliveries(&BeforeChange::of(&loaded[id]), &after[id]));
     }
     changes.write(conn)?;
-    // A terminal job's webhook delivery commits with its status, or neither does.
+    // Webhook deliveries commit with the change that owes them, or neither does.
     super::webhooks::insert(conn, &hooks)?;
     dispatch(conn, mode, &ready)
 }

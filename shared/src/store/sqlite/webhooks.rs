@@ -193,6 +193,12 @@ mod tests {
         contract::outcomes_end_or_reschedule_deliveries(&s).await;
     }
 
+    #[tokio::test]
+    async fn task_events_only_when_asked() {
+        let (_dir, s) = store().await;
+        contract::task_events_only_when_asked(&s).await;
+    }
+
     /// Claims walk the partial due index instead of scanning every delivery ever made.
     #[tokio::test]
     async fn claim_uses_the_due_index() {
