@@ -1,8 +1,10 @@
 //! The webhook-outbox contract every store passes: a job reaching a terminal status with a
 //! `webhook_url` gets exactly one delivery in the same write; deliveries are handed out only
 //! when due and to one lease holder at a time; an attempt recorded under a lost lease changes
-//! nothing; outcomes reschedule, finish or fail a delivery, and the job's log shows them all.
+//! nothing; outcomes reschedule, finish or fail a delivery, and the job's log shows them all;
+//! task events only for jobs that ask; two handles claiming at once never share a delivery.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -290,4 +292,46 @@ pub async fn task_events_only_when_asked<S: JobStore + WebhookOutbox + ?Sized>(s
     );
     let got = events(store.job_webhooks(&quiet).await.unwrap());
     assert_eq!(got, vec![("job.failed".to_owned(), Value::Null)]);
+}
+
+/// Two deliverers (two handles on one database, as two gateways hold) claiming at once never
+/// get the same delivery: every delivery is handed out exactly once while leases last.
+pub async fn concurrent_claims_hand_out_each_delivery_once<S>(a: Arc<S>, b: Arc<S>)
+where
+    S: JobStore + WebhookOutbox + ?Sized + 'static,
+{
+    const JOBS: usize = 24;
+    let mut ids = Vec::new();
+    for _ in 0..JOBS {
+        let id = a_job(&*a, Some("https://hooks.example.test/race")).await;
+        cancel(&*a, &id, 0).await;
+        ids.push(id);
+    }
+    let mut handles = Vec::new();
+    for n in 0..6 {
+        let store = if n % 2 == 0 { a.clone() } else { b.clone() };
+        handles.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let token = format!("claimer-{n}");
+                let got = store
+                    .claim_webhooks(at(0), at(LEASE_MS), &token, 3)
+                    .await
+                    .expect("claim");
+                if got.is_empty() {
+                    return mine;
+                }
+                mine.extend(got.into_iter().map(|d| d.delivery_id));
+            }
+        }));
+    }
+    let mut claimed = Vec::new();
+    for h in handles {
+        claimed.extend(h.await.expect("claimer"));
+    }
+    let total = claimed.len();
+    claimed.sort();
+    claimed.dedup();
+    assert_eq!(claimed.len(), total, "a delivery was handed out twice");
+    assert_eq!(total, JOBS, "every due delivery was handed out");
 }

@@ -109,6 +109,12 @@ mod tests {
         contract::outcomes_end_or_reschedule_deliveries(&MemoryStore::new()).await;
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_hand_out_each_delivery_once() {
+        let s = std::sync::Arc::new(MemoryStore::new());
+        contract::concurrent_claims_hand_out_each_delivery_once(s.clone(), s).await;
+    }
+
     #[tokio::test]
     async fn task_events_only_when_asked() {
         contract::task_events_only_when_asked(&MemoryStore::new()).await;

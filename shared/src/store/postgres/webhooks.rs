@@ -215,4 +215,20 @@ mod tests {
         let s = PostgresStore::new(t.db.clone(), Dispatch::Direct);
         contract::task_events_only_when_asked(&s).await;
     }
+
+    /// Two pools on one database, as two gateway processes hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_hand_out_each_delivery_once() {
+        let Some(t) = TestDb::create("webhooks_concurrent_claims").await else {
+            return;
+        };
+        let other = crate::store::postgres::PgDb::open(t.url(), 4)
+            .await
+            .unwrap();
+        contract::concurrent_claims_hand_out_each_delivery_once(
+            std::sync::Arc::new(PostgresStore::new(t.db.clone(), Dispatch::Direct)),
+            std::sync::Arc::new(PostgresStore::new(other, Dispatch::Direct)),
+        )
+        .await;
+    }
 }

@@ -193,6 +193,19 @@ mod tests {
         contract::outcomes_end_or_reschedule_deliveries(&s).await;
     }
 
+    /// Two handles on one file (two writer connections, as two processes have).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_claims_hand_out_each_delivery_once() {
+        let (dir, a) = store().await;
+        let b = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
+        let b = SqliteStore::new(b, Dispatch::Direct);
+        contract::concurrent_claims_hand_out_each_delivery_once(
+            std::sync::Arc::new(a),
+            std::sync::Arc::new(b),
+        )
+        .await;
+    }
+
     #[tokio::test]
     async fn task_events_only_when_asked() {
         let (_dir, s) = store().await;
