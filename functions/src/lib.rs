@@ -9,6 +9,7 @@
 //! - [`server`]: state built once, routers nested, sweeper loop, graceful shutdown.
 //! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
+//! - [`webhooks`]: signing, destination rules and the deliverer of job webhooks.
 
 pub mod admin;
 pub mod auth;
@@ -20,3 +21,4 @@ pub mod extract;
 pub mod gateway;
 pub mod policy;
 pub mod server;
+pub mod webhooks;

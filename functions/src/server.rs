@@ -1,5 +1,5 @@
 //! The local all-in-one server: builds state once, nests the routers (gateway, admin), runs the
-//! sweeper, and shuts down gracefully.
+//! sweeper and the webhook deliverer, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
 use crate::policy::{self, PolicyState};
+use crate::webhooks::deliver::{Deliverer, deliver_loop};
 
 /// Opens the backends (running migrations) and builds the engine.
 ///
@@ -116,7 +117,13 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let engine = build_engine(&config, clock).await?;
+    let engine = build_engine(&config, clock.clone()).await?;
+    let webhooks = Arc::new(config.webhooks.clone());
+    let deliverer = Arc::new(Deliverer::new(
+        engine.backends().webhooks.clone(),
+        clock,
+        webhooks.clone(),
+    )?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -128,6 +135,7 @@ pub async fn start(
         max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
         auth: config.auth.clone(),
+        webhooks,
     };
     let app = app(
         state,
@@ -136,6 +144,12 @@ pub async fn start(
     );
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),
+        config.sweep_interval,
+        wait_true(stop_rx.clone()),
+    ));
+    // Webhooks go out on the sweeper's cadence; a delivery's own due time decides when.
+    let delivering = tokio::spawn(deliver_loop(
+        deliverer,
         config.sweep_interval,
         wait_true(stop_rx.clone()),
     ));
@@ -157,6 +171,7 @@ pub async fn start(
             () = deadline => tracing::warn!("requests still open after the drain grace period; stopping"),
         }
         sweeper.await.context("sweeper task")?;
+        delivering.await.context("webhook deliverer task")?;
         Ok(())
     });
     Ok(Running {

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use splai_shared::domain::{
-    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TaskSpec, TenantId,
+    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TASK_EVENTS, TaskSpec, TenantId,
+    WEBHOOK_EVENTS_KEY,
 };
 use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
@@ -145,6 +146,7 @@ pub async fn submit(
     JsonBody(req): JsonBody<SubmitJobRequest>,
 ) -> Result<Response, ApiError> {
     let new = req.into_new_job(&headers, &caller)?;
+    webhook_gate(&s, &new)?;
     policy_gate(&s, &origin, &new, "/v1/jobs").await?;
     let done = s.engine.submit(new).await?;
     let body = Json(json!({ "job_id": done.job_id }));
@@ -191,6 +193,7 @@ pub async fn submit_batch(
     for raw in &req.jobs {
         let job = match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
             .and_then(|r| r.into_new_job(&headers, &caller))
+            .and_then(|j| webhook_gate(&s, &j).map(|()| j))
         {
             Ok(job) => policy_gate(&s, &origin, &job, "/v1/jobs/batch")
                 .await
@@ -226,6 +229,30 @@ pub async fn submit_batch(
         "rejected": counts[2],
         "results": results,
     })))
+}
+
+/// A job's `webhook_url` must be an allowed destination (no loopback, private or link-local
+/// address unless allowed) with a secret to sign for its tenant: 400 otherwise, nothing
+/// written.
+/// `metadata.webhook_events`, if given, must list known task events.
+fn webhook_gate(s: &AppState, new: &NewJob) -> Result<(), ApiError> {
+    if let Some(asked) = new.metadata.get(WEBHOOK_EVENTS_KEY) {
+        let known = asked.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|e| e.as_str().is_some_and(|e| TASK_EVENTS.contains(&e)))
+        });
+        if !known {
+            return Err(ApiError::invalid(format!(
+                "field `metadata.{WEBHOOK_EVENTS_KEY}` must be an array of {TASK_EVENTS:?}"
+            )));
+        }
+    }
+    let (Some(url), Some(tenant)) = (&new.webhook_url, &new.tenant) else {
+        return Ok(());
+    };
+    s.webhooks
+        .check_submit(url, tenant)
+        .map_err(|m| ApiError::invalid(format!("field `webhook_url`: {m}")))
 }
 
 /// With a policy (`SPLAI_POLICY_FILE`): the rules and the tenant's `max_running_jobs`, the

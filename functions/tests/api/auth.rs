@@ -274,6 +274,7 @@ async fn a_tenant_token_never_reaches_another_tenants_job() {
         (Method::GET, format!("/v1/jobs/{alpha_job}/tasks")),
         (Method::GET, format!("/v1/jobs/{alpha_job}/stream")),
         (Method::GET, format!("/v1/jobs/{alpha_job}/tasks/a/output")),
+        (Method::GET, format!("/v1/jobs/{alpha_job}/webhooks")),
     ];
     for (method, path) in &paths {
         let (status, body) = call(&app, method.clone(), path, Some("beta-tok"), None).await;

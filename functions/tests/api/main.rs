@@ -12,4 +12,5 @@ mod policy;
 mod prefetch;
 mod routing;
 mod scope_matrix;
+mod webhooks;
 mod workers;

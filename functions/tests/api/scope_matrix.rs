@@ -71,6 +71,8 @@ fn table() -> Vec<Row> {
         (M::GET, "/v1/jobs/{alpha}/tasks", None, [401, 401, 200, 403, 403, 200, 200, 403]),
         (M::GET, "/v1/jobs/{alpha}/tasks/a/output", None, [401, 401, 200, 403, 403, 200, 200, 200]),
         (M::GET, "/v1/jobs/{alpha}/stream", None, [401, 401, 200, 403, 403, 200, 200, 403]),
+        (M::GET, "/v1/jobs/{alpha}/webhooks", None, [401, 401, 200, 403, 403, 200, 200, 403]),
+        (M::GET, "/v1/jobs/{beta}/webhooks", None, [401, 401, 200, 403, 403, 404, 404, 403]),
         // gateway: workers
         (M::GET, "/v1/workers", None, [401, 401, 200, 200, 403, 403, 403, 403]),
         (M::POST, "/v1/workers/register", Some(worker), [401, 401, 200, 403, 403, 403, 403, 200]),

@@ -8,6 +8,7 @@ pub mod postgres;
 pub mod redis;
 pub mod services;
 pub mod suite;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
