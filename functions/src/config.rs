@@ -18,6 +18,8 @@ use splai_shared::routing::RoutingTable;
 
 use crate::admin::deadletter::RequeueGuards;
 use crate::auth::Tokens;
+use crate::webhooks::WebhookConfig;
+use crate::webhooks::address::Destinations;
 
 /// Everything `splai serve` needs.
 #[derive(Debug, Clone)]
@@ -54,6 +56,8 @@ pub struct Config {
     /// Dead-letter requeue guards (`SPLAI_ADMIN_REQUEUE_MAX_BATCH`, `_RATE_LIMIT_PER_MIN`,
     /// `_CONFIRM_THRESHOLD`, `_CONFIRM_TOKEN`).
     pub admin_requeue: RequeueGuards,
+    /// Webhook signing, retries and destination rules (`SPLAI_WEBHOOK_*`).
+    pub webhooks: WebhookConfig,
 }
 
 impl Config {
@@ -149,6 +153,7 @@ impl Config {
             routing: routing_table(&var)?,
             policy: policy_file(&var)?,
             admin_requeue: requeue_guards(&var)?,
+            webhooks: webhook_config(&var)?,
         })
     }
 }
@@ -210,6 +215,41 @@ fn requeue_guards(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Reque
         bail!("SPLAI_ADMIN_REQUEUE_MAX_BATCH must be at least 1");
     }
     Ok(guards)
+}
+
+/// `SPLAI_WEBHOOK_*`; zero attempts or a bad allowlist or secrets list fail start-up.
+fn webhook_config(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<WebhookConfig> {
+    let d = WebhookConfig::default();
+    let millis = |k: &str, d: Duration| -> anyhow::Result<Duration> {
+        Ok(Duration::from_millis(parse_or(
+            var,
+            k,
+            d.as_millis() as u64,
+        )?))
+    };
+    let tenant_secrets = match var("SPLAI_WEBHOOK_TENANT_SECRETS") {
+        Some(raw) => WebhookConfig::parse_tenant_secrets(&raw)
+            .map_err(|e| anyhow::anyhow!("invalid SPLAI_WEBHOOK_TENANT_SECRETS: {e}"))?,
+        None => d.tenant_secrets,
+    };
+    let destinations = Destinations::parse_allowlist(
+        parse_or(var, "SPLAI_WEBHOOK_ALLOW_PRIVATE", false)?,
+        var("SPLAI_WEBHOOK_ALLOWED_DESTINATIONS").as_deref(),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid SPLAI_WEBHOOK_ALLOWED_DESTINATIONS: {e}"))?;
+    let config = WebhookConfig {
+        secret: var("SPLAI_WEBHOOK_SECRET").map(Secret::new),
+        tenant_secrets,
+        max_attempts: parse_or(var, "SPLAI_WEBHOOK_MAX_ATTEMPTS", d.max_attempts)?,
+        retry_base: millis("SPLAI_WEBHOOK_RETRY_BASE_MS", d.retry_base)?,
+        retry_max: millis("SPLAI_WEBHOOK_RETRY_MAX_MS", d.retry_max)?,
+        timeout: millis("SPLAI_WEBHOOK_TIMEOUT_MS", d.timeout)?,
+        destinations: Arc::new(destinations),
+    };
+    if config.max_attempts == 0 || config.timeout.is_zero() {
+        bail!("SPLAI_WEBHOOK_MAX_ATTEMPTS and SPLAI_WEBHOOK_TIMEOUT_MS must be at least 1");
+    }
+    Ok(config)
 }
 
 fn parse_or<T: FromStr>(
@@ -364,8 +404,9 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(c.backends.postgres_max_connections, 10);
+        // Field names may say "secret"; the DSN's password may not show.
         assert!(
-            !format!("{c:?}").contains("secret"),
+            !format!("{c:?}").contains("secret@db"),
             "the DSN is not logged"
         );
         let e = config(&[
@@ -447,6 +488,51 @@ mod tests {
         for (k, v) in [
             ("SPLAI_ADMIN_REQUEUE_MAX_BATCH", "0"),
             ("SPLAI_ADMIN_REQUEUE_RATE_LIMIT_PER_MIN", "lots"),
+        ] {
+            let e = config(&[(k, v)]).unwrap_err();
+            assert!(format!("{e:#}").contains(k), "{e:#}");
+        }
+    }
+
+    #[test]
+    fn webhook_variables_are_read_once_and_bad_ones_fail_start_up() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.webhooks.max_attempts, 8);
+        assert!(!c.webhooks.destinations.allow_private);
+        assert!(c.webhooks.secret.is_none());
+        let c = config(&[
+            ("SPLAI_WEBHOOK_SECRET", "g-secret-value"),
+            ("SPLAI_WEBHOOK_TENANT_SECRETS", "acme=a-secret-value"),
+            ("SPLAI_WEBHOOK_MAX_ATTEMPTS", "3"),
+            ("SPLAI_WEBHOOK_RETRY_BASE_MS", "250"),
+            ("SPLAI_WEBHOOK_ALLOW_PRIVATE", "true"),
+            (
+                "SPLAI_WEBHOOK_ALLOWED_DESTINATIONS",
+                "10.0.0.0/8,hooks.internal",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.webhooks.max_attempts, 3);
+        assert_eq!(c.webhooks.retry_base, Duration::from_millis(250));
+        assert!(c.webhooks.destinations.allow_private);
+        assert_eq!(
+            c.webhooks.destinations.hosts,
+            vec!["hooks.internal".to_owned()]
+        );
+        assert_eq!(
+            c.webhooks
+                .secret_for(&splai_shared::domain::TenantId::parse("acme").unwrap()),
+            Some("a-secret-value")
+        );
+        assert!(
+            !format!("{c:?}").contains("secret-value"),
+            "secrets stay out of Debug"
+        );
+        for (k, v) in [
+            ("SPLAI_WEBHOOK_MAX_ATTEMPTS", "0"),
+            ("SPLAI_WEBHOOK_ALLOW_PRIVATE", "yes please"),
+            ("SPLAI_WEBHOOK_ALLOWED_DESTINATIONS", "not a host!"),
+            ("SPLAI_WEBHOOK_TENANT_SECRETS", "acme"),
         ] {
             let e = config(&[(k, v)]).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");

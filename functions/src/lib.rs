@@ -11,6 +11,7 @@
 //! - [`server`]: state built once, routers nested, sweeper loop, graceful shutdown.
 //! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
+//! - [`webhooks`]: signing, destination rules and the deliverer of job webhooks.
 
 pub mod admin;
 pub mod auth;
@@ -23,3 +24,4 @@ pub mod gateway;
 pub mod http_metrics;
 pub mod policy;
 pub mod server;
+pub mod webhooks;

@@ -1,5 +1,6 @@
 //! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy)
-//! under the request-duration middleware, runs the sweeper, and shuts down gracefully.
+//! under the request-duration middleware, runs the sweeper and the webhook deliverer, and
+//! shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use crate::error::ApiError;
 use crate::gateway::{self, AppState};
 use crate::http_metrics::HttpMetrics;
 use crate::policy::{self, PolicyState};
+use crate::webhooks::deliver::{Deliverer, deliver_loop};
 
 /// Opens the backends (running migrations) and builds the engine.
 ///
@@ -124,7 +126,13 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let engine = build_engine(&config, clock).await?;
+    let engine = build_engine(&config, clock.clone()).await?;
+    let webhooks = Arc::new(config.webhooks.clone());
+    let deliverer = Arc::new(Deliverer::new(
+        engine.backends().webhooks.clone(),
+        clock,
+        webhooks.clone(),
+    )?);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
@@ -136,6 +144,7 @@ pub async fn start(
         max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
         auth: config.auth.clone(),
+        webhooks,
     };
     let app = app(
         state,
@@ -144,6 +153,12 @@ pub async fn start(
     );
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),
+        config.sweep_interval,
+        wait_true(stop_rx.clone()),
+    ));
+    // Webhooks go out on the sweeper's cadence; a delivery's own due time decides when.
+    let delivering = tokio::spawn(deliver_loop(
+        deliverer,
         config.sweep_interval,
         wait_true(stop_rx.clone()),
     ));
@@ -165,6 +180,7 @@ pub async fn start(
             () = deadline => tracing::warn!("requests still open after the drain grace period; stopping"),
         }
         sweeper.await.context("sweeper task")?;
+        delivering.await.context("webhook deliverer task")?;
         Ok(())
     });
     Ok(Running {

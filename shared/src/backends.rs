@@ -285,7 +285,8 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
-                outbox: store,
+                outbox: store.clone(),
+                webhooks: store,
                 queue,
                 audit,
             })
@@ -324,7 +325,8 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
-                outbox: store,
+                outbox: store.clone(),
+                webhooks: store,
                 queue,
                 audit,
             })
@@ -365,7 +367,8 @@ pub fn memory() -> Backends {
     Backends {
         jobs: store.clone(),
         workers: store.clone(),
-        outbox: store,
+        outbox: store.clone(),
+        webhooks: store,
         queue: Arc::new(MemoryLeaseQueue::new()),
         audit: Arc::new(crate::store::memory::MemoryAuditLog::new()),
     }

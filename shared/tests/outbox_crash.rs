@@ -84,7 +84,8 @@ fn backends(store: Arc<SqliteStore>, queue: Arc<dyn LeaseQueue>) -> Backends {
     Backends {
         jobs: store.clone(),
         workers: store.clone(),
-        outbox: store,
+        outbox: store.clone(),
+        webhooks: store,
         queue,
         audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
     }

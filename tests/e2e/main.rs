@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod durability;
 mod postgres_faults;
+mod prefetch;
 mod redis_faults;
 mod worker_jobs;
 mod worker_lifecycle;

@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use splai_shared::domain::{
-    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TaskSpec, TenantId,
+    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TASK_EVENTS, TaskSpec, TenantId,
+    WEBHOOK_EVENTS_KEY,
 };
 use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
@@ -47,9 +48,8 @@ pub struct SubmitJobRequest {
 }
 
 impl SubmitJobRequest {
-    /// Validates what serde cannot and resolves the tenant and idempotency key from headers.
-    /// The tenant is the body's, then `X-SPLAI-Tenant`'s, then `default`, and must be one the
-    /// caller may act in (403 otherwise: the caller named it, so nothing leaks).
+    /// Validates what serde cannot and resolves the tenant ([`resolve_tenant`]) and the
+    /// idempotency key from headers.
     pub(crate) fn into_new_job(
         self,
         headers: &HeaderMap,
@@ -66,19 +66,7 @@ impl SubmitJobRequest {
                 )));
             }
         }
-        let tenant = match self.tenant {
-            Some(t) => Some(t),
-            None => header(headers, "x-splai-tenant")?
-                .map(TenantId::parse)
-                .transpose()
-                .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
-        }
-        .unwrap_or_else(TenantId::default_tenant);
-        if !caller.may_act_in(&tenant) {
-            return Err(ApiError::forbidden(format!(
-                "this token may not act in tenant `{tenant}`"
-            )));
-        }
+        let tenant = resolve_tenant(self.tenant, headers, caller)?;
         let header_key = header(headers, "idempotency-key")?;
         let idempotency_key = match (header_key, self.idempotency_key.as_deref()) {
             (Some(h), Some(b)) if h != b => {
@@ -116,6 +104,29 @@ impl SubmitJobRequest {
     }
 }
 
+/// The tenant a request acts in: the body's, then `X-SPLAI-Tenant`'s, then `default`. It must
+/// be one the caller may act in (403 otherwise: the caller named it, so nothing leaks).
+pub(crate) fn resolve_tenant(
+    body: Option<TenantId>,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<TenantId, ApiError> {
+    let tenant = match body {
+        Some(t) => Some(t),
+        None => header(headers, "x-splai-tenant")?
+            .map(TenantId::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
+    }
+    .unwrap_or_else(TenantId::default_tenant);
+    if !caller.may_act_in(&tenant) {
+        return Err(ApiError::forbidden(format!(
+            "this token may not act in tenant `{tenant}`"
+        )));
+    }
+    Ok(tenant)
+}
+
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
     headers
         .get(name)
@@ -135,6 +146,7 @@ pub async fn submit(
     JsonBody(req): JsonBody<SubmitJobRequest>,
 ) -> Result<Response, ApiError> {
     let new = req.into_new_job(&headers, &caller)?;
+    webhook_gate(&s, &new)?;
     policy_gate(&s, &origin, &new, "/v1/jobs").await?;
     let done = s.engine.submit(new).await?;
     let body = Json(json!({ "job_id": done.job_id }));
@@ -181,6 +193,7 @@ pub async fn submit_batch(
     for raw in &req.jobs {
         let job = match parse_json::<SubmitJobRequest>(raw.get().as_bytes())
             .and_then(|r| r.into_new_job(&headers, &caller))
+            .and_then(|j| webhook_gate(&s, &j).map(|()| j))
         {
             Ok(job) => policy_gate(&s, &origin, &job, "/v1/jobs/batch")
                 .await
@@ -216,6 +229,30 @@ pub async fn submit_batch(
         "rejected": counts[2],
         "results": results,
     })))
+}
+
+/// A job's `webhook_url` must be an allowed destination (no loopback, private or link-local
+/// address unless allowed) with a secret to sign for its tenant: 400 otherwise, nothing
+/// written.
+/// `metadata.webhook_events`, if given, must list known task events.
+fn webhook_gate(s: &AppState, new: &NewJob) -> Result<(), ApiError> {
+    if let Some(asked) = new.metadata.get(WEBHOOK_EVENTS_KEY) {
+        let known = asked.as_array().is_some_and(|a| {
+            a.iter()
+                .all(|e| e.as_str().is_some_and(|e| TASK_EVENTS.contains(&e)))
+        });
+        if !known {
+            return Err(ApiError::invalid(format!(
+                "field `metadata.{WEBHOOK_EVENTS_KEY}` must be an array of {TASK_EVENTS:?}"
+            )));
+        }
+    }
+    let (Some(url), Some(tenant)) = (&new.webhook_url, &new.tenant) else {
+        return Ok(());
+    };
+    s.webhooks
+        .check_submit(url, tenant)
+        .map_err(|m| ApiError::invalid(format!("field `webhook_url`: {m}")))
 }
 
 /// With a policy (`SPLAI_POLICY_FILE`): the rules and the tenant's `max_running_jobs`, the

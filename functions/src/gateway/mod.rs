@@ -6,6 +6,7 @@ pub(crate) mod jobs;
 mod reports;
 mod stream;
 mod tasks;
+mod webhooks;
 mod workers;
 
 use std::sync::Arc;
@@ -33,6 +34,8 @@ pub struct AppState {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// API tokens (`SPLAI_API_TOKENS` and roles); `None` means auth is off.
     pub auth: Option<Arc<Tokens>>,
+    /// Webhook destination rules and secrets, checked at submit (`SPLAI_WEBHOOK_*`).
+    pub webhooks: Arc<crate::webhooks::WebhookConfig>,
 }
 
 /// The gateway's routes, each with the permission it needs (see [`Permission`] for the scopes
@@ -64,6 +67,7 @@ pub fn router(state: AppState) -> Router {
             g(P::OutputRead, get(tasks::output)),
         )
         .route("/v1/jobs/{id}/stream", g(P::JobRead, get(stream::stream)))
+        .route("/v1/jobs/{id}/webhooks", g(P::JobRead, get(webhooks::list)))
         .route("/v1/workers", g(P::Operator, get(workers::list)))
         .route(
             "/v1/workers/register",

@@ -11,5 +11,8 @@ mod jobs;
 mod metrics;
 mod observability;
 mod policy;
+mod prefetch;
 mod routing;
+mod scope_matrix;
+mod webhooks;
 mod workers;

@@ -8,6 +8,7 @@ mod job;
 mod queue;
 mod status;
 mod task;
+mod webhook;
 mod worker;
 
 pub use artifact::Artifact;
@@ -19,6 +20,10 @@ pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
 pub use status::{PlannerMode, Priority, Status, TaskType};
 pub use task::{Constraints, Resources, Task, TaskSpec};
+pub use webhook::{
+    BeforeChange, DeliveryState, TASK_EVENTS, WEBHOOK_EVENTS_KEY, WebhookAttempt, WebhookDelivery,
+    job_event, owed_deliveries, task_events,
+};
 pub use worker::{Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
 
 /// Wall-clock timestamps used throughout the domain (UTC, RFC 3339 on the wire).

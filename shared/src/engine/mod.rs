@@ -31,7 +31,7 @@ use crate::clock::Clock;
 use crate::domain::{JobId, JobRecord, QueueEntry};
 use crate::planner::{PlanError, Planner};
 use crate::queue::{LeaseQueue, QueueError};
-use crate::store::{AuditLog, DispatchOutbox, JobStore, StoreError, WorkerStore};
+use crate::store::{AuditLog, DispatchOutbox, JobStore, StoreError, WebhookOutbox, WorkerStore};
 use rules::Effects;
 
 /// Engine tunables, with the defaults documented in the README.
@@ -118,6 +118,8 @@ pub struct Backends {
     pub queue: Arc<dyn LeaseQueue>,
     /// The tamper-evident audit log.
     pub audit: Arc<dyn AuditLog>,
+    /// Webhook deliveries owed by terminal jobs (the same store as `jobs`, which writes them).
+    pub webhooks: Arc<dyn WebhookOutbox>,
 }
 
 /// What a rule did to one job, kept until its transaction commits.

@@ -4,6 +4,7 @@
 //! that an external queue uses in production.
 
 mod audit;
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -30,6 +31,7 @@ struct State {
     workers: BTreeMap<WorkerId, Worker>,
     outbox: BTreeMap<i64, QueueEntry>,
     next_outbox: i64,
+    webhooks: webhooks::Deliveries,
 }
 
 impl State {
@@ -226,8 +228,11 @@ impl JobStore for MemoryStore {
             let Some((_, record)) = s.jobs.get_mut(id) else {
                 continue;
             };
+            let before = crate::domain::BeforeChange::of(record);
             let ready = apply(record);
+            let owed = crate::domain::owed_deliveries(&before, record);
             s.push_outbox(&ready);
+            s.webhooks.insert(owed);
         }
         Ok(())
     }

@@ -10,9 +10,9 @@
 use async_trait::async_trait;
 
 use crate::domain::{
-    AuditEvent, ChainReport, ChainWalk, Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId,
-    NewAuditEvent, QueueEntry, Status, Task, TaskRef, TenantId, Timestamp, Worker, WorkerId,
-    WorkerRegistration,
+    AuditEvent, ChainReport, ChainWalk, DeliveryState, Heartbeat, IdempotencyKey, Job, JobId,
+    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskRef, TenantId, Timestamp,
+    WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
 };
 
 pub mod memory;
@@ -255,6 +255,59 @@ pub trait DispatchOutbox: Send + Sync {
 
     /// Forgets entries the queue has accepted.
     async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), StoreError>;
+}
+
+/// What an attempt means for its delivery: the deliverer decides, the store records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttemptOutcome {
+    /// Delivered; no more attempts.
+    Delivered,
+    /// Try again at this time.
+    Retry(Timestamp),
+    /// Give up; no more attempts.
+    Failed,
+}
+
+impl AttemptOutcome {
+    /// The delivery's state and next due time after this outcome.
+    pub fn state_and_next(self) -> (DeliveryState, Option<Timestamp>) {
+        match self {
+            AttemptOutcome::Delivered => (DeliveryState::Delivered, None),
+            AttemptOutcome::Retry(at) => (DeliveryState::Pending, Some(at)),
+            AttemptOutcome::Failed => (DeliveryState::Failed, None),
+        }
+    }
+}
+
+/// Webhook deliveries, written by [`JobStore::update_jobs`] in the transaction of the change
+/// that owes them (see [`crate::domain::owed_deliveries`]: a job with a `webhook_url` that
+/// became terminal, or a task event the job asked for), and handed out
+/// to deliverers under a lease, so that two gateway processes never send one at the same time.
+#[async_trait]
+pub trait WebhookOutbox: Send + Sync {
+    /// Leases up to `limit` pending deliveries due at `now` whose lease (if any) ran out, to
+    /// `token` until `lease_until`, oldest due first.
+    async fn claim_webhooks(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        token: &str,
+        limit: usize,
+    ) -> Result<Vec<WebhookDelivery>, StoreError>;
+
+    /// Records an attempt on a delivery leased to `token`: appends it to the log, counts it,
+    /// applies `outcome` and ends the lease. `false` (and nothing written) when the delivery
+    /// is no longer leased to `token` (its lease ran out and another deliverer took it).
+    async fn record_webhook_attempt(
+        &self,
+        delivery_id: &str,
+        token: &str,
+        attempt: &WebhookAttempt,
+        outcome: AttemptOutcome,
+    ) -> Result<bool, StoreError>;
+
+    /// A job's deliveries, oldest first, with their attempts.
+    async fn job_webhooks(&self, job_id: &JobId) -> Result<Vec<WebhookDelivery>, StoreError>;
 }
 
 /// Filters for listing audit events, newest first. Every filter is an exact match except

@@ -96,6 +96,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 mod update;
+mod webhooks;
 
 /// [`JobStore`], [`WorkerStore`] and [`DispatchOutbox`] on a Postgres database.
 #[derive(Debug, Clone)]

@@ -34,6 +34,7 @@ mod rows;
 #[cfg(test)]
 mod tests;
 mod update;
+mod webhooks;
 mod writer;
 
 /// [`JobStore`], [`WorkerStore`] and [`DispatchOutbox`] on a SQLite file.

@@ -6,7 +6,9 @@ pub mod audit;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod services;
 pub mod suite;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

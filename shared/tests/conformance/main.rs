@@ -34,7 +34,8 @@ mod sqlite {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -49,7 +50,8 @@ mod sqlite {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -85,7 +87,8 @@ mod redis_queue {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue: Arc::new(redis.queue(5).await),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -103,7 +106,8 @@ mod redis_queue {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue: Arc::new(redis.queue(5).await),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -129,7 +133,8 @@ mod postgres {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -144,7 +149,8 @@ mod postgres {
         let b = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -176,7 +182,8 @@ async fn postgres_dispatch_wakes_long_polls_of_other_gateways() {
         let backends = Backends {
             jobs: store.clone(),
             workers: store.clone(),
-            outbox: store,
+            outbox: store.clone(),
+            webhooks: store,
             queue: Arc::new(PostgresLeaseQueue::new(db)),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };

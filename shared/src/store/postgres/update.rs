@@ -12,7 +12,10 @@ use super::db::PgError;
 use super::jobs::{INSERT_TASKS, LOCK_JOB_ROWS, TaskArrays, load_records};
 use super::rows::{EntryArrays, entry_columns, json, to_json, unnest_entries};
 use crate::clock::to_millis;
-use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
+use crate::domain::{
+    BeforeChange, Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp,
+    owed_deliveries,
+};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
 /// Rewrites job rows from arrays: job id, status, updated at (ms), body. A job's tenant and
@@ -185,10 +188,14 @@ pub(super) async fn update_jobs(
         ready.extend(apply(record));
     }
     let mut changes = Changes::default();
+    let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
+        hooks.extend(owed_deliveries(&BeforeChange::of(&loaded[id]), &after[id]));
     }
     changes.write(&mut *conn).await?;
+    // Webhook deliveries commit with the change that owes them, or neither does.
+    super::webhooks::insert(&mut *conn, &hooks).await?;
     dispatch(conn, mode, &ready).await
 }
 

@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_audit_events",
         include_str!("../../../../migrations/sqlite/0005_audit_events.sql"),
     ),
+    (
+        6,
+        "0006_webhook_deliveries",
+        include_str!("../../../../migrations/sqlite/0006_webhook_deliveries.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;
@@ -558,8 +563,9 @@ mod tests {
         })
         .await
         .unwrap();
+        // Later migrations follow; the rebuild is the next one applied.
         assert_eq!(
-            db.migrate().await.unwrap(),
+            db.migrate().await.unwrap()[..2],
             ["0004_tasks_rowid_table", "0005_audit_events"]
         );
         let rows = db

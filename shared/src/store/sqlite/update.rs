@@ -10,7 +10,10 @@ use rusqlite::{Connection, OptionalExtension};
 use super::jobs::{load_job, load_tasks};
 use super::rows::{entry_columns, entry_params, entry_placeholders, json, text, to_json};
 use crate::clock::to_millis;
-use crate::domain::{Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp};
+use crate::domain::{
+    BeforeChange, Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp,
+    owed_deliveries,
+};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
 // Updates set only the columns that can change: SQLite rewrites the entries of every index
@@ -197,10 +200,14 @@ pub(super) fn update_jobs(
         ready.extend(apply(record));
     }
     let mut changes = Changes::default();
+    let mut hooks = Vec::new();
     for id in order {
         changes.diff(&loaded[id], &after[id]);
+        hooks.extend(owed_deliveries(&BeforeChange::of(&loaded[id]), &after[id]));
     }
     changes.write(conn)?;
+    // Webhook deliveries commit with the change that owes them, or neither does.
+    super::webhooks::insert(conn, &hooks)?;
     dispatch(conn, mode, &ready)
 }
 
