@@ -54,6 +54,12 @@ pub struct Config {
     /// Dead-letter requeue guards (`SPLAI_ADMIN_REQUEUE_MAX_BATCH`, `_RATE_LIMIT_PER_MIN`,
     /// `_CONFIRM_THRESHOLD`, `_CONFIRM_TOKEN`).
     pub admin_requeue: RequeueGuards,
+    /// Whether the OpenAI-compatible routes are served (`SPLAI_OPENAI_COMPAT`, default
+    /// `false`; `splai dev` turns it on unless the variable says otherwise).
+    pub openai_compat: bool,
+    /// How long an OpenAI-compatible request waits for its job
+    /// (`SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS`, default 60).
+    pub openai_timeout: Duration,
 }
 
 impl Config {
@@ -144,6 +150,17 @@ impl Config {
             routing: routing_table(&var)?,
             policy: policy_file(&var)?,
             admin_requeue: requeue_guards(&var)?,
+            openai_compat: parse_or(&var, "SPLAI_OPENAI_COMPAT", false)?,
+            openai_timeout: {
+                let t = secs(
+                    "SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS",
+                    crate::openai::DEFAULT_TIMEOUT.as_secs(),
+                )?;
+                if t.is_zero() {
+                    bail!("SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS must be at least 1");
+                }
+                t
+            },
         })
     }
 }

@@ -3,6 +3,7 @@
 //! Layout:
 //! - [`gateway`]: the gateway's axum router and handlers.
 //! - [`admin`]: the admin router (the audit log) and [`admin::audit::record`].
+//! - [`openai`]: the OpenAI-compatible router (`SPLAI_OPENAI_COMPAT=true`).
 //! - [`auth`]: tokens, scopes, roles and tenancy; the layer every non-health route runs.
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
@@ -18,5 +19,6 @@ pub mod dev;
 pub mod error;
 pub mod extract;
 pub mod gateway;
+pub mod openai;
 pub mod policy;
 pub mod server;

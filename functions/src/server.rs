@@ -1,5 +1,5 @@
-//! The local all-in-one server: builds state once, nests the routers (gateway, admin), runs the
-//! sweeper, and shuts down gracefully.
+//! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy,
+//! and the OpenAI-compatible one when enabled), runs the sweeper, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,6 +21,7 @@ use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
+use crate::openai::{self, OpenAiState};
 use crate::policy::{self, PolicyState};
 
 /// Opens the backends (running migrations) and builds the engine.
@@ -43,8 +44,14 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
     ))
 }
 
-/// The whole HTTP application with its layers.
-pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) -> Router {
+/// The whole HTTP application with its layers; `openai_timeout`, when set, serves the
+/// OpenAI-compatible routes with that timeout (`SPLAI_OPENAI_COMPAT=true`).
+pub fn app(
+    state: AppState,
+    requeue: Arc<RequeueGuards>,
+    max_body_bytes: usize,
+    openai_timeout: Option<Duration>,
+) -> Router {
     let admin = admin::router(AdminState {
         engine: state.engine.clone(),
         auth: state.auth.clone(),
@@ -54,10 +61,17 @@ pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) 
         engine: state.engine.clone(),
         auth: state.auth.clone(),
     });
-    gateway::router(state)
-        .merge(admin)
-        .merge(policy)
-        .fallback(|| async { ApiError::not_found("no such route") })
+    let openai = openai_timeout.map(|timeout| {
+        openai::router(OpenAiState {
+            app: state.clone(),
+            timeout,
+        })
+    });
+    let mut app = gateway::router(state).merge(admin).merge(policy);
+    if let Some(openai) = openai {
+        app = app.merge(openai);
+    }
+    app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
@@ -133,6 +147,7 @@ pub async fn start(
         state,
         Arc::new(config.admin_requeue.clone()),
         config.max_body_bytes,
+        config.openai_compat.then_some(config.openai_timeout),
     );
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),

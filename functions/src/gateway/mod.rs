@@ -1,5 +1,7 @@
-//! The gateway router: jobs, tasks, workers, reports, the event stream and health.
+//! The gateway router: jobs, tasks, workers, reports, streamed task output, the event stream
+//! and health.
 
+mod chunks;
 mod health;
 pub(crate) mod jobs;
 mod reports;
@@ -81,6 +83,10 @@ pub fn router(state: AppState) -> Router {
             g(P::TaskReport, post(workers::release)),
         )
         .route("/v1/tasks/report", g(P::TaskReport, post(reports::report)))
+        .route(
+            "/v1/tasks/{job}/{task}/chunks",
+            g(P::TaskReport, post(chunks::append)),
+        )
         .route("/v1/metrics", g(P::Metrics, get(health::metrics)))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))

@@ -3,6 +3,7 @@
 
 mod artifact;
 mod audit;
+mod chunk;
 mod ids;
 mod job;
 mod queue;
@@ -14,12 +15,13 @@ pub use artifact::Artifact;
 pub use audit::{
     AuditEvent, ChainReport, ChainWalk, GENESIS_HASH, NewAuditEvent, canonical, event_hash,
 };
+pub use chunk::TaskChunk;
 pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
 pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
 pub use status::{PlannerMode, Priority, Status, TaskType};
 pub use task::{Constraints, Resources, Task, TaskSpec};
-pub use worker::{Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
+pub use worker::{ANY_MODEL, Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
 
 /// Wall-clock timestamps used throughout the domain (UTC, RFC 3339 on the wire).
 pub type Timestamp = time::OffsetDateTime;

@@ -34,6 +34,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0002_audit_events",
         include_str!("../../../../migrations/postgres/0002_audit_events.sql"),
     ),
+    (
+        3,
+        "0003_task_chunks",
+        include_str!("../../../../migrations/postgres/0003_task_chunks.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations take, so that two processes starting together do not both

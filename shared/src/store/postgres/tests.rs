@@ -696,7 +696,7 @@ async fn migrations_are_applied_once_even_by_racing_processes() {
             .fetch_all(t.db.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     sqlx::query("UPDATE schema_migrations SET checksum = 'edited' WHERE version = 1")
         .execute(t.db.pool())
         .await
@@ -735,7 +735,7 @@ async fn racing_first_migrations_apply_the_schema_once() {
     applied.sort();
     assert_eq!(
         applied,
-        ["0001_init", "0002_audit_events"],
+        ["0001_init", "0002_audit_events", "0003_task_chunks"],
         "one process applied each, the rest found it"
     );
 }

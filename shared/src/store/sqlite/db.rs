@@ -47,6 +47,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_audit_events",
         include_str!("../../../../migrations/sqlite/0005_audit_events.sql"),
     ),
+    (
+        6,
+        "0006_task_chunks",
+        include_str!("../../../../migrations/sqlite/0006_task_chunks.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;
@@ -560,7 +565,11 @@ mod tests {
         .unwrap();
         assert_eq!(
             db.migrate().await.unwrap(),
-            ["0004_tasks_rowid_table", "0005_audit_events"]
+            [
+                "0004_tasks_rowid_table",
+                "0005_audit_events",
+                "0006_task_chunks"
+            ]
         );
         let rows = db
             .read(|tx| {
