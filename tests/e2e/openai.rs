@@ -394,11 +394,12 @@ async fn errors_have_the_openai_shape() {
 #[tokio::test]
 async fn timeout_answers_504_and_cancels_the_job() {
     let double = ModelServer::start().await;
-    double.set_delay(Some(Duration::from_secs(20)));
     let mut env = compat();
     env.push(("SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS", "1"));
     let fabric = Fabric::start(&env);
     let _worker = fabric.worker("w-slow", &ollama(&double)).await;
+    // Slow from now on (the worker listed its models at start-up).
+    double.set_delay(Some(Duration::from_secs(20)));
 
     let (status, _, body) = post(
         &fabric.server.base,
@@ -410,19 +411,24 @@ async fn timeout_answers_504_and_cancels_the_job() {
     assert_openai_error(&body, "timeout_error");
     let job = the_job(&fabric).await;
     assert_eq!(job["status"], "Canceled", "{job}");
+    assert_eq!(
+        double.requests("/api/chat"),
+        1,
+        "the model was asked, and it was slow"
+    );
 }
 
 /// A client that disconnects while waiting cancels its job, which stops the model call.
 #[tokio::test]
 async fn disconnecting_client_cancels_its_job() {
     let double = ModelServer::start().await;
-    double.set_delay(Some(Duration::from_secs(60)));
     let fabric = Fabric::start(&[
         ("SPLAI_OPENAI_COMPAT", "true"),
         ("SPLAI_HEARTBEAT_SECONDS", "1"),
         ("SPLAI_LEASE_SECONDS", "5"),
     ]);
     let _worker = fabric.worker("w-gone", &ollama(&double)).await;
+    double.set_delay(Some(Duration::from_secs(60)));
 
     for stream in [false, true] {
         let before = double.requests("/api/chat");
