@@ -38,7 +38,6 @@ async fn main() {
             ("SPLAI_WORKER_BACKENDS", "openai"),
             ("SPLAI_OPENAI_BASE_URL", double.url()),
             ("SPLAI_ARTIFACT_ROOT", root),
-            ("SPLAI_LOG", "warn"),
         ],
     )
     .await;
