@@ -58,6 +58,12 @@ pub struct Config {
     pub admin_requeue: RequeueGuards,
     /// Webhook signing, retries and destination rules (`SPLAI_WEBHOOK_*`).
     pub webhooks: WebhookConfig,
+    /// Whether the OpenAI-compatible routes are served (`SPLAI_OPENAI_COMPAT`, default
+    /// `false`; `splai dev` turns it on unless the variable says otherwise).
+    pub openai_compat: bool,
+    /// How long an OpenAI-compatible request waits for its job
+    /// (`SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS`, default 60).
+    pub openai_timeout: Duration,
 }
 
 impl Config {
@@ -154,6 +160,17 @@ impl Config {
             policy: policy_file(&var)?,
             admin_requeue: requeue_guards(&var)?,
             webhooks: webhook_config(&var)?,
+            openai_compat: parse_or(&var, "SPLAI_OPENAI_COMPAT", false)?,
+            openai_timeout: {
+                let t = secs(
+                    "SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS",
+                    crate::openai::DEFAULT_TIMEOUT.as_secs(),
+                )?;
+                if t.is_zero() {
+                    bail!("SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS must be at least 1");
+                }
+                t
+            },
         })
     }
 }

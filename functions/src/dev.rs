@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use splai_shared::clock::SystemClock;
+use splai_shared::domain::ANY_MODEL;
 use splai_worker::config::Config as WorkerConfig;
 use tokio_util::sync::CancellationToken;
 
@@ -20,7 +21,8 @@ const DEV_DEFAULTS: &[(&str, &str)] = &[
 ];
 
 /// The worker's configuration for a gateway at `base`: the environment first, then the dev
-/// defaults; the echo backend when no model server is configured.
+/// defaults; the echo backend when no model server is configured, advertising every model
+/// (`*`), so whatever model a client names (an OpenAI SDK's `gpt-4o-mini`) is answered.
 ///
 /// # Errors
 /// An invalid worker variable, named in the message.
@@ -46,6 +48,7 @@ pub fn worker_config(
     let mut config = WorkerConfig::from_lookup(lookup)?;
     if config.capabilities.backends.is_empty() && config.models.configured().is_empty() {
         config.capabilities.backends = vec!["echo".to_owned()];
+        config.capabilities.models.push(ANY_MODEL.to_owned());
     }
     Ok(config)
 }
@@ -56,6 +59,10 @@ pub fn worker_config(
 /// # Errors
 /// Start-up failures of either.
 pub async fn run(mut config: Config, listen: Option<SocketAddr>) -> anyhow::Result<()> {
+    // A fresh checkout should answer OpenAI SDKs; SPLAI_OPENAI_COMPAT=false still turns it off.
+    if std::env::var("SPLAI_OPENAI_COMPAT").is_err() {
+        config.openai_compat = true;
+    }
     config.listen =
         listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], config.listen.port())));
     let stop_server = CancellationToken::new();
@@ -122,6 +129,12 @@ fn print_banner(base: &str, config: &Config, worker: &WorkerConfig) {
     eprintln!("  curl -s {base}/v1/jobs -d '{{\"type\":\"chat\",\"input\":\"Hello, SPLAI\"}}'");
     eprintln!("  curl -s {base}/v1/jobs/<job_id>");
     eprintln!("  curl -s {base}/v1/jobs/<job_id>/tasks/generate/output");
+    if config.openai_compat {
+        eprintln!(
+            "  curl -s {base}/v1/chat/completions -d '{{\"model\":\"any\",\"messages\":[{{\"role\":\"user\",\"content\":\"Hi\"}}]}}'"
+        );
+        eprintln!("  (OpenAI SDKs: base_url={base}/v1)");
+    }
     eprintln!();
     eprintln!(
         "Ctrl-C stops the worker (running tasks finish or are handed back), then the server."
@@ -156,12 +169,21 @@ mod tests {
     fn dev_worker_uses_echo_only_without_a_model_server() {
         let bare = worker(&[]);
         assert_eq!(bare.capabilities.backends, ["echo"]);
+        assert_eq!(
+            bare.capabilities.models,
+            [ANY_MODEL],
+            "echo serves every model"
+        );
         assert_eq!(bare.gateway.url, "http://127.0.0.1:9");
         assert_eq!(bare.capabilities.worker_id.unwrap().as_str(), "dev-worker");
         let ollama = worker(&[("SPLAI_OLLAMA_BASE_URL", "http://127.0.0.1:11434")]);
         assert!(
             ollama.capabilities.backends.is_empty(),
             "all configured servers"
+        );
+        assert!(
+            ollama.capabilities.models.is_empty(),
+            "only what the server lists"
         );
         assert_eq!(ollama.models.configured()[0].0, "ollama");
         let chosen = worker(&[("SPLAI_WORKER_BACKENDS", "echo"), ("SPLAI_WORKER_ID", "me")]);

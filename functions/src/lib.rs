@@ -5,6 +5,7 @@
 //! - [`admin`]: the admin router (dead letters, the audit log, metrics) and
 //!   [`admin::audit::record`].
 //! - [`http_metrics`]: the request-duration middleware on the whole server.
+//! - [`openai`]: the OpenAI-compatible router (`SPLAI_OPENAI_COMPAT=true`).
 //! - [`auth`]: tokens, scopes, roles and tenancy; the layer every non-health route runs.
 //! - [`error`], [`extract`]: the one API error type and the extractors that produce it.
 //! - [`config`]: `SPLAI_*` variables, read once.
@@ -22,6 +23,7 @@ pub mod error;
 pub mod extract;
 pub mod gateway;
 pub mod http_metrics;
+pub mod openai;
 pub mod policy;
 pub mod server;
 pub mod webhooks;

@@ -1,6 +1,6 @@
-//! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy)
-//! under the request-duration middleware, runs the sweeper and the webhook deliverer, and
-//! shuts down gracefully.
+//! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy,
+//! and the OpenAI-compatible one when enabled) under the request-duration middleware, runs the
+//! sweeper and the webhook deliverer, and shuts down gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::gateway::{self, AppState};
 use crate::http_metrics::HttpMetrics;
+use crate::openai::{self, OpenAiState};
 use crate::policy::{self, PolicyState};
 use crate::webhooks::deliver::{Deliverer, deliver_loop};
 
@@ -46,8 +47,14 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
     ))
 }
 
-/// The whole HTTP application with its layers.
-pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) -> Router {
+/// The whole HTTP application with its layers; `openai_timeout`, when set, serves the
+/// OpenAI-compatible routes with that timeout (`SPLAI_OPENAI_COMPAT=true`).
+pub fn app(
+    state: AppState,
+    requeue: Arc<RequeueGuards>,
+    max_body_bytes: usize,
+    openai_timeout: Option<Duration>,
+) -> Router {
     let admin = admin::router(AdminState {
         engine: state.engine.clone(),
         auth: state.auth.clone(),
@@ -58,10 +65,17 @@ pub fn app(state: AppState, requeue: Arc<RequeueGuards>, max_body_bytes: usize) 
         auth: state.auth.clone(),
     });
     let http_metrics = HttpMetrics::new(state.engine.metrics().registry());
-    gateway::router(state)
-        .merge(admin)
-        .merge(policy)
-        .fallback(|| async { ApiError::not_found("no such route") })
+    let openai = openai_timeout.map(|timeout| {
+        openai::router(OpenAiState {
+            app: state.clone(),
+            timeout,
+        })
+    });
+    let mut app = gateway::router(state).merge(admin).merge(policy);
+    if let Some(openai) = openai {
+        app = app.merge(openai);
+    }
+    app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http())
@@ -150,6 +164,7 @@ pub async fn start(
         state,
         Arc::new(config.admin_requeue.clone()),
         config.max_body_bytes,
+        config.openai_compat.then_some(config.openai_timeout),
     );
     let sweeper = tokio::spawn(sweep_loop(
         engine.clone(),

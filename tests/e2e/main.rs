@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod durability;
+mod openai;
 mod postgres_faults;
 mod prefetch;
 mod redis_faults;

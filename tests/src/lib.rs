@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-/// The path of a workspace binary, built on first use.
+/// The path of a workspace binary, built on first use: a release build when the caller is
+/// itself built with optimisations (a benchmark binary), else a debug build (the tests).
 ///
 /// # Panics
 /// When cargo cannot build it; the test cannot run without it.
@@ -26,16 +27,20 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
         return p.clone();
     }
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            package,
-            "--bin",
-            bin,
-            "--message-format=json",
-        ])
+    let mut cmd = Command::new(cargo);
+    cmd.args([
+        "build",
+        "--quiet",
+        "-p",
+        package,
+        "--bin",
+        bin,
+        "--message-format=json",
+    ]);
+    if !cfg!(debug_assertions) {
+        cmd.arg("--release");
+    }
+    let out = cmd
         .stderr(Stdio::inherit())
         .output()
         .expect("run cargo build");

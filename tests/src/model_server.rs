@@ -5,7 +5,8 @@
 //! It runs on `127.0.0.1:0` inside the calling test's tokio runtime and serves any number of
 //! concurrent requests (end-to-end tests point real worker processes at it).
 //!
-//! Answers: completions are `double: <prompt>`; vectors have [`DIMENSION`] values derived
+//! Answers: completions are `double: <prompt>` (streamed word by word when the request asks
+//! for `stream: true`, paced by [`ModelServer::set_stream_pace`]); vectors have [`DIMENSION`] values derived
 //! from the text ([`vector_for`]); `/v1/retrieve` (a remote retrieval service) returns the
 //! first `top_k` documents it was given; the Hugging Face endpoints serve [`HF_FILES`] for any
 //! `org/name`.
@@ -58,6 +59,7 @@ struct Failure {
 struct Script {
     failures: HashMap<String, VecDeque<Failure>>,
     delay: Option<Duration>,
+    stream_pace: Duration,
     requests: HashMap<String, usize>,
     bodies: HashMap<String, Value>,
     authorization: HashMap<String, String>,
@@ -120,6 +122,12 @@ impl ModelServer {
     /// Makes every request wait `delay` before it is answered (`None`: answer at once).
     pub fn set_delay(&self, delay: Option<Duration>) {
         self.state.script().delay = delay;
+    }
+
+    /// Makes streamed answers (`stream: true`) pause `pace` before each piece, so that a
+    /// client sees them arrive one by one (zero, the default: all at once).
+    pub fn set_stream_pace(&self, pace: Duration) {
+        self.state.script().stream_pace = pace;
     }
 
     /// Requests received for `path` (counted on arrival, failures and drops included).
@@ -207,7 +215,7 @@ fn router(state: Arc<Shared>) -> Router {
 /// failure or the real handler. A request dropped before it is answered is counted.
 async fn script(State(state): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = axum::body::to_bytes(body, BODY_LIMIT)
         .await
         .unwrap_or_default();
@@ -222,6 +230,7 @@ async fn script(State(state): State<Arc<Shared>>, req: Request, next: Next) -> R
             script.authorization.insert(path.clone(), auth);
         }
         let failure = script.failures.get_mut(&path).and_then(VecDeque::pop_front);
+        parts.extensions.insert(StreamPace(script.stream_pace));
         (failure, script.delay)
     };
     let mut pending = Pending {
@@ -240,6 +249,31 @@ async fn script(State(state): State<Arc<Shared>>, req: Request, next: Next) -> R
     };
     pending.answered = true;
     response
+}
+
+/// The pause before each piece of a streamed answer, handed to the handlers by [`script`].
+#[derive(Clone, Copy, Default)]
+struct StreamPace(Duration);
+
+/// A streamed answer: `pieces` sent one by one, `pace` apart, as `content_type`.
+fn paced(pieces: Vec<String>, pace: StreamPace, content_type: &'static str) -> Response {
+    let stream = futures::stream::unfold(pieces.into_iter(), move |mut rest| async move {
+        let piece = rest.next()?;
+        if !pace.0.is_zero() {
+            tokio::time::sleep(pace.0).await;
+        }
+        Some((Ok::<_, std::convert::Infallible>(piece), rest))
+    });
+    (
+        [(header::CONTENT_TYPE, content_type)],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+/// The pieces a streamed answer of `text` comes in: each word with its following space.
+fn pieces(text: &str) -> Vec<String> {
+    text.split_inclusive(' ').map(str::to_owned).collect()
 }
 
 /// Counts a request as dropped when its handling future is dropped before it answered.

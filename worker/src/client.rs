@@ -240,6 +240,49 @@ impl GatewayClient {
         Err(classify(status.as_u16(), &bytes))
     }
 
+    /// Sends pieces of a running task's output (model tokens) as the holder of `lease`,
+    /// numbered from `first_seq`. `false` when the gateway says the lease is no longer the
+    /// task's current one (409): nothing more should be sent for it.
+    ///
+    /// # Errors
+    /// Classified gateway failures.
+    pub async fn send_chunks(
+        &self,
+        job: &str,
+        task: &str,
+        lease: &str,
+        first_seq: u32,
+        chunks: &[String],
+    ) -> Result<bool, GatewayError> {
+        let url = self.task_url(job, task, "chunks")?;
+        let body = json!({ "lease_id": lease, "first_seq": first_seq, "chunks": chunks });
+        let req = self
+            .authorized(self.http.post(url))
+            .timeout(REQUEST_TIMEOUT)
+            .json(&body);
+        match self.send::<Value>(req).await {
+            Ok(_) => Ok(true),
+            Err(GatewayError::Rejected { status: 409, .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `<base>/v1/tasks/<job>/<task>/<tail>`, each id one escaped path segment.
+    fn task_url(&self, job: &str, task: &str, tail: &str) -> Result<reqwest::Url, GatewayError> {
+        let mut url = reqwest::Url::parse(&self.base).map_err(|e| GatewayError::Rejected {
+            status: 0,
+            message: format!("invalid gateway URL: {e}"),
+        })?;
+        url.path_segments_mut()
+            .map_err(|()| GatewayError::Rejected {
+                status: 0,
+                message: "the gateway URL cannot take a path".to_owned(),
+            })?
+            .pop_if_empty()
+            .extend(["v1", "tasks", job, task, tail]);
+        Ok(url)
+    }
+
     /// Sends a heartbeat with the leases held; the reply says what to stop.
     ///
     /// # Errors

@@ -258,7 +258,7 @@ fn webhook_gate(s: &AppState, new: &NewJob) -> Result<(), ApiError> {
 /// With a policy (`SPLAI_POLICY_FILE`): the rules and the tenant's `max_running_jobs`, the
 /// decision audited as `policy_check_submit`; a denied job gets 403 with the reason, and
 /// nothing of it is written. Without a policy, nothing happens.
-async fn policy_gate(
+pub(crate) async fn policy_gate(
     s: &AppState,
     origin: &Origin,
     new: &NewJob,

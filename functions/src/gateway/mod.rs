@@ -1,6 +1,7 @@
-//! The gateway router: jobs, tasks, workers, reports, the event stream and health. (The
-//! metrics routes live in the admin router.)
+//! The gateway router: jobs, tasks, workers, reports, streamed task output, the event stream
+//! and health. (The metrics routes live in the admin router.)
 
+mod chunks;
 mod health;
 pub(crate) mod jobs;
 mod reports;
@@ -86,6 +87,10 @@ pub fn router(state: AppState) -> Router {
             g(P::TaskReport, post(workers::release)),
         )
         .route("/v1/tasks/report", g(P::TaskReport, post(reports::report)))
+        .route(
+            "/v1/tasks/{job}/{task}/chunks",
+            g(P::TaskReport, post(chunks::append)),
+        )
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .with_state(state)

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod bad_input;
 mod bulk;
+mod chunks;
 mod deadletter;
 mod helpers;
 mod jobs;

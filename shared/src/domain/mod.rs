@@ -3,6 +3,7 @@
 
 mod artifact;
 mod audit;
+mod chunk;
 mod ids;
 mod job;
 mod queue;
@@ -15,6 +16,7 @@ pub use artifact::Artifact;
 pub use audit::{
     AuditEvent, ChainReport, ChainWalk, GENESIS_HASH, NewAuditEvent, canonical, event_hash,
 };
+pub use chunk::TaskChunk;
 pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
 pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
@@ -24,7 +26,7 @@ pub use webhook::{
     BeforeChange, DeliveryState, TASK_EVENTS, WEBHOOK_EVENTS_KEY, WebhookAttempt, WebhookDelivery,
     job_event, owed_deliveries, task_events,
 };
-pub use worker::{Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
+pub use worker::{ANY_MODEL, Heartbeat, Worker, WorkerCaps, WorkerHealth, WorkerRegistration};
 
 /// Wall-clock timestamps used throughout the domain (UTC, RFC 3339 on the wire).
 pub type Timestamp = time::OffsetDateTime;

@@ -23,7 +23,10 @@ impl Requirements {
                 .backend
                 .as_ref()
                 .is_none_or(|b| caps.backends.contains(b))
-            && self.model.as_ref().is_none_or(|m| caps.models.contains(m))
+            && self
+                .model
+                .as_ref()
+                .is_none_or(|m| caps.models.contains(m) || caps.models.contains(super::ANY_MODEL))
             && self
                 .worker_id
                 .as_ref()

@@ -6,6 +6,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{Timestamp, WorkerId};
 
+/// A model name a worker may advertise to serve every model: the development echo backend
+/// answers whatever model a task names, so `splai dev` claims every task.
+pub const ANY_MODEL: &str = "*";
+
 /// What a worker says about itself when it registers.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default)]

@@ -6,6 +6,7 @@
 //! the store no longer considers runnable is simply acked away.
 
 mod assign;
+mod chunks;
 mod control;
 pub mod events;
 pub mod metrics;
@@ -139,6 +140,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     config: EngineConfig,
     events: broadcast::Sender<Arc<JobEvent>>,
+    chunk_wake: broadcast::Sender<Arc<crate::domain::TaskRef>>,
     work_ready: Notify,
     /// The queue's wake-ups from other processes ([`LeaseQueue::wake_source`]), if any.
     external_wake: Option<Arc<Notify>>,
@@ -158,6 +160,7 @@ impl Engine {
         config: EngineConfig,
     ) -> Self {
         let (events, _) = broadcast::channel(4096);
+        let (chunk_wake, _) = broadcast::channel(1024);
         let external_wake = backends.queue.wake_source();
         let registry = Arc::new(crate::metrics::Registry::new(config.metrics_label_cap));
         let metrics = metrics::EngineMetrics::new(registry, backends.queue.backend_name());
@@ -167,6 +170,7 @@ impl Engine {
             clock,
             config,
             events,
+            chunk_wake,
             work_ready: Notify::new(),
             external_wake,
             relay_lock: Mutex::new(()),

@@ -90,7 +90,7 @@ pub(crate) const CLAIM: &str = concat!(
          WHERE state = 'pending' AND not_before_ms <= $4
            AND (NOT requires_gpu OR $5)
            AND (backend IS NULL OR backend = ANY ($6))
-           AND (model IS NULL OR model = ANY ($7))
+           AND (model IS NULL OR model = ANY ($7) OR '*' = ANY ($7))
            AND (target_worker IS NULL OR target_worker = $2)
          ORDER BY priority_rank, seq
          LIMIT $8

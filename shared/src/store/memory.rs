@@ -5,6 +5,7 @@
 
 mod audit;
 mod webhooks;
+mod chunks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
@@ -18,8 +19,8 @@ use super::{
     NewJobWrite, StoreError, TaskFilter, TaskPage, WorkerStore,
 };
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, TenantId, Timestamp,
-    Worker, WorkerHealth, WorkerId, WorkerRegistration,
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, TaskChunk,
+    TaskRef, TenantId, Timestamp, Worker, WorkerHealth, WorkerId, WorkerRegistration,
 };
 
 #[derive(Default)]
@@ -32,6 +33,7 @@ struct State {
     outbox: BTreeMap<i64, QueueEntry>,
     next_outbox: i64,
     webhooks: webhooks::Deliveries,
+    chunks: chunks::Chunks,
 }
 
 impl State {
@@ -261,6 +263,31 @@ impl JobStore for MemoryStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn append_chunks(
+        &self,
+        task: &TaskRef,
+        lease: &LeaseId,
+        first_seq: u32,
+        texts: &[String],
+    ) -> Result<bool, StoreError> {
+        Ok(chunks::append(
+            &mut self.lock(),
+            task,
+            lease,
+            first_seq,
+            texts,
+        ))
+    }
+
+    async fn chunks_after(
+        &self,
+        task: &TaskRef,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskChunk>, StoreError> {
+        Ok(chunks::after(&self.lock(), task, after, limit))
     }
 }
 

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AuditEvent, ChainReport, ChainWalk, DeliveryState, Heartbeat, IdempotencyKey, Job, JobId,
-    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskRef, TenantId, Timestamp,
+    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskChunk, TaskRef, TenantId, Timestamp,
     WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
 };
 
@@ -215,6 +215,27 @@ pub trait JobStore: Send + Sync {
 
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Appends streamed output of `task`, numbered `first_seq..`, when `lease` is the task's
+    /// current lease and the task is running (checked in the same statement as the write, so
+    /// a worker whose lease was lost cannot add to a newer attempt's stream). A chunk whose
+    /// `(lease, seq)` is already stored is skipped, so a repeated request adds nothing.
+    /// Returns `false`, writing nothing, when the lease is not current.
+    async fn append_chunks(
+        &self,
+        task: &TaskRef,
+        lease: &LeaseId,
+        first_seq: u32,
+        texts: &[String],
+    ) -> Result<bool, StoreError>;
+
+    /// Up to `limit` chunks of `task` with an id above `after`, in id order.
+    async fn chunks_after(
+        &self,
+        task: &TaskRef,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskChunk>, StoreError>;
 }
 
 /// Registered workers.

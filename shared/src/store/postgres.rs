@@ -27,8 +27,8 @@ use super::{
 };
 use crate::clock::to_millis;
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, TenantId, Timestamp,
-    Worker, WorkerId, WorkerRegistration,
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, TaskChunk,
+    TaskRef, TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
 };
 
 /// Runs an operation (an `async` expression, re-evaluated per attempt) on `$db` until it
@@ -90,6 +90,7 @@ macro_rules! on_conn {
 pub(crate) use on_conn;
 
 mod audit;
+mod chunks;
 mod db;
 mod jobs;
 mod rows;
@@ -407,6 +408,25 @@ impl JobStore for PostgresStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(store_err)
+    }
+
+    async fn append_chunks(
+        &self,
+        task: &TaskRef,
+        lease: &LeaseId,
+        first_seq: u32,
+        texts: &[String],
+    ) -> Result<bool, StoreError> {
+        chunks::append(&self.db, task, lease, first_seq, texts).await
+    }
+
+    async fn chunks_after(
+        &self,
+        task: &TaskRef,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskChunk>, StoreError> {
+        chunks::after(&self.db, task, after, limit).await
     }
 }
 

@@ -23,11 +23,12 @@ use super::{
 };
 use crate::clock::to_millis;
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, QueueEntry, Status, TenantId, Timestamp,
-    Worker, WorkerId, WorkerRegistration,
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, TaskChunk,
+    TaskRef, TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
 };
 
 mod audit;
+mod chunks;
 mod db;
 mod jobs;
 mod rows;
@@ -169,6 +170,25 @@ impl JobStore for SqliteStore {
 
     async fn ping(&self) -> Result<(), StoreError> {
         self.db.ping().await.map_err(store_err)
+    }
+
+    async fn append_chunks(
+        &self,
+        task: &TaskRef,
+        lease: &LeaseId,
+        first_seq: u32,
+        texts: &[String],
+    ) -> Result<bool, StoreError> {
+        chunks::append(&self.db, task, lease, first_seq, texts).await
+    }
+
+    async fn chunks_after(
+        &self,
+        task: &TaskRef,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<TaskChunk>, StoreError> {
+        chunks::after(&self.db, task, after, limit)
     }
 }
 

@@ -41,6 +41,8 @@ macro_rules! engine_suite {
             bulk_submit_accepts_or_rejects_each_job_on_its_own,
             lost_queue_entry_is_reconciled,
             lost_lease_is_reconciled,
+            streamed_chunks_follow_the_current_lease,
+            any_model_worker_claims_every_model,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -737,4 +739,90 @@ pub async fn lost_lease_is_reconciled(h: Harness) {
     assert_eq!(h.complete(&first).await.outcome, "stale");
     assert_eq!(h.complete(&second).await.outcome, "completed");
     assert_eq!(status_of(&h, &job).await, Status::Completed);
+}
+
+/// Chunks are stored only under the task's current lease, in order, once per `(lease, seq)`;
+/// a lease lost to expiry can add nothing to the next attempt's stream, nor can anyone after
+/// the task finished.
+pub async fn streamed_chunks_follow_the_current_lease(h: Harness) {
+    let (w1, w2) = (h.cpu_worker("w1").await, h.cpu_worker("w2").await);
+    h.engine.submit(a_single_task_job()).await.unwrap();
+    let first = h.claim(&w1, 1).await.remove(0);
+    let task = crate::domain::TaskRef {
+        job_id: first.job_id.clone(),
+        task_id: first.task_id.clone(),
+    };
+    let texts = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let e = &h.engine;
+    assert!(
+        e.append_chunks(&task, &first.lease_id, 0, &texts(&["He", "llo"]))
+            .await
+            .unwrap()
+    );
+    // A repeated request (same seqs) adds nothing; the next one continues.
+    assert!(
+        e.append_chunks(&task, &first.lease_id, 1, &texts(&["llo", " wor"]))
+            .await
+            .unwrap()
+    );
+    let got = e.chunks_after(&task, 0, 100).await.unwrap();
+    let text: Vec<_> = got.iter().map(|c| (c.seq, c.text.as_str())).collect();
+    assert_eq!(text, [(0, "He"), (1, "llo"), (2, " wor")]);
+    assert!(got.windows(2).all(|w| w[0].id < w[1].id));
+    let page = e.chunks_after(&task, got[0].id, 1).await.unwrap();
+    assert_eq!(page.len(), 1);
+    assert_eq!(page[0].text, "llo");
+
+    h.advance(LEASE + Duration::from_secs(1));
+    e.sweep().await.unwrap();
+    let second = h.claim(&w2, 1).await.remove(0);
+    assert!(
+        !e.append_chunks(&task, &first.lease_id, 3, &texts(&["late"]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        e.append_chunks(&task, &second.lease_id, 0, &texts(&["Hi"]))
+            .await
+            .unwrap()
+    );
+    let newer = e.chunks_after(&task, got[2].id, 100).await.unwrap();
+    assert_eq!(newer.len(), 1);
+    assert_eq!(
+        (newer[0].lease_id.clone(), newer[0].text.as_str()),
+        (second.lease_id.clone(), "Hi")
+    );
+
+    h.complete(&second).await;
+    assert!(
+        !e.append_chunks(&task, &second.lease_id, 1, &texts(&["after"]))
+            .await
+            .unwrap()
+    );
+    let other = crate::domain::TaskRef {
+        job_id: JobId::parse("job-none").unwrap(),
+        task_id: first.task_id.clone(),
+    };
+    assert!(e.chunks_after(&other, 0, 100).await.unwrap().is_empty());
+}
+
+/// A worker advertising the model `*` (the development echo backend) claims tasks whatever
+/// model they require; one without it claims only its own models.
+pub async fn any_model_worker_claims_every_model(h: Harness) {
+    let reg = |models: &[&str]| WorkerRegistration {
+        backends: vec!["echo".into()],
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+        ..Default::default()
+    };
+    let narrow = h.worker("narrow", reg(&["llama3"])).await;
+    let any = h.worker("any", reg(&[crate::domain::ANY_MODEL])).await;
+    let mut t = a_task("gen", &[]);
+    t.constraints.model = Some("gpt-4o-mini".into());
+    let job = h.engine.submit(a_job_with(vec![t])).await.unwrap().job_id;
+    assert!(h.claim(&narrow, 1).await.is_empty());
+    let got = h.claim(&any, 1).await;
+    assert_eq!(
+        got.iter().map(|a| &a.job_id).collect::<Vec<_>>(),
+        vec![&job]
+    );
 }

@@ -1,16 +1,58 @@
 //! The OpenAI API as vLLM, llama.cpp server and hosted APIs serve it
 //! (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`, `/v1/models`).
 
-use axum::Json;
 use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
 use serde_json::{Value, json};
 
-use super::{MODELS, answer_to, inputs_of, last_user_message, model_of, vector_for, words};
+use super::{
+    MODELS, StreamPace, answer_to, inputs_of, last_user_message, model_of, paced, pieces,
+    vector_for, words,
+};
+
+/// SSE: a `chat.completion.chunk` per piece, one with the finish reason, the usage when
+/// `stream_options.include_usage` asks for it, then `data: [DONE]`.
+fn streamed(body: &Value, text: &str, prompt_words: u64, pace: StreamPace) -> Response {
+    let chunk = |delta: Value, finish: Value| {
+        json!({
+            "id": "chatcmpl-double",
+            "object": "chat.completion.chunk",
+            "created": 1_704_067_200,
+            "model": model_of(body),
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        })
+    };
+    let mut events: Vec<Value> = pieces(text)
+        .iter()
+        .map(|p| chunk(json!({"role": "assistant", "content": p}), Value::Null))
+        .collect();
+    events.push(chunk(json!({}), json!("stop")));
+    if body["stream_options"]["include_usage"] == true {
+        let c = words(text);
+        let mut usage = chunk(json!({}), Value::Null);
+        usage["choices"] = json!([]);
+        usage["usage"] = json!({
+            "prompt_tokens": prompt_words,
+            "completion_tokens": c,
+            "total_tokens": prompt_words + c,
+        });
+        events.push(usage);
+    }
+    let mut lines: Vec<String> = events.iter().map(|e| format!("data: {e}\n\n")).collect();
+    lines.push("data: [DONE]\n\n".to_owned());
+    paced(lines, pace, "text/event-stream")
+}
 
 /// `/v1/chat/completions`.
-pub(super) async fn chat(Json(body): Json<Value>) -> Response {
+pub(super) async fn chat(
+    Extension(pace): Extension<StreamPace>,
+    Json(body): Json<Value>,
+) -> Response {
     let (prompt, prompt_words) = last_user_message(&body);
     let text = answer_to(&prompt);
+    if body["stream"] == true {
+        return streamed(&body, &text, prompt_words, pace);
+    }
     let completion_words = words(&text);
     Json(json!({
         "id": "chatcmpl-double",

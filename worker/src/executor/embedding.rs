@@ -43,6 +43,7 @@ pub(super) async fn run(ex: &Executors, task: &Assignment) -> Result<Value, Task
         "dimension": dimension,
         "text_count": request.inputs.len(),
         "vectors": answer.vectors,
+        "usage": answer.usage,
     });
     if let [only] = answer.vectors.as_slice() {
         out["vector"] = json!(only);

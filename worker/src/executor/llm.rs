@@ -5,7 +5,8 @@ use serde_json::{Value, json};
 use splai_shared::engine::Assignment;
 
 use super::deps::{self, DependencyOutput};
-use super::inputs::{input, input_f64, input_u64, value_text};
+use super::inputs::{input, input_bool, input_f64, input_u64, value_text};
+use super::stream::Forwarder;
 use super::{Executors, TaskError, input_str, input_text};
 use crate::models::{ChatMessage, Completion, CompletionRequest};
 
@@ -18,7 +19,19 @@ pub(super) async fn run(ex: &Executors, task: &Assignment) -> Result<Value, Task
     }
     let backend = ex.backend_for(task)?;
     request.model = ex.model_for(task);
-    let completion = backend.complete(&request).await?;
+    // `stream: true` (an OpenAI-compatible client waiting with `stream=true`): tokens go to
+    // the gateway as they come; the output below is still the answer.
+    let completion = match (&ex.gateway, input_bool(task, "stream")?) {
+        (Some(gateway), Some(true)) => {
+            let forwarder = Forwarder::start(gateway.clone(), task);
+            let done = backend
+                .complete_streaming(&request, &|t: &str| forwarder.push(t))
+                .await;
+            forwarder.finish().await;
+            done?
+        }
+        _ => backend.complete(&request).await?,
+    };
     Ok(output(backend.name(), completion))
 }
 

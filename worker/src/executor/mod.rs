@@ -3,6 +3,7 @@
 //! runtime) or a classified error.
 //!
 //! - `llm.rs`: `llm_inference` through the task's routed model backend.
+//! - `stream.rs`: forwarding a streaming task's tokens to the gateway while it runs.
 //! - `embedding.rs`: `embedding` through a model backend, or local hash vectors.
 //! - `retrieval.rs`: `retrieval` over the documents the task supplies.
 //! - `aggregation.rs`: `aggregation` merging dependency outputs.
@@ -29,6 +30,7 @@ mod inputs;
 mod llm;
 mod model_download;
 mod retrieval;
+mod stream;
 #[cfg(test)]
 mod testing;
 mod tool;

@@ -44,6 +44,20 @@ impl ModelBackend for EchoBackend {
         })
     }
 
+    /// Hands the answer on word by word (each with its following space), so streaming
+    /// clients see several chunks without a model server.
+    async fn complete_streaming(
+        &self,
+        req: &CompletionRequest,
+        on_token: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<Completion, ModelError> {
+        let completion = self.complete(req).await?;
+        for word in completion.text.split_inclusive(' ') {
+            on_token(word);
+        }
+        Ok(completion)
+    }
+
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let dimension = req
             .dimensions

@@ -90,6 +90,86 @@ pub(crate) async fn post_json<T: DeserializeOwned>(
     }
 }
 
+/// POSTs `body` as JSON and hands each non-empty line of the streamed answer (Ollama's NDJSON,
+/// or the `data:` lines of OpenAI's SSE) to `on_line` as it arrives. Failures before the answer
+/// starts are retried as [`post_json`] retries them; once lines have been handed on, a failure
+/// is returned as it is (the caller has passed text on, and the attempt is the unit of retry).
+///
+/// # Errors
+/// As [`post_json`]; `Unreachable` for a connection lost mid-stream; whatever `on_line` returns.
+#[tracing::instrument(skip_all, fields(backend = call.backend, url = %call.url))]
+pub(crate) async fn post_lines(
+    http: &reqwest::Client,
+    call: &JsonCall<'_>,
+    body: &(impl Serialize + Sync),
+    on_line: &mut (dyn FnMut(&str) -> Result<(), ModelError> + Send),
+) -> Result<(), ModelError> {
+    let mut attempt = 0;
+    let mut resp = loop {
+        let failure = match start_stream(http, call, body).await {
+            Ok(resp) => break resp,
+            Err(f) => f,
+        };
+        if !failure.error.is_retryable() || attempt >= call.retries {
+            return Err(redact(failure.error, call.api_key));
+        }
+        tokio::time::sleep(retry_delay(attempt, failure.retry_after)).await;
+        attempt += 1;
+    };
+    let lost = |e: reqwest::Error| ModelError::Unreachable {
+        backend: call.backend.to_owned(),
+        url: call.url.clone(),
+        message: format!("the stream broke off: {}", error_chain(&e.without_url())),
+    };
+    let mut buf: Vec<u8> = Vec::new();
+    while let Some(bytes) = resp.chunk().await.map_err(lost)? {
+        buf.extend_from_slice(&bytes);
+        while let Some(end) = buf.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=end).collect();
+            let text = String::from_utf8_lossy(&line);
+            if !text.trim().is_empty() {
+                on_line(text.trim())?;
+            }
+        }
+    }
+    let rest = String::from_utf8_lossy(&buf);
+    if !rest.trim().is_empty() {
+        on_line(rest.trim())?;
+    }
+    Ok(())
+}
+
+/// Sends a streaming request; the response once its status says the answer follows.
+async fn start_stream(
+    http: &reqwest::Client,
+    call: &JsonCall<'_>,
+    body: &impl Serialize,
+) -> Result<reqwest::Response, Failure> {
+    let mut req = http.post(&call.url).json(body);
+    if let Some(key) = call.api_key {
+        req = req.bearer_auth(key.expose());
+    }
+    let unreachable = |e: reqwest::Error| Failure {
+        error: ModelError::Unreachable {
+            backend: call.backend.to_owned(),
+            url: call.url.clone(),
+            message: error_chain(&e.without_url()),
+        },
+        retry_after: None,
+    };
+    let resp = req.send().await.map_err(unreachable)?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = retry_after(resp.headers());
+    let bytes = resp.bytes().await.map_err(unreachable)?;
+    Err(Failure {
+        error: classify(call.backend, status, &bytes),
+        retry_after,
+    })
+}
+
 /// GETs JSON once, with a timeout; `None` on any failure. For best-effort listings.
 pub(crate) async fn get_json<T: DeserializeOwned>(
     http: &reqwest::Client,

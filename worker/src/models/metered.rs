@@ -51,6 +51,20 @@ impl ModelBackend for Metered {
         out
     }
 
+    async fn complete_streaming(
+        &self,
+        req: &CompletionRequest,
+        on_token: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<Completion, ModelError> {
+        // Forwarded, not left to the trait's default: that would call `complete` and lose the
+        // inner backend's streaming.
+        let started = Instant::now();
+        let out = self.inner.complete_streaming(req, on_token).await;
+        let answered = out.as_ref().ok().map(|c| c.model.as_str());
+        self.record(req.model.as_deref(), answered, started, out.as_ref().err());
+        out
+    }
+
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let started = Instant::now();
         let out = self.inner.embed(req).await;

@@ -164,6 +164,21 @@ pub trait ModelBackend: Send + Sync {
     /// Runs a completion.
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError>;
 
+    /// Runs a completion, handing each piece of text to `on_token` as the server produces
+    /// it; the finished completion is returned as [`ModelBackend::complete`] returns it. The
+    /// default (for servers that cannot stream) hands on the whole text at the end.
+    async fn complete_streaming(
+        &self,
+        req: &CompletionRequest,
+        on_token: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<Completion, ModelError> {
+        let completion = self.complete(req).await?;
+        if !completion.text.is_empty() {
+            on_token(&completion.text);
+        }
+        Ok(completion)
+    }
+
     /// Embeds texts.
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError>;
 

@@ -89,6 +89,16 @@ struct GenerateAnswer {
     eval_count: Option<u64>,
 }
 
+/// One line of a streamed answer: a [`GenerateAnswer`] with `done`, or an error.
+#[derive(Deserialize)]
+struct StreamPiece {
+    #[serde(flatten)]
+    answer: GenerateAnswer,
+    #[serde(default)]
+    done: bool,
+    error: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct EmbedAnswer {
     model: Option<String>,
@@ -119,17 +129,7 @@ impl ModelBackend for OllamaBackend {
 
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError> {
         let model = self.model(req.model.as_ref());
-        let (path, body) = if req.plain_prompt {
-            ("/api/generate", generate_body(&model, req))
-        } else {
-            let body = json!({
-                "model": model,
-                "messages": req.messages,
-                "stream": false,
-                "options": options(req),
-            });
-            ("/api/chat", body)
-        };
+        let (path, body) = request(&model, req, false);
         let answer: GenerateAnswer = http::post_json(&self.http, &self.call(path), &body).await?;
         let text = answer
             .message
@@ -144,6 +144,54 @@ impl ModelBackend for OllamaBackend {
             model: answer.model.unwrap_or(model),
             usage: usage(answer.prompt_eval_count, answer.eval_count),
             finish_reason: answer.done_reason,
+        })
+    }
+
+    /// `stream: true`: one JSON object per line, each with a piece of the text, the last
+    /// (`done: true`) with the reason and the counts.
+    async fn complete_streaming(
+        &self,
+        req: &CompletionRequest,
+        on_token: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<Completion, ModelError> {
+        let model = self.model(req.model.as_ref());
+        let (path, body) = request(&model, req, true);
+        let mut text = String::new();
+        let mut last: Option<GenerateAnswer> = None;
+        let mut on_line = |line: &str| -> Result<(), ModelError> {
+            let piece: StreamPiece =
+                serde_json::from_str(line).map_err(|e| ModelError::BadResponse {
+                    backend: "ollama".to_owned(),
+                    message: format!("{path} streamed an unreadable line: {e}"),
+                })?;
+            if let Some(error) = piece.error {
+                return Err(ModelError::Server {
+                    backend: "ollama".to_owned(),
+                    status: 500,
+                    message: error,
+                });
+            }
+            let token = piece.answer.message.as_ref().map(|m| m.content.clone());
+            let token = token.or_else(|| piece.answer.response.clone());
+            if let Some(token) = token.filter(|t| !t.is_empty()) {
+                on_token(&token);
+                text.push_str(&token);
+            }
+            if piece.done {
+                last = Some(piece.answer);
+            }
+            Ok(())
+        };
+        http::post_lines(&self.http, &self.call(path), &body, &mut on_line).await?;
+        let done = last.ok_or_else(|| ModelError::BadResponse {
+            backend: "ollama".to_owned(),
+            message: format!("{path} ended its stream without `done`"),
+        })?;
+        Ok(Completion {
+            text,
+            model: done.model.unwrap_or(model),
+            usage: usage(done.prompt_eval_count, done.eval_count),
+            finish_reason: done.done_reason,
         })
     }
 
@@ -191,6 +239,22 @@ impl ModelBackend for OllamaBackend {
             .map(|t| t.models.into_iter().map(|m| m.name).collect())
             .unwrap_or_default()
     }
+}
+
+/// The path and body of a completion: `/api/generate` for a plain prompt, else `/api/chat`.
+fn request(model: &str, req: &CompletionRequest, stream: bool) -> (&'static str, Value) {
+    if req.plain_prompt {
+        let mut body = generate_body(model, req);
+        body["stream"] = Value::Bool(stream);
+        return ("/api/generate", body);
+    }
+    let body = json!({
+        "model": model,
+        "messages": req.messages,
+        "stream": stream,
+        "options": options(req),
+    });
+    ("/api/chat", body)
 }
 
 /// `/api/generate` takes one prompt and a separate system prompt.

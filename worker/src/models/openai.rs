@@ -73,6 +73,27 @@ struct ChatAnswer {
     usage: Option<WireUsage>,
 }
 
+/// One `chat.completion.chunk` of a streamed answer.
+#[derive(Deserialize)]
+struct StreamChunk {
+    model: Option<String>,
+    #[serde(default)]
+    choices: Vec<StreamChoice>,
+    usage: Option<WireUsage>,
+}
+
+#[derive(Deserialize)]
+struct StreamChoice {
+    #[serde(default)]
+    delta: Delta,
+    finish_reason: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Delta {
+    content: Option<String>,
+}
+
 #[derive(Deserialize)]
 struct Choice {
     message: AnswerMessage,
@@ -157,6 +178,55 @@ impl ModelBackend for OpenAiBackend {
             model: answer.model.unwrap_or(model),
             usage: answer.usage.map(Usage::from),
             finish_reason: choice.finish_reason,
+        })
+    }
+
+    /// `stream: true` with `stream_options.include_usage`: SSE `data:` lines, each a
+    /// `chat.completion.chunk` with a delta, the usage in the last, then `data: [DONE]`.
+    async fn complete_streaming(
+        &self,
+        req: &CompletionRequest,
+        on_token: &(dyn for<'t> Fn(&'t str) + Send + Sync),
+    ) -> Result<Completion, ModelError> {
+        let model = req
+            .model
+            .clone()
+            .unwrap_or_else(|| self.default_model.clone());
+        let mut body = chat_body(&model, req);
+        body["stream"] = Value::Bool(true);
+        body["stream_options"] = json!({ "include_usage": true });
+        let mut text = String::new();
+        let (mut answered, mut usage, mut finish_reason) = (None, None, None);
+        let mut on_line = |line: &str| -> Result<(), ModelError> {
+            // Comments (`: ping`), `event:` and `id:` lines carry no text.
+            let Some(data) = line.strip_prefix("data:").map(str::trim) else {
+                return Ok(());
+            };
+            if data == "[DONE]" {
+                return Ok(());
+            }
+            let chunk: StreamChunk = serde_json::from_str(data)
+                .map_err(|e| self.bad_response(format!("unreadable stream chunk: {e}")))?;
+            answered = chunk.model.or(answered.take());
+            if let Some(u) = chunk.usage {
+                usage = Some(Usage::from(u));
+            }
+            if let Some(choice) = chunk.choices.into_iter().next() {
+                if let Some(token) = choice.delta.content.filter(|t| !t.is_empty()) {
+                    on_token(&token);
+                    text.push_str(&token);
+                }
+                finish_reason = choice.finish_reason.or(finish_reason.take());
+            }
+            Ok(())
+        };
+        let call = self.call("/v1/chat/completions");
+        http::post_lines(&self.http, &call, &body, &mut on_line).await?;
+        Ok(Completion {
+            text,
+            model: answered.unwrap_or(model),
+            usage,
+            finish_reason,
         })
     }
 

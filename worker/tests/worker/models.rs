@@ -310,3 +310,67 @@ async fn metered_backends_record_latency_and_errors() {
         "an unused backend has no series:\n{text}"
     );
 }
+
+/// Streams a completion, collecting the pieces handed on.
+async fn streamed(
+    backend: &dyn ModelBackend,
+    req: &CompletionRequest,
+) -> (Vec<String>, splai_worker::models::Completion) {
+    let pieces = std::sync::Mutex::new(Vec::new());
+    let c = backend
+        .complete_streaming(req, &|t: &str| pieces.lock().unwrap().push(t.to_owned()))
+        .await
+        .unwrap();
+    (pieces.into_inner().unwrap(), c)
+}
+
+/// Ollama streams NDJSON (`stream: true`): each piece is handed on, the last line's counts
+/// and reason end up in the completion, as with the non-streaming call.
+#[tokio::test]
+async fn ollama_streaming_hands_on_each_piece() {
+    let server = ModelServer::start().await;
+    let (pieces, c) = streamed(&ollama(&server, 0), &chat("hello there")).await;
+    assert_eq!(pieces, ["double: ", "hello ", "there"]);
+    assert_eq!(c.text, "double: hello there");
+    assert_eq!(c.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(c.usage.unwrap().total_tokens, 5);
+    assert_eq!(server.last_body("/api/chat").unwrap()["stream"], true);
+}
+
+/// An OpenAI-compatible server streams SSE chunks; usage comes from the include_usage chunk.
+#[tokio::test]
+async fn openai_streaming_hands_on_each_piece() {
+    let server = ModelServer::start().await;
+    let backend = openai("vllm", &server, None, 0);
+    let (pieces, c) = streamed(&backend, &chat("hello there")).await;
+    assert_eq!(pieces, ["double: ", "hello ", "there"]);
+    assert_eq!(c.text, "double: hello there");
+    assert_eq!(c.finish_reason.as_deref(), Some("stop"));
+    assert_eq!(c.usage.unwrap().completion_tokens, 3);
+    let sent = server.last_body("/v1/chat/completions").unwrap();
+    assert_eq!(
+        (
+            sent["stream"].clone(),
+            sent["stream_options"]["include_usage"].clone()
+        ),
+        (json!(true), json!(true))
+    );
+}
+
+/// A refused streaming request is classified like any other call (no retry on 4xx).
+#[tokio::test]
+async fn streaming_rejection_is_permanent() {
+    let server = ModelServer::start().await;
+    server.fail_next(
+        "/api/chat",
+        404,
+        r#"{"error":"model 'llama3' not found"}"#,
+        1,
+    );
+    let e = ollama(&server, 2)
+        .complete_streaming(&chat("hi"), &|_: &str| {})
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ModelError::Rejected { status: 404, .. }), "{e}");
+    assert_eq!(server.requests("/api/chat"), 1);
+}

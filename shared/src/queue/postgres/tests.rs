@@ -199,7 +199,7 @@ async fn claim_filter_agrees_with_admit() {
     }
     for gpu in [false, true] {
         for backends in [set(&[]), set(&["vllm"]), set(&["vllm", "echo"])] {
-            for models in [set(&[]), set(&["n"])] {
+            for models in [set(&[]), set(&["n"]), set(&["*"])] {
                 for id in [None, Some("w-a")] {
                     let caps = WorkerCaps {
                         worker_id: worker(id),

@@ -17,7 +17,7 @@ local backends, models = set(ARGV[7]), set(ARGV[8])
 local function admit(rec)
   return (not rec.gpu or gpu)
     and (not present(rec.backend) or backends[rec.backend] == true)
-    and (not present(rec.model) or models[rec.model] == true)
+    and (not present(rec.model) or models[rec.model] == true or models['*'] == true)
     and (not present(rec.target) or rec.target == worker)
 end
 

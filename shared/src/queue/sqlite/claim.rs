@@ -29,7 +29,7 @@ pub(super) const CLAIM: &str = concat!(
          WHERE state = 'pending' AND not_before_ms <= ?4
            AND (requires_gpu = 0 OR ?5)
            AND (backend IS NULL OR backend IN (SELECT value FROM json_each(?6)))
-           AND (model IS NULL OR model IN (SELECT value FROM json_each(?7)))
+           AND (model IS NULL OR EXISTS (SELECT 1 FROM json_each(?7) WHERE value IN (model, '*')))
            AND (target_worker IS NULL OR target_worker = ?2)
          ORDER BY priority_rank, seq
          LIMIT ?8)
@@ -46,7 +46,7 @@ pub(super) const ANY_CLAIMABLE: &str = "SELECT EXISTS (
         WHERE state = 'pending' AND not_before_ms <= ?1
           AND (requires_gpu = 0 OR ?3)
           AND (backend IS NULL OR backend IN (SELECT value FROM json_each(?4)))
-          AND (model IS NULL OR model IN (SELECT value FROM json_each(?5)))
+          AND (model IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value IN (model, '*')))
           AND (target_worker IS NULL OR target_worker = ?2))";
 
 /// Leases up to `max` (> 0) entries to `worker` for `lease_for` from `now`, in claim order.

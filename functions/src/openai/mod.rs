@@ -1,0 +1,142 @@
+//! The OpenAI-compatible router (`SPLAI_OPENAI_COMPAT=true`): `POST /v1/chat/completions`
+//! (with `stream=true`), `POST /v1/responses`, `POST /v1/embeddings` and `GET /v1/models`.
+//! A router of its own, merged into the local server like `admin` and `policy`.
+//!
+//! Each request becomes an ordinary SPLAI job (so routing, policy, retries and the audit log
+//! apply), is awaited up to `SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS`, and is answered in the
+//! OpenAI shape. Layout: `translate.rs` (OpenAI shapes ⇄ jobs, pure), `wait.rs` (waiting for
+//! a job; cancel when the client leaves), `relay.rs` (streamed tokens as SSE), `chat.rs`,
+//! `embeddings.rs`, `models.rs` (the handlers), `error.rs` (the OpenAI error shape).
+
+mod chat;
+mod embeddings;
+pub mod error;
+mod models;
+pub mod relay;
+pub mod translate;
+pub mod wait;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::HeaderMap;
+use axum::middleware;
+use axum::routing::{MethodRouter, get, post};
+use splai_shared::domain::{NewJob, TenantId};
+use tokio::time::Instant;
+
+use crate::admin::audit::Origin;
+use crate::auth::{self, Caller, Guard, Permission};
+use crate::error::ApiError;
+use crate::gateway::AppState;
+use crate::gateway::jobs::policy_gate;
+use wait::CancelOnDrop;
+
+/// The default of `SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS`, as the original.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the OpenAI handlers can reach. Built once at start-up.
+#[derive(Clone)]
+pub struct OpenAiState {
+    /// The gateway's state (engine, artifacts, auth).
+    pub app: AppState,
+    /// How long a request waits for its job (`SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS`).
+    pub timeout: Duration,
+}
+
+/// The OpenAI routes, each with the permission it needs: the one place they are authorised.
+/// Every error this router answers is reshaped into the OpenAI error shape.
+pub fn router(state: OpenAiState) -> Router {
+    let tokens = state.app.auth.clone();
+    let g = move |need: Permission, m: MethodRouter<OpenAiState>| {
+        let guard = Guard {
+            tokens: tokens.clone(),
+            need,
+        };
+        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
+    };
+    use Permission as P;
+    Router::new()
+        .route(
+            "/v1/chat/completions",
+            g(P::JobSubmit, post(chat::completions)),
+        )
+        .route("/v1/responses", g(P::JobSubmit, post(chat::responses)))
+        .route(
+            "/v1/embeddings",
+            g(P::JobSubmit, post(embeddings::embeddings)),
+        )
+        .route("/v1/models", g(P::JobRead, get(models::list)))
+        .layer(middleware::map_response(error::reshape))
+        .with_state(state)
+}
+
+/// The tenant a request acts in: `X-SPLAI-Tenant`, else `default`; 403 for one the caller
+/// may not act in.
+fn tenant(headers: &HeaderMap, caller: &Caller) -> Result<TenantId, ApiError> {
+    let tenant = match headers.get("x-splai-tenant") {
+        None => TenantId::default_tenant(),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|t| TenantId::parse(t).ok())
+            .ok_or_else(|| ApiError::invalid("header X-SPLAI-Tenant is not a valid tenant"))?,
+    };
+    if !caller.may_act_in(&tenant) {
+        return Err(ApiError::forbidden(format!(
+            "this token may not act in tenant `{tenant}`"
+        )));
+    }
+    Ok(tenant)
+}
+
+/// A submitted job being waited for.
+struct Submitted {
+    job: splai_shared::domain::JobId,
+    created: i64,
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<splai_shared::engine::JobEvent>>,
+    guard: CancelOnDrop,
+}
+
+/// Submits `new` through the policy gate, subscribed to job events first so its end cannot
+/// be missed; the guard cancels it unless disarmed.
+async fn submit(
+    s: &OpenAiState,
+    origin: &Origin,
+    new: NewJob,
+    endpoint: &str,
+) -> Result<Submitted, ApiError> {
+    policy_gate(&s.app, origin, &new, endpoint).await?;
+    let events = s.app.engine.subscribe();
+    let done = s.app.engine.submit(new).await?;
+    let job = s.app.engine.job(&done.job_id).await?;
+    Ok(Submitted {
+        guard: CancelOnDrop::new(s.app.engine.clone(), done.job_id.clone()),
+        job: done.job_id,
+        created: job.created_at.unix_timestamp(),
+        events,
+    })
+}
+
+/// Waits for a submitted job: its record when it completed; 504 (and the job canceled) at
+/// the timeout; 502 with the task's error when it failed.
+async fn finished(
+    s: &OpenAiState,
+    sub: &mut Submitted,
+) -> Result<splai_shared::domain::JobRecord, ApiError> {
+    let deadline = Instant::now() + s.timeout;
+    let engine = &s.app.engine;
+    let Some(record) = wait::until_finished(engine, &mut sub.events, &sub.job, deadline).await?
+    else {
+        // The guard cancels it on drop too; canceling here makes it done before we answer.
+        let _ = engine.cancel(&sub.job).await;
+        sub.guard.disarm();
+        return Err(error::timed_out(sub.job.as_str(), s.timeout.as_secs()));
+    };
+    sub.guard.disarm();
+    if record.job.status == splai_shared::domain::Status::Completed {
+        Ok(record)
+    } else {
+        Err(error::job_failed(wait::failure(&record)))
+    }
+}
