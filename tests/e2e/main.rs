@@ -5,6 +5,7 @@ mod cli;
 mod durability;
 mod postgres_faults;
 mod redis_faults;
+mod tracing;
 mod worker_jobs;
 mod worker_lifecycle;
 

@@ -117,6 +117,7 @@ impl ModelBackend for OllamaBackend {
         "ollama"
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "ollama", model = req.model.as_deref().unwrap_or("")))]
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError> {
         let model = self.model(req.model.as_ref());
         let (path, body) = if req.plain_prompt {
@@ -147,6 +148,7 @@ impl ModelBackend for OllamaBackend {
         })
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.embed", fields(backend = "ollama", model = req.model.as_deref().unwrap_or("")))]
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let model = self.model(req.model.as_ref());
         if req.inputs.is_empty() {

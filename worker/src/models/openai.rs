@@ -139,6 +139,7 @@ impl ModelBackend for OpenAiBackend {
         &self.name
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "openai", model = req.model.as_deref().unwrap_or("")))]
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError> {
         let model = req
             .model
@@ -160,6 +161,7 @@ impl ModelBackend for OpenAiBackend {
         })
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.embed", fields(backend = "openai", model = req.model.as_deref().unwrap_or("")))]
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let model = req
             .model
