@@ -3,31 +3,22 @@
 
 use std::time::Duration;
 
+use splai_shared::testing::postgres::with_database;
+use splai_shared::testing::services::{Service, locate};
 use sqlx::Connection;
 use sqlx::postgres::PgConnection;
 
 use crate::{Fabric, all_complete_nothing_dead, submit_batch};
 
-/// An admin connection to the test Postgres (`SPLAI_TEST_POSTGRES_URL`), or `None` after
-/// saying why the test is skipped; with `CI` set a missing Postgres fails instead.
+/// An admin connection to the test Postgres (found as `splai_shared::testing::services` says)
+/// and its URL, or `None` after saying why the test is skipped; with `CI` set a missing
+/// Postgres fails instead.
 async fn admin(test: &str) -> Option<(PgConnection, String)> {
-    let url = std::env::var("SPLAI_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&url)).await {
-        Ok(Ok(c)) => Some((c, url)),
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within 5 s".into(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: Postgres at {url} unreachable ({why}) and CI is set"
-            );
-            eprintln!("SKIPPED {test}: no Postgres at {url} ({why})");
-            None
-        }
-    }
+    let url = locate(Service::Postgres, test)?;
+    let conn = PgConnection::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{test}: connecting to Postgres at {url}: {e}"));
+    Some((conn, url))
 }
 
 /// Terminates every connection to `db` but the caller's; returns how many.
@@ -60,10 +51,7 @@ async fn terminated_postgres_connections_lose_no_work() {
         .execute(&mut admin)
         .await
         .expect("create the test database");
-    let dsn = match url.rsplit_once('/') {
-        Some((server, _)) => format!("{server}/{db}"),
-        None => panic!("SPLAI_TEST_POSTGRES_URL has no database: {url}"),
-    };
+    let dsn = with_database(&url, &db);
     {
         let fabric = Fabric::start(&[
             ("SPLAI_STORE", "postgres"),

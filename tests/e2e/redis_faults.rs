@@ -4,37 +4,25 @@
 
 use std::time::Duration;
 
+use splai_shared::testing::services::{Service, locate};
+
 use crate::{Fabric, all_complete_nothing_dead, submit_batch};
 
 /// A database number no other test uses, so that this test's `CLIENT KILL`s hit only the
 /// connections of its own server.
 const FAULT_DB: &str = "9";
 
-/// An admin connection to the test Redis (`SPLAI_TEST_REDIS_URL`), or `None` after saying why
-/// the test is skipped; with `CI` set a missing Redis fails instead.
-async fn admin(test: &str) -> Option<redis::aio::MultiplexedConnection> {
-    let url =
-        std::env::var("SPLAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let conn = async {
-        redis::Client::open(url.as_str())?
-            .get_multiplexed_async_connection()
-            .await
-    };
-    match tokio::time::timeout(Duration::from_secs(3), conn).await {
-        Ok(Ok(c)) => Some(c),
-        outcome => {
-            let why = match outcome {
-                Ok(Err(e)) => e.to_string(),
-                _ => "no answer within 3 s".into(),
-            };
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: Redis at {url} unreachable ({why}) and CI is set"
-            );
-            eprintln!("SKIPPED {test}: no Redis at {url} ({why})");
-            None
-        }
-    }
+/// An admin connection to the test Redis (found as `splai_shared::testing::services` says)
+/// and its URL, or `None` after saying why the test is skipped; with `CI` set a missing Redis
+/// fails instead.
+async fn admin(test: &str) -> Option<(redis::aio::MultiplexedConnection, String)> {
+    let url = locate(Service::Redis, test)?;
+    let conn = redis::Client::open(url.as_str())
+        .expect("redis url")
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap_or_else(|e| panic!("{test}: connecting to Redis at {url}: {e}"));
+    Some((conn, url))
 }
 
 /// Kills every client connected to [`FAULT_DB`]; returns how many.
@@ -64,10 +52,8 @@ async fn kill_fault_db_clients(admin: &mut redis::aio::MultiplexedConnection) ->
 
 /// What a Redis restart without persistence leaves of the queue: nothing. Deletes every key
 /// under `prefix` in [`FAULT_DB`], over a connection of its own.
-async fn wipe(prefix: &str) -> usize {
-    let url =
-        std::env::var("SPLAI_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let mut conn = redis::Client::open(url.as_str())
+async fn wipe(url: &str, prefix: &str) -> usize {
+    let mut conn = redis::Client::open(url)
         .expect("redis url")
         .get_multiplexed_async_connection()
         .await
@@ -94,7 +80,7 @@ async fn wipe(prefix: &str) -> usize {
 /// lost ones again), and nothing is dead-lettered.
 #[tokio::test]
 async fn redis_faults_lose_no_work() {
-    let Some(mut admin) = admin("redis_faults_lose_no_work").await else {
+    let Some((mut admin, url)) = admin("redis_faults_lose_no_work").await else {
         return;
     };
     let key = format!(
@@ -104,8 +90,12 @@ async fn redis_faults_lose_no_work() {
             .expect("a clock after 1970")
             .as_nanos()
     );
+    let addr = Service::Redis
+        .addr(&url)
+        .expect("the test Redis has an address");
     let fabric = Fabric::start(&[
         ("SPLAI_QUEUE", "redis"),
+        ("SPLAI_REDIS_ADDR", &addr),
         ("SPLAI_REDIS_DB", FAULT_DB),
         ("SPLAI_REDIS_KEY", &key),
         // Short leases, so a claim whose answer a killed connection lost comes back soon.
@@ -133,9 +123,9 @@ async fn redis_faults_lose_no_work() {
     assert!(killed > 0, "the server held no connection to db {FAULT_DB}");
     // The restart: everything the queue held is gone, and so are the connections.
     jobs.extend(submit_batch(&fabric.server.base, 100).await);
-    assert!(wipe(&key).await > 0, "the queue had no keys to lose");
+    assert!(wipe(&url, &key).await > 0, "the queue had no keys to lose");
     kill_fault_db_clients(&mut admin).await;
 
     all_complete_nothing_dead(&fabric, &jobs).await;
-    wipe(&key).await;
+    wipe(&url, &key).await;
 }

@@ -1,15 +1,16 @@
-//! The admin router: the dead-letter queue (list, guarded requeue) and the audit log (list,
-//! CSV export, chain verification). A router of its own beside the gateway's, so that it can
+//! The admin router: the dead-letter queue (list, guarded requeue), model prefetch, and the
+//! audit log (list, CSV export, chain verification). A router of its own beside the gateway's, so that it can
 //! deploy as its own function.
 
 pub mod audit;
 pub mod deadletter;
+pub mod prefetch;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::middleware;
-use axum::routing::{MethodRouter, get};
+use axum::routing::{MethodRouter, get, post};
 use splai_shared::engine::Engine;
 
 use self::deadletter::RequeueGuards;
@@ -41,6 +42,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/v1/admin/queue/dead-letter",
             g(P::Operator, get(deadletter::list).post(deadletter::requeue)),
+        )
+        .route(
+            "/v1/admin/models/prefetch",
+            g(P::Operator, post(prefetch::prefetch)),
         )
         .route("/v1/admin/audit", g(P::Admin, get(audit::list)))
         .route("/v1/admin/audit/verify", g(P::Admin, get(audit::verify)))

@@ -47,9 +47,8 @@ pub struct SubmitJobRequest {
 }
 
 impl SubmitJobRequest {
-    /// Validates what serde cannot and resolves the tenant and idempotency key from headers.
-    /// The tenant is the body's, then `X-SPLAI-Tenant`'s, then `default`, and must be one the
-    /// caller may act in (403 otherwise: the caller named it, so nothing leaks).
+    /// Validates what serde cannot and resolves the tenant ([`resolve_tenant`]) and the
+    /// idempotency key from headers.
     pub(crate) fn into_new_job(
         self,
         headers: &HeaderMap,
@@ -66,19 +65,7 @@ impl SubmitJobRequest {
                 )));
             }
         }
-        let tenant = match self.tenant {
-            Some(t) => Some(t),
-            None => header(headers, "x-splai-tenant")?
-                .map(TenantId::parse)
-                .transpose()
-                .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
-        }
-        .unwrap_or_else(TenantId::default_tenant);
-        if !caller.may_act_in(&tenant) {
-            return Err(ApiError::forbidden(format!(
-                "this token may not act in tenant `{tenant}`"
-            )));
-        }
+        let tenant = resolve_tenant(self.tenant, headers, caller)?;
         let header_key = header(headers, "idempotency-key")?;
         let idempotency_key = match (header_key, self.idempotency_key.as_deref()) {
             (Some(h), Some(b)) if h != b => {
@@ -116,6 +103,29 @@ impl SubmitJobRequest {
             trace_parent: splai_telemetry::traceparent(&tracing::Span::current()),
         })
     }
+}
+
+/// The tenant a request acts in: the body's, then `X-SPLAI-Tenant`'s, then `default`. It must
+/// be one the caller may act in (403 otherwise: the caller named it, so nothing leaks).
+pub(crate) fn resolve_tenant(
+    body: Option<TenantId>,
+    headers: &HeaderMap,
+    caller: &Caller,
+) -> Result<TenantId, ApiError> {
+    let tenant = match body {
+        Some(t) => Some(t),
+        None => header(headers, "x-splai-tenant")?
+            .map(TenantId::parse)
+            .transpose()
+            .map_err(|e| ApiError::invalid(format!("header X-SPLAI-Tenant: {e}")))?,
+    }
+    .unwrap_or_else(TenantId::default_tenant);
+    if !caller.may_act_in(&tenant) {
+        return Err(ApiError::forbidden(format!(
+            "this token may not act in tenant `{tenant}`"
+        )));
+    }
+    Ok(tenant)
 }
 
 fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {

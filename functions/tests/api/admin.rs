@@ -1,20 +1,11 @@
-//! The admin router's audit endpoints against the real server: scopes, filters and paging,
-//! CSV export, and a row tampered in the database found by verify.
+//! The admin router's audit endpoints against the real server: filters and paging, CSV
+//! export, and a row tampered in the database found by verify (scopes: `scope_matrix.rs`).
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use splai_shared::testing::audit::an_audit_event;
 
 use crate::helpers::*;
-
-const TOKENS: &str = "root-tok:admin,\
-    reader-tok:job:read,\
-    ops-tok:operator|metrics,\
-    worker-tok:task:report";
-
-async fn secured() -> TestApp {
-    spawn_app_with(&[("SPLAI_API_TOKENS", TOKENS)]).await
-}
 
 /// Appends the four events of the filter tests: ids 1..=4, 10 ms apart from 2026-01-01.
 async fn seed(app: &TestApp) {
@@ -42,27 +33,6 @@ fn ids(body: &Value) -> Vec<i64> {
         .iter()
         .map(|e| e["id"].as_i64().expect("id"))
         .collect()
-}
-
-/// Both audit endpoints: 401 without a known token, 403 without `admin` (operator included),
-/// 200 with it.
-#[tokio::test]
-async fn audit_endpoints_need_the_admin_scope() {
-    let mut app = secured().await;
-    for path in ["/v1/admin/audit", "/v1/admin/audit/verify"] {
-        for (token, want) in [
-            (None, StatusCode::UNAUTHORIZED),
-            (Some("nope"), StatusCode::UNAUTHORIZED),
-            (Some("reader-tok"), StatusCode::FORBIDDEN),
-            (Some("ops-tok"), StatusCode::FORBIDDEN),
-            (Some("worker-tok"), StatusCode::FORBIDDEN),
-            (Some("root-tok"), StatusCode::OK),
-        ] {
-            app.token = token.map(str::to_owned);
-            let (status, body) = app.get(path).await;
-            assert_eq!(status, want, "{path} as {token:?}: {body}");
-        }
-    }
 }
 
 /// Every filter narrows the newest-first list, paging walks it, and bad values are a 400

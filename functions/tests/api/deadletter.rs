@@ -1,6 +1,6 @@
 //! The dead-letter admin API against the real server: listing, requeue reviving a job, dry run,
 //! the batch, confirmation and rate-limit guards (the last shared by two servers on one SQLite
-//! database), scopes, and the confirm token never echoed.
+//! database), and the confirm token never echoed (scopes: `scope_matrix.rs`).
 
 use std::time::Duration;
 
@@ -228,25 +228,4 @@ async fn rate_limit_is_shared_by_two_instances() {
     assert_eq!(status, StatusCode::OK, "{text}");
     b.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
-}
-
-/// `operator` (or `admin`) is needed on both methods; others get 403, no token 401.
-#[tokio::test]
-async fn dead_letter_endpoints_need_the_operator_scope() {
-    let tokens = "root-tok:admin,ops-tok:operator,reader-tok:job:read,metrics-tok:metrics,worker-tok:task:report";
-    let mut app = spawn_app_with(&[("SPLAI_API_TOKENS", tokens)]).await;
-    for (token, want) in [
-        (None, StatusCode::UNAUTHORIZED),
-        (Some("reader-tok"), StatusCode::FORBIDDEN),
-        (Some("metrics-tok"), StatusCode::FORBIDDEN),
-        (Some("worker-tok"), StatusCode::FORBIDDEN),
-        (Some("ops-tok"), StatusCode::OK),
-        (Some("root-tok"), StatusCode::OK),
-    ] {
-        app.token = token.map(str::to_owned);
-        let (status, list) = app.get(PATH).await;
-        assert_eq!(status, want, "GET as {token:?}: {list}");
-        let (status, text) = requeue(&app, &body(1, false), None).await;
-        assert_eq!(status, want, "POST as {token:?}: {text}");
-    }
 }

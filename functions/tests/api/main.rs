@@ -9,5 +9,7 @@ mod deadletter;
 mod helpers;
 mod jobs;
 mod policy;
+mod prefetch;
 mod routing;
+mod scope_matrix;
 mod workers;

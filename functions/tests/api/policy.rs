@@ -203,28 +203,6 @@ async fn policy_router_evaluates_and_shows() {
     assert_eq!(body["routing"]["default_backend"], "ollama");
 }
 
-/// Both policy routes need `operator` (or `admin`): 401 without a known token, 403 with a
-/// job reader's or a worker's.
-#[tokio::test]
-async fn policy_routes_need_operator() {
-    let tokens = "root-tok:admin,reader-tok:job:read,ops-tok:operator,worker-tok:task:report";
-    let mut app = spawn_app_with(&[("SPLAI_API_TOKENS", tokens)]).await;
-    let body = json!({ "type": "chat", "input": "x" });
-    for (token, want) in [
-        (None, StatusCode::UNAUTHORIZED),
-        (Some("reader-tok"), StatusCode::FORBIDDEN),
-        (Some("worker-tok"), StatusCode::FORBIDDEN),
-        (Some("ops-tok"), StatusCode::OK),
-        (Some("root-tok"), StatusCode::OK),
-    ] {
-        app.token = token.map(str::to_owned);
-        let (status, resp) = app.get("/v1/policy").await;
-        assert_eq!(status, want, "GET as {token:?}: {resp}");
-        let (status, resp) = app.post("/v1/policy/evaluate", &body).await;
-        assert_eq!(status, want, "evaluate as {token:?}: {resp}");
-    }
-}
-
 /// `max_running_tasks: 1`: of two ready tasks only one is handed out; the other stays queued
 /// and goes out once the first finishes.
 #[tokio::test]
@@ -271,4 +249,69 @@ async fn running_tasks_quota_holds_back_tasks_until_one_finishes() {
             && e["details"]["rule"] == "tenant_quotas.tenant-a.max_running_tasks"),
         "{events:?}"
     );
+}
+
+/// Rules are tried in file order and the first match decides, through the API: an allow rule
+/// shadows a later deny for the same jobs (the submit is accepted and audited with the allow
+/// rule's name), while a job only the later deny matches is refused by it.
+#[tokio::test]
+async fn the_first_matching_rule_decides_a_submit() {
+    let files = tempfile::tempdir().expect("temp dir");
+    let path = files.path().join("policy.yaml");
+    let policy = "\
+default_action: deny
+rules:
+  - name: allow-internal-batch
+    effect: allow
+    match:
+      data_classification: internal
+      priority: batch
+  - name: deny-internal
+    effect: deny
+    reason: internal_needs_batch
+    match:
+      data_classification: internal
+  - name: allow-rest
+    effect: allow
+    match:
+      job_type: chat
+";
+    std::fs::write(&path, policy).expect("write policy file");
+    let app = spawn_app_with(&[("SPLAI_POLICY_FILE", path.to_str().expect("utf-8"))]).await;
+    let internal = |priority: &str| json!({ "type": "chat", "input": "x", "data_classification": "internal", "priority": priority });
+
+    let id = app.submit(internal("batch")).await;
+    let (status, resp) = app.post("/v1/jobs", &internal("standard")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{resp}");
+    assert!(resp.to_string().contains("deny-internal"), "{resp}");
+    app.submit(json!({ "type": "chat", "input": "x" })).await;
+    let (_, resp) = app
+        .post("/v1/policy/evaluate", &internal("interactive"))
+        .await;
+    assert_eq!(
+        (&resp["allowed"], &resp["rule"]),
+        (&json!(false), &json!("deny-internal"))
+    );
+
+    let events = audit(&app, "policy_check_submit").await;
+    let rules: Vec<(&str, &str)> = events
+        .iter()
+        .rev()
+        .map(|e| {
+            (
+                e["result"].as_str().unwrap_or_default(),
+                e["details"]["rule"].as_str().unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rules,
+        [
+            ("allowed", "allow-internal-batch"),
+            ("denied", "deny-internal"),
+            ("allowed", "allow-rest"),
+        ]
+    );
+    assert_eq!(job_count(&app).await, 2);
+    assert_eq!(app.job(&id).await["priority"], "batch");
 }

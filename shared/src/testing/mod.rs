@@ -6,6 +6,7 @@ pub mod audit;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod services;
 pub mod suite;
 
 use std::sync::Arc;

@@ -1,18 +1,11 @@
-//! A fresh Postgres database per test, on the server named by `SPLAI_TEST_POSTGRES_URL`
-//! (default `postgres://postgres@127.0.0.1:5432/test`). Each test creates its own database
-//! (`splai_t_<uuid>`) and drops it afterwards, so tests run in parallel. When the server cannot
-//! be reached the test is skipped with a printed reason, unless `CI` is set: then it fails, so
-//! a missing service is never silently green.
+//! A fresh Postgres database per test, on the server the tests find (see
+//! [`services`](super::services)). Each test creates its own database (`splai_t_<uuid>`) and
+//! drops it afterwards, so tests run in parallel.
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
+use super::services::{Service, locate};
 use crate::store::postgres::PgDb;
-
-/// The variable naming the test server.
-pub const URL_VAR: &str = "SPLAI_TEST_POSTGRES_URL";
-
-/// The server used when [`URL_VAR`] is not set.
-pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
 
 /// Pool size of a test database's [`PgDb`].
 const POOL: u32 = 8;
@@ -33,24 +26,16 @@ impl std::fmt::Debug for TestDb {
 }
 
 impl TestDb {
-    /// A fresh migrated database for `test`, or `None` (after printing why) when Postgres is
-    /// unreachable and `CI` is not set.
+    /// A fresh migrated database for `test`, or `None` (after printing why) when no Postgres
+    /// is found and `CI` is not set.
     ///
     /// # Panics
-    /// When Postgres is unreachable and `CI` is set, or the database cannot be created.
+    /// When no Postgres is found and `CI` is set, or the database cannot be created.
     pub async fn create(test: &str) -> Option<TestDb> {
-        let admin_url = std::env::var(URL_VAR).unwrap_or_else(|_| DEFAULT_URL.to_owned());
-        let mut admin = match PgConnection::connect(&admin_url).await {
-            Ok(c) => c,
-            Err(e) => {
-                let why = format!("Postgres unreachable at {URL_VAR}={admin_url}: {e}");
-                if std::env::var_os("CI").is_some() {
-                    panic!("{test}: {why} (CI is set, so this fails instead of skipping)");
-                }
-                println!("SKIPPED {test}: {why}");
-                return None;
-            }
-        };
+        let admin_url = locate(Service::Postgres, test)?;
+        let mut admin = PgConnection::connect(&admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("{test}: connecting to Postgres at {admin_url}: {e}"));
         let name = format!("splai_t_{}", uuid::Uuid::now_v7().simple());
         sqlx::query(AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut admin)
@@ -120,7 +105,7 @@ impl Drop for TestDb {
 }
 
 /// `url` with its database replaced by `name`.
-fn with_database(url: &str, name: &str) -> String {
+pub fn with_database(url: &str, name: &str) -> String {
     let authority = url.find("://").map_or(0, |i| i + 3);
     let (head, rest) = url.split_at(authority);
     let (host, query) = match rest.find('?') {

@@ -33,6 +33,7 @@ mod retrieval;
 mod testing;
 mod tool;
 
+pub use model_download::{model_id_problem, source_supported};
 pub use tool::network_isolation_available;
 
 /// Why an attempt failed, and whether another attempt may succeed.

@@ -49,7 +49,7 @@ pub(super) async fn run(ex: &Executors, task: &Assignment) -> Result<Value, Task
         .ok_or_else(|| TaskError::invalid("model_download needs `model` (e.g. `org/name`)"))?;
     check_model_id(&model)?;
     let source = input_str(task, "source").unwrap_or_else(|| "huggingface".to_owned());
-    if !matches!(source.to_ascii_lowercase().as_str(), "huggingface" | "hf") {
+    if !source_supported(&source) {
         return Err(TaskError::invalid(format!(
             "model_download source `{source}` is not supported: only `huggingface`"
         )));
@@ -93,8 +93,10 @@ pub(super) async fn run(ex: &Executors, task: &Assignment) -> Result<Value, Task
     Ok(report(files, bytes, true))
 }
 
-/// `name` or `org/name`, each part plain: nothing that could leave the cache directory.
-fn check_model_id(model: &str) -> Result<(), TaskError> {
+/// Why `model` is not an id `model_download` accepts, if it is not: `name` or `org/name`, each
+/// part plain, so nothing can leave the cache directory. The gateway checks prefetch requests
+/// with it too, so a bad id is refused before any task is written.
+pub fn model_id_problem(model: &str) -> Option<String> {
     let parts: Vec<&str> = model.split('/').collect();
     let plain = |p: &&str| {
         !p.is_empty()
@@ -102,13 +104,21 @@ fn check_model_id(model: &str) -> Result<(), TaskError> {
             && p.chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
     };
-    if parts.len() > 2 || !parts.iter().all(plain) {
-        return Err(TaskError::invalid(format!(
+    (parts.len() > 2 || !parts.iter().all(plain)).then(|| {
+        format!(
             "model `{model}` is not a Hugging Face model id (`org/name` of letters, digits, \
              `-`, `_`, `.`)"
-        )));
-    }
-    Ok(())
+        )
+    })
+}
+
+/// Whether `model_download` can fetch from `source` (only Hugging Face, by either name).
+pub fn source_supported(source: &str) -> bool {
+    matches!(source.to_ascii_lowercase().as_str(), "huggingface" | "hf")
+}
+
+fn check_model_id(model: &str) -> Result<(), TaskError> {
+    model_id_problem(model).map_or(Ok(()), |m| Err(TaskError::invalid(m)))
 }
 
 /// A branch, tag or commit (`refs/pr/1` style names allowed), never `..`.

@@ -1,6 +1,6 @@
-//! Behaviour of the Redis lease queue against a real Redis (`SPLAI_TEST_REDIS_URL`), each test
-//! under a key prefix of its own so they run in parallel; a test without Redis is skipped
-//! (and fails when `CI` is set).
+//! Behaviour of the Redis lease queue against a real Redis (found as `testing::services`
+//! says), each test under a key prefix of its own so they run in parallel; a test without
+//! Redis is skipped (and fails when `CI` is set).
 
 use std::collections::BTreeSet;
 
