@@ -46,6 +46,8 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// `SPLAI_LOG`: the log and span filter (`info` by default).
     pub filter: String,
+    /// `SPLAI_OTEL_FILTER`: which spans are exported (`info` by default), apart from the logs.
+    pub span_filter: String,
     /// `SPLAI_LOG_FORMAT`.
     pub log_format: LogFormat,
     /// `SPLAI_OTEL_EXPORTER`.
@@ -70,7 +72,11 @@ impl TelemetryConfig {
     /// # Errors
     /// A value that is not one of the documented ones, naming the variable.
     pub fn from_lookup(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
-        let get = |k: &str| var(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let get = |k: &str| {
+            var(k)
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        };
         let exporter = match get("SPLAI_OTEL_EXPORTER").as_deref() {
             None | Some("none") => Exporter::None,
             Some("stdout") => Exporter::Stdout,
@@ -111,6 +117,7 @@ impl TelemetryConfig {
         };
         Ok(Self {
             filter: get("SPLAI_LOG").unwrap_or_else(|| "info".to_owned()),
+            span_filter: get("SPLAI_OTEL_FILTER").unwrap_or_else(|| "info".to_owned()),
             log_format,
             exporter,
             endpoint: get("SPLAI_OTEL_ENDPOINT"),
@@ -194,7 +201,10 @@ mod tests {
             ("SPLAI_OTEL_EXPORTER", "otlphttp"),
             ("SPLAI_OTEL_ENDPOINT", "collector:4318"),
             ("SPLAI_OTEL_INSECURE", "true"),
-            ("SPLAI_OTEL_HEADERS", "authorization=Bearer a=b, x-team = ml"),
+            (
+                "SPLAI_OTEL_HEADERS",
+                "authorization=Bearer a=b, x-team = ml",
+            ),
             ("SPLAI_OTEL_SAMPLER", "ratio"),
             ("SPLAI_OTEL_SAMPLER_RATIO", "0.25"),
             ("SPLAI_ENVIRONMENT", "staging"),

@@ -18,6 +18,7 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -70,20 +71,35 @@ pub fn init(service: &'static str, config: &TelemetryConfig) -> anyhow::Result<T
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
     let provider = provider(service, config)?;
+    // Each output has its own filter: quietening the logs (`SPLAI_LOG=warn`) must not stop
+    // the info-level spans that make a trace.
+    let span_filter = EnvFilter::try_new(&config.span_filter).with_context(|| {
+        format!(
+            "SPLAI_OTEL_FILTER={}: not a span filter",
+            config.span_filter
+        )
+    })?;
     let otel = provider.as_ref().map(|p| {
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-        tracing_opentelemetry::layer().with_tracer(p.tracer(service))
+        tracing_opentelemetry::layer()
+            .with_tracer(p.tracer(service))
+            .with_filter(span_filter)
     });
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-    let registry = tracing_subscriber::registry().with(filter).with(otel);
-    if json {
-        registry
-            .with(fmt.json().flatten_event(true).with_current_span(false))
-            .try_init()
+    let fmt = if json {
+        fmt.json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_filter(filter)
+            .boxed()
     } else {
-        registry.with(fmt).try_init()
-    }
-    .context("installing the log subscriber")?;
+        fmt.with_filter(filter).boxed()
+    };
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("installing the log subscriber")?;
     Ok(Telemetry { provider })
 }
 

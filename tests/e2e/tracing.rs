@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use splai_e2e::otlp_collector::{Collector, Span};
 
-use crate::{Fabric, JOB_LIMIT, eventually_within};
+use crate::{Fabric, JOB_LIMIT};
 
 /// The caller's trace and span, as a W3C `traceparent` would carry them.
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -53,11 +53,15 @@ async fn a_job_is_one_trace_from_submit_to_the_workers_execution() {
             .filter(|s| s.trace_id == TRACE_ID && s.name == name && s.service == service)
             .collect::<Vec<Span>>()
     };
-    eventually_within(Duration::from_secs(15), "the worker's spans exported", || {
-        let found = !in_trace("executor.run", "splai-worker").is_empty();
-        async move { found }
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while in_trace("executor.run", "splai-worker").is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker's spans were not exported within 15 s; received: {:#?}",
+            collector.spans()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 
     // The submit request: a child of the caller's span.
     let submits: Vec<Span> = in_trace("request", "splai")

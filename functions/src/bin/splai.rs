@@ -11,13 +11,14 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     // Dropped at the end of main: spans still buffered are exported then.
-    let _telemetry = match TelemetryConfig::from_env().and_then(|c| splai_telemetry::init("splai", &c)) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
+    let _telemetry =
+        match TelemetryConfig::from_env().and_then(|c| splai_telemetry::init("splai", &c)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     match splai_functions::cli::run(splai_functions::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
