@@ -78,13 +78,29 @@ pub fn app(
     app.fallback(|| async { ApiError::not_found("no such route") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
         // Outermost, so panics (as 500s) are counted; `Router::layer` runs after routing, so
         // the matched route template is known.
         .layer(axum::middleware::from_fn_with_state(
             http_metrics,
             crate::http_metrics::track,
         ))
+}
+
+/// One span per request, a child of the caller's span when it sent a W3C `traceparent`. The
+/// path, not the route: spans may carry ids, metrics labels may not.
+fn request_span(req: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    let span = tracing::info_span!(
+        "request",
+        method = %req.method(),
+        path = req.uri().path(),
+    );
+    let parent = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok());
+    splai_telemetry::set_parent(&span, parent);
+    span
 }
 
 /// A 500 for a panicking handler; the panic message goes to the log, not to the client.

@@ -6,6 +6,7 @@
 //! JSON messages. Cargo releases its build lock before running tests, so this does not block.
 
 pub mod model_server;
+pub mod otlp_collector;
 pub mod worker;
 
 use std::collections::HashMap;

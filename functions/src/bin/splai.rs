@@ -1,7 +1,7 @@
 //! The `splai` binary: wires logging and hands off to the CLI.
 
 use clap::Parser;
-use tracing_subscriber::EnvFilter;
+use splai_telemetry::TelemetryConfig;
 
 // The gateway and worker allocate many small, short-lived objects (JSON values, records);
 // mimalloc serves them markedly faster than the system allocator.
@@ -10,11 +10,15 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    let filter = EnvFilter::try_from_env("SPLAI_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // Dropped at the end of main: spans still buffered are exported then.
+    let _telemetry =
+        match TelemetryConfig::from_env().and_then(|c| splai_telemetry::init("splai", &c)) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
     match splai_functions::cli::run(splai_functions::cli::Cli::parse()).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

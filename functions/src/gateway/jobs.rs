@@ -100,6 +100,8 @@ impl SubmitJobRequest {
             metadata: self.metadata,
             tasks: self.tasks,
             idempotency_key,
+            // The request's span: the job's tasks join this trace.
+            trace_parent: splai_telemetry::traceparent(&tracing::Span::current()),
         })
     }
 }

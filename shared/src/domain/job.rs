@@ -40,6 +40,9 @@ pub struct NewJob {
     pub tasks: Option<Vec<TaskSpec>>,
     /// Makes the submit safe to repeat.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The W3C `traceparent` of the submit request, when it is traced: the job's tasks run
+    /// as children of it. Not part of the idempotency fingerprint.
+    pub trace_parent: Option<String>,
 }
 
 /// A stored job (without its tasks).
@@ -91,6 +94,9 @@ pub struct Job {
     /// When the job reached a terminal status.
     #[serde(with = "super::rfc3339::option")]
     pub finished_at: Option<Timestamp>,
+    /// The W3C `traceparent` of the submit request, when it was traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_parent: Option<String>,
 }
 
 /// A job with all its tasks: the unit that changes atomically.

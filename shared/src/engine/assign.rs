@@ -49,6 +49,10 @@ pub struct Assignment {
     pub job_type: String,
     /// The job's requested model.
     pub model: Option<String>,
+    /// The W3C `traceparent` of the job's submit request: the worker's execution span is its
+    /// child, so one trace runs from submit to the last task.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
 }
 
 /// What a heartbeat tells the worker.
@@ -94,6 +98,7 @@ impl Engine {
     ///
     /// # Errors
     /// `NotFound` for an unregistered worker, and backend failures.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.heartbeat")]
     pub async fn heartbeat(
         &self,
         id: &WorkerId,
@@ -183,6 +188,7 @@ impl Engine {
     ///
     /// # Errors
     /// `NotFound` for an unregistered worker, and backend failures.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.assign")]
     pub async fn assign(
         &self,
         id: &WorkerId,
@@ -425,5 +431,6 @@ fn to_assignment(record: &crate::domain::JobRecord, lease: &Lease) -> Option<Ass
         priority: t.priority,
         job_type: record.job.job_type.clone(),
         model: record.job.model.clone(),
+        traceparent: record.job.trace_parent.clone(),
     })
 }

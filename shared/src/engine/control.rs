@@ -30,6 +30,7 @@ impl Engine {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a job that already completed or failed, and backend failures.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.cancel", fields(job_id = %id))]
     pub async fn cancel(&self, id: &JobId) -> Result<(), EngineError> {
         let now = self.clock.now();
         let done = self
@@ -51,6 +52,7 @@ impl Engine {
     ///
     /// # Errors
     /// `NotFound`, `Conflict` for a job that is not failed or canceled, and backend failures.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.retry", fields(job_id = %id))]
     pub async fn retry(&self, id: &JobId) -> Result<(), EngineError> {
         let now = self.clock.now();
         let done = self
@@ -101,6 +103,7 @@ impl Engine {
     ///
     /// # Errors
     /// Backend failures; whatever was not done is picked up by the next sweep.
+    #[tracing::instrument(level = "debug", skip_all, name = "engine.sweep")]
     pub async fn sweep(&self) -> Result<SweepReport, EngineError> {
         let now = self.clock.now();
         let expired = self.backends.queue.expire(now).await?;

@@ -33,6 +33,7 @@ impl Engine {
     ///
     /// # Errors
     /// Backend failures (then none of the reports in the failed transaction took effect).
+    #[tracing::instrument(level = "info", skip_all, name = "engine.report", fields(reports = reports.len()))]
     pub async fn report(&self, reports: &[Report]) -> Result<Vec<ReportResult>, EngineError> {
         let now = self.clock.now();
         let (base, max) = (self.config.retry_base, self.config.retry_max);

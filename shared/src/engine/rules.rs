@@ -109,6 +109,7 @@ pub fn build_record(
         created_at: now,
         updated_at: now,
         finished_at: None,
+        trace_parent: new.trace_parent.clone(),
     };
     JobRecord { job, tasks }
 }

@@ -24,6 +24,7 @@ impl Engine {
     /// # Errors
     /// `Plan` for an invalid DAG, `Conflict` for a key reused with a different request, and
     /// backend failures.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.submit")]
     pub async fn submit(&self, new: NewJob) -> Result<Submitted, EngineError> {
         // One code path for one job and many: a single submit is a batch of one.
         self.submit_many(vec![new])
@@ -39,6 +40,7 @@ impl Engine {
     ///
     /// # Errors
     /// A backend failure, in which case no job of the batch was written.
+    #[tracing::instrument(level = "info", skip_all, name = "engine.submit_many", fields(jobs = jobs.len()))]
     pub async fn submit_many(
         &self,
         jobs: Vec<NewJob>,

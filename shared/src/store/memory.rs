@@ -4,8 +4,8 @@
 //! that an external queue uses in production.
 
 mod audit;
-mod webhooks;
 mod chunks;
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;

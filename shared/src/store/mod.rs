@@ -11,8 +11,8 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AuditEvent, ChainReport, ChainWalk, DeliveryState, Heartbeat, IdempotencyKey, Job, JobId,
-    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskChunk, TaskRef, TenantId, Timestamp,
-    WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
+    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskChunk, TaskRef, TenantId,
+    Timestamp, WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
 };
 
 pub mod memory;

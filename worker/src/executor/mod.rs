@@ -93,6 +93,7 @@ impl Executors {
     ///
     /// # Errors
     /// The attempt's failure, classified.
+    #[tracing::instrument(level = "info", skip_all, name = "executor.run", fields(task_type = task.task_type.as_str()))]
     pub async fn run(&self, task: &Assignment) -> Result<Value, TaskError> {
         match task.task_type {
             TaskType::LlmInference => llm::run(self, task).await,

@@ -127,6 +127,7 @@ impl ModelBackend for OllamaBackend {
         "ollama"
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "ollama", model = req.model.as_deref().unwrap_or("")))]
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError> {
         let model = self.model(req.model.as_ref());
         let (path, body) = request(&model, req, false);
@@ -149,6 +150,7 @@ impl ModelBackend for OllamaBackend {
 
     /// `stream: true`: one JSON object per line, each with a piece of the text, the last
     /// (`done: true`) with the reason and the counts.
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "ollama", model = req.model.as_deref().unwrap_or(""), stream = true))]
     async fn complete_streaming(
         &self,
         req: &CompletionRequest,
@@ -195,6 +197,7 @@ impl ModelBackend for OllamaBackend {
         })
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.embed", fields(backend = "ollama", model = req.model.as_deref().unwrap_or("")))]
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let model = self.model(req.model.as_ref());
         if req.inputs.is_empty() {

@@ -160,6 +160,7 @@ impl ModelBackend for OpenAiBackend {
         &self.name
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "openai", model = req.model.as_deref().unwrap_or("")))]
     async fn complete(&self, req: &CompletionRequest) -> Result<Completion, ModelError> {
         let model = req
             .model
@@ -183,6 +184,7 @@ impl ModelBackend for OpenAiBackend {
 
     /// `stream: true` with `stream_options.include_usage`: SSE `data:` lines, each a
     /// `chat.completion.chunk` with a delta, the usage in the last, then `data: [DONE]`.
+    #[tracing::instrument(level = "info", skip_all, name = "model.complete", fields(backend = "openai", model = req.model.as_deref().unwrap_or(""), stream = true))]
     async fn complete_streaming(
         &self,
         req: &CompletionRequest,
@@ -230,6 +232,7 @@ impl ModelBackend for OpenAiBackend {
         })
     }
 
+    #[tracing::instrument(level = "info", skip_all, name = "model.embed", fields(backend = "openai", model = req.model.as_deref().unwrap_or("")))]
     async fn embed(&self, req: &EmbeddingRequest) -> Result<Embeddings, ModelError> {
         let model = req
             .model

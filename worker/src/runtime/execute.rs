@@ -30,6 +30,20 @@ enum Outcome {
     Stopped,
 }
 
+/// The span of one attempt: a child of the job's submit request when that was traced, so the
+/// trace runs from the submit to this execution.
+pub(crate) fn span(task: &Assignment) -> tracing::Span {
+    let span = tracing::info_span!(
+        "task.execute",
+        job_id = %task.job_id,
+        task_id = %task.task_id,
+        task_type = task.task_type.as_str(),
+        attempt = task.attempt,
+    );
+    splai_telemetry::set_parent(&span, task.traceparent.as_deref());
+    span
+}
+
 /// Runs one claimed task to a report (or to a stop). Holds `permit` (a parallelism slot)
 /// until the output is stored.
 pub(crate) async fn execute(

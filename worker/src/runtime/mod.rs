@@ -16,6 +16,7 @@ use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use self::backoff::Backoff;
 use self::registry::{Registry, Stop};
@@ -270,13 +271,11 @@ async fn claim_loop(
                 backoff.reset();
                 for (task, permit) in tasks.into_iter().zip(permits) {
                     let (lease, cancel) = shared.registry.insert(&task);
-                    tracker.spawn(execute::execute(
-                        shared.clone(),
-                        task,
-                        lease,
-                        cancel,
-                        permit,
-                    ));
+                    let span = execute::span(&task);
+                    tracker.spawn(
+                        execute::execute(shared.clone(), task, lease, cancel, permit)
+                            .instrument(span),
+                    );
                 }
             }
             Err(GatewayError::NotRegistered(_)) => {

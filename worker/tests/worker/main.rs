@@ -71,6 +71,7 @@ pub fn a_task(task_type: TaskType, inputs: Value) -> Assignment {
         priority: Default::default(),
         job_type: "chat".to_owned(),
         model: None,
+        traceparent: None,
     }
 }
 

@@ -38,6 +38,9 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "0003_webhook_deliveries",
         include_str!("../../../../migrations/postgres/0003_webhook_deliveries.sql"),
+    ),
+    (
+        4,
         "0004_task_chunks",
         include_str!("../../../../migrations/postgres/0004_task_chunks.sql"),
     ),

@@ -51,6 +51,9 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         6,
         "0006_webhook_deliveries",
         include_str!("../../../../migrations/sqlite/0006_webhook_deliveries.sql"),
+    ),
+    (
+        7,
         "0007_task_chunks",
         include_str!("../../../../migrations/sqlite/0007_task_chunks.sql"),
     ),

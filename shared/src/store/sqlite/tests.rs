@@ -46,6 +46,7 @@ fn a_job(id: &str, tenant: &str, job_type: &str, status: Status) -> Job {
         created_at: at(0),
         updated_at: at(0),
         finished_at: None,
+        trace_parent: None,
     }
 }
 
