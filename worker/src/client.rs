@@ -218,18 +218,7 @@ impl GatewayClient {
     /// # Errors
     /// Classified gateway failures; `Rejected` with status 404 when there is no output.
     pub async fn task_output(&self, job: &str, task: &str) -> Result<bytes::Bytes, GatewayError> {
-        // Ids may hold `/` or `:`; each goes in as one escaped path segment.
-        let mut url = reqwest::Url::parse(&self.base).map_err(|e| GatewayError::Rejected {
-            status: 0,
-            message: format!("invalid gateway URL: {e}"),
-        })?;
-        url.path_segments_mut()
-            .map_err(|()| GatewayError::Rejected {
-                status: 0,
-                message: "the gateway URL cannot take a path".to_owned(),
-            })?
-            .pop_if_empty()
-            .extend(["v1", "jobs", job, "tasks", task, "output"]);
+        let url = self.url_of(&["v1", "jobs", job, "tasks", task, "output"])?;
         let req = self.authorized(self.http.get(url)).timeout(REQUEST_TIMEOUT);
         let resp = req.send().await.map_err(|e| unreachable(&e))?;
         let status = resp.status();
@@ -269,6 +258,11 @@ impl GatewayClient {
 
     /// `<base>/v1/tasks/<job>/<task>/<tail>`, each id one escaped path segment.
     fn task_url(&self, job: &str, task: &str, tail: &str) -> Result<reqwest::Url, GatewayError> {
+        self.url_of(&["v1", "tasks", job, task, tail])
+    }
+
+    /// `<base>/<segments>`, each segment escaped: ids may hold `/` or `:`.
+    fn url_of(&self, segments: &[&str]) -> Result<reqwest::Url, GatewayError> {
         let mut url = reqwest::Url::parse(&self.base).map_err(|e| GatewayError::Rejected {
             status: 0,
             message: format!("invalid gateway URL: {e}"),
@@ -279,7 +273,7 @@ impl GatewayClient {
                 message: "the gateway URL cannot take a path".to_owned(),
             })?
             .pop_if_empty()
-            .extend(["v1", "tasks", job, task, tail]);
+            .extend(segments);
         Ok(url)
     }
 

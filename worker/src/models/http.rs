@@ -139,7 +139,8 @@ pub(crate) async fn post_lines(
     Ok(())
 }
 
-/// Sends a streaming request; the response once its status says the answer follows.
+/// Sends a request; the response once its status says the answer follows (its body not read
+/// yet, so a stream can be consumed as it arrives).
 async fn start_stream(
     http: &reqwest::Client,
     call: &JsonCall<'_>,
@@ -149,25 +150,29 @@ async fn start_stream(
     if let Some(key) = call.api_key {
         req = req.bearer_auth(key.expose());
     }
-    let unreachable = |e: reqwest::Error| Failure {
+    let resp = req.send().await.map_err(|e| unreachable(call, e))?;
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after = retry_after(resp.headers());
+    let bytes = resp.bytes().await.map_err(|e| unreachable(call, e))?;
+    Err(Failure {
+        error: classify(call.backend, status, &bytes),
+        retry_after,
+    })
+}
+
+/// A request that never got (all of) an answer: retryable.
+fn unreachable(call: &JsonCall<'_>, e: reqwest::Error) -> Failure {
+    Failure {
         error: ModelError::Unreachable {
             backend: call.backend.to_owned(),
             url: call.url.clone(),
             message: error_chain(&e.without_url()),
         },
         retry_after: None,
-    };
-    let resp = req.send().await.map_err(unreachable)?;
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
     }
-    let retry_after = retry_after(resp.headers());
-    let bytes = resp.bytes().await.map_err(unreachable)?;
-    Err(Failure {
-        error: classify(call.backend, status, &bytes),
-        retry_after,
-    })
 }
 
 /// GETs JSON once, with a timeout; `None` on any failure. For best-effort listings.
@@ -193,34 +198,14 @@ async fn post_once<T: DeserializeOwned>(
     call: &JsonCall<'_>,
     body: &impl Serialize,
 ) -> Result<T, Failure> {
-    let mut req = http.post(&call.url).json(body);
-    if let Some(key) = call.api_key {
-        req = req.bearer_auth(key.expose());
-    }
-    let unreachable = |e: reqwest::Error| Failure {
-        error: ModelError::Unreachable {
+    let resp = start_stream(http, call, body).await?;
+    let bytes = resp.bytes().await.map_err(|e| unreachable(call, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| Failure {
+        error: ModelError::BadResponse {
             backend: call.backend.to_owned(),
-            url: call.url.clone(),
-            message: error_chain(&e.without_url()),
+            message: format!("{e} in {}", truncate(&String::from_utf8_lossy(&bytes))),
         },
         retry_after: None,
-    };
-    let resp = req.send().await.map_err(unreachable)?;
-    let status = resp.status();
-    let retry_after = retry_after(resp.headers());
-    let bytes = resp.bytes().await.map_err(unreachable)?;
-    if status.is_success() {
-        return serde_json::from_slice(&bytes).map_err(|e| Failure {
-            error: ModelError::BadResponse {
-                backend: call.backend.to_owned(),
-                message: format!("{e} in {}", truncate(&String::from_utf8_lossy(&bytes))),
-            },
-            retry_after: None,
-        });
-    }
-    Err(Failure {
-        error: classify(call.backend, status, &bytes),
-        retry_after,
     })
 }
 
