@@ -18,6 +18,7 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use sha2::{Digest, Sha256};
 use splai_shared::domain::TenantId;
 
@@ -431,6 +432,23 @@ pub struct Guard {
     pub tokens: Option<Arc<Tokens>>,
     /// What the route needs.
     pub need: Permission,
+}
+
+/// What every router calls to guard a route: `g(need, method_router)` puts [`authorize`] for
+/// `need` on it, so each router's route table is the one place its routes are authorised.
+pub fn guarded<S>(
+    tokens: Option<Arc<Tokens>>,
+) -> impl Fn(Permission, MethodRouter<S>) -> MethodRouter<S>
+where
+    S: Clone + Send + Sync + 'static,
+{
+    move |need, m| {
+        let guard = Guard {
+            tokens: tokens.clone(),
+            need,
+        };
+        m.route_layer(axum::middleware::from_fn_with_state(guard, authorize))
+    }
 }
 
 /// The layer every non-health route runs: 401 without a known token, 403 without the

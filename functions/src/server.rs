@@ -25,7 +25,7 @@ use crate::gateway::{self, AppState};
 use crate::http_metrics::HttpMetrics;
 use crate::openai::{self, OpenAiState};
 use crate::policy::{self, PolicyState};
-use crate::webhooks::deliver::{Deliverer, deliver_loop};
+use crate::webhooks::deliver::Deliverer;
 
 /// Opens the backends (running migrations) and builds the engine.
 ///
@@ -114,22 +114,32 @@ fn panic_response(payload: Box<dyn std::any::Any + Send>) -> axum::response::Res
     axum::response::IntoResponse::into_response(ApiError::internal(&cause))
 }
 
-/// Requeues expired leases and relays the outbox until `shutdown` resolves.
-pub async fn sweep_loop(engine: Arc<Engine>, every: Duration, shutdown: impl Future<Output = ()>) {
+/// Runs `pass` every `every` (a slow pass delays the next rather than piling up) until
+/// `shutdown` resolves: the background work of the local server, which a Lambda deployment
+/// runs as scheduled invocations instead.
+pub async fn every<F, Fut>(every: Duration, shutdown: impl Future<Output = ()>, mut pass: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tick.tick() => {
-                match engine.sweep().await {
-                    Ok(r) if r.requeued + r.dead_lettered + r.relayed > 0 => tracing::info!(?r, "sweep"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next tick"),
-                }
-            }
+            _ = tick.tick() => pass().await,
         }
+    }
+}
+
+/// One sweep: requeues expired leases, reconciles and relays the outbox; failures are retried
+/// next tick.
+pub async fn sweep_once(engine: &Engine) {
+    match engine.sweep().await {
+        Ok(r) if r.requeued + r.dead_lettered + r.relayed > 0 => tracing::info!(?r, "sweep"),
+        Ok(_) => {}
+        Err(e) => tracing::warn!(error = %e, "sweep failed; retrying next tick"),
     }
 }
 
@@ -182,16 +192,25 @@ pub async fn start(
         config.max_body_bytes,
         config.openai_compat.then_some(config.openai_timeout),
     );
-    let sweeper = tokio::spawn(sweep_loop(
-        engine.clone(),
-        config.sweep_interval,
-        wait_true(stop_rx.clone()),
-    ));
+    let sweeper = tokio::spawn({
+        let engine = engine.clone();
+        every(
+            config.sweep_interval,
+            wait_true(stop_rx.clone()),
+            move || {
+                let engine = engine.clone();
+                async move { sweep_once(&engine).await }
+            },
+        )
+    });
     // Webhooks go out on the sweeper's cadence; a delivery's own due time decides when.
-    let delivering = tokio::spawn(deliver_loop(
-        deliverer,
+    let delivering = tokio::spawn(every(
         config.sweep_interval,
         wait_true(stop_rx.clone()),
+        move || {
+            let deliverer = deliverer.clone();
+            async move { deliverer.deliver_once().await }
+        },
     ));
     let handle = tokio::spawn(async move {
         // No Nagle delay: small JSON answers (a claim, a report) must leave at once.

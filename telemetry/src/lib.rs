@@ -39,11 +39,6 @@ impl Telemetry {
             eprintln!("flushing spans failed: {e}");
         }
     }
-
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
 }
 
 impl Drop for Telemetry {

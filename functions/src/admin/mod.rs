@@ -10,12 +10,11 @@ pub mod prefetch;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::middleware;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use splai_shared::engine::Engine;
 
 use self::deadletter::RequeueGuards;
-use crate::auth::{self, Guard, Permission, Tokens};
+use crate::auth::{self, Permission, Tokens};
 
 /// What every admin handler can reach. Built once at start-up.
 #[derive(Clone)]
@@ -31,14 +30,7 @@ pub struct AdminState {
 /// The admin routes, each with the permission it needs: the one place they are authorised.
 pub fn router(state: AdminState) -> Router {
     use Permission as P;
-    let tokens = state.auth.clone();
-    let g = move |need: Permission, m: MethodRouter<AdminState>| {
-        let guard = Guard {
-            tokens: tokens.clone(),
-            need,
-        };
-        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
-    };
+    let g = auth::guarded(state.auth.clone());
     Router::new()
         .route(
             "/v1/admin/queue/dead-letter",

@@ -13,13 +13,12 @@ mod workers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::middleware;
-use axum::routing::{MethodRouter, delete, get, post};
+use axum::routing::{delete, get, post};
 use splai_shared::artifacts::ArtifactStore;
 use splai_shared::domain::{Job, JobId};
 use splai_shared::engine::{Engine, EngineError};
 
-use crate::auth::{self, Caller, Guard, Permission, TenantAccess, Tokens};
+use crate::auth::{self, Caller, Permission, TenantAccess, Tokens};
 use crate::error::ApiError;
 
 /// What every gateway handler can reach. Built once at start-up.
@@ -43,14 +42,7 @@ pub struct AppState {
 /// that satisfy each). This table is the one place routes are authorised; health is open.
 pub fn router(state: AppState) -> Router {
     use Permission as P;
-    let tokens = state.auth.clone();
-    let g = move |need: Permission, m: MethodRouter<AppState>| {
-        let guard = Guard {
-            tokens: tokens.clone(),
-            need,
-        };
-        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
-    };
+    let g = auth::guarded(state.auth.clone());
     Router::new()
         .route(
             "/v1/jobs",

@@ -26,13 +26,7 @@ pub async fn completions(
     let new = translate::chat_job(&chat, tenant(&headers, &caller)?, endpoint);
     let mut sub = submit(&s, &origin, new, endpoint).await?;
     if chat.stream {
-        let follow = relay::Follow {
-            job: sub.job,
-            created: sub.created,
-            events: sub.events,
-            guard: sub.guard,
-        };
-        return Ok(relay::respond(s, chat, follow));
+        return Ok(relay::respond(s, chat, sub));
     }
     let answer = answer(&s, &mut sub, &chat).await?;
     let id = translate::answer_id("chatcmpl", sub.job.as_str());

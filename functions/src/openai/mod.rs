@@ -21,12 +21,12 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::middleware;
-use axum::routing::{MethodRouter, get, post};
+use axum::routing::{get, post};
 use splai_shared::domain::{NewJob, TenantId};
 use tokio::time::Instant;
 
 use crate::admin::audit::Origin;
-use crate::auth::{self, Caller, Guard, Permission};
+use crate::auth::{self, Caller, Permission};
 use crate::error::ApiError;
 use crate::gateway::AppState;
 use crate::gateway::jobs::policy_gate;
@@ -47,14 +47,7 @@ pub struct OpenAiState {
 /// The OpenAI routes, each with the permission it needs: the one place they are authorised.
 /// Every error this router answers is reshaped into the OpenAI error shape.
 pub fn router(state: OpenAiState) -> Router {
-    let tokens = state.app.auth.clone();
-    let g = move |need: Permission, m: MethodRouter<OpenAiState>| {
-        let guard = Guard {
-            tokens: tokens.clone(),
-            need,
-        };
-        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
-    };
+    let g = auth::guarded(state.app.auth.clone());
     use Permission as P;
     Router::new()
         .route(
@@ -90,12 +83,16 @@ fn tenant(headers: &HeaderMap, caller: &Caller) -> Result<TenantId, ApiError> {
     Ok(tenant)
 }
 
-/// A submitted job being waited for.
-struct Submitted {
-    job: splai_shared::domain::JobId,
-    created: i64,
-    events: tokio::sync::broadcast::Receiver<std::sync::Arc<splai_shared::engine::JobEvent>>,
-    guard: CancelOnDrop,
+/// A submitted job being waited for (or relayed).
+pub struct Submitted {
+    /// The job.
+    pub job: splai_shared::domain::JobId,
+    /// When it was submitted (the answer's and the chunks' `created`).
+    pub created: i64,
+    /// Job events, subscribed before the submit so its end cannot be missed.
+    pub events: tokio::sync::broadcast::Receiver<std::sync::Arc<splai_shared::engine::JobEvent>>,
+    /// Cancels the job unless disarmed.
+    pub guard: CancelOnDrop,
 }
 
 /// Submits `new` through the policy gate, subscribed to job events first so its end cannot

@@ -13,7 +13,6 @@
 //! cancels the job.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -21,15 +20,14 @@ use axum::response::{IntoResponse, Response};
 use futures::Stream;
 use serde_json::{Value, json};
 use splai_shared::domain::{JobId, LeaseId, Status, TaskId, TaskRef};
-use splai_shared::engine::JobEvent;
-use tokio::sync::broadcast::{Receiver, error::RecvError};
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use super::OpenAiState;
 use super::error::{self, timed_out};
 use super::translate::{self, Answer, Chat, GENERATE};
-use super::wait::{self, CancelOnDrop};
+use super::wait;
+use super::{OpenAiState, Submitted};
 use crate::error::ApiError;
 
 /// How often the chunk log and the job are re-read for changes made through other instances.
@@ -38,20 +36,8 @@ pub const POLL: Duration = Duration::from_millis(200);
 /// Chunks read per store call.
 const PAGE: usize = 256;
 
-/// What the relay needs about the job it follows.
-pub struct Follow {
-    /// The job.
-    pub job: JobId,
-    /// When it was submitted (the chunks' `created`).
-    pub created: i64,
-    /// Job events, subscribed before the submit.
-    pub events: Receiver<Arc<JobEvent>>,
-    /// Cancels the job unless the relay finishes it.
-    pub guard: CancelOnDrop,
-}
-
 /// The SSE response for a streaming chat.
-pub fn respond(s: OpenAiState, chat: Chat, follow: Follow) -> Response {
+pub fn respond(s: OpenAiState, chat: Chat, follow: Submitted) -> Response {
     let (tx, rx) = mpsc::channel::<Event>(64);
     tokio::spawn(relay(s, chat, follow, tx));
     let events = futures::stream::unfold(rx, |mut rx| async move {
@@ -136,7 +122,7 @@ impl Relay {
     }
 }
 
-async fn relay(s: OpenAiState, chat: Chat, mut follow: Follow, tx: mpsc::Sender<Event>) {
+async fn relay(s: OpenAiState, chat: Chat, mut follow: Submitted, tx: mpsc::Sender<Event>) {
     let deadline = Instant::now() + s.timeout;
     let mut wake = s.app.engine.subscribe_chunks();
     let task = TaskRef {

@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use axum::routing::{MethodRouter, get, post};
-use axum::{Json, Router, middleware};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use serde_json::{Value, json};
 use splai_shared::engine::Engine;
 
-use crate::auth::{self, Caller, Guard, Permission, Tokens};
+use crate::auth::{self, Caller, Permission, Tokens};
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::gateway::jobs::SubmitJobRequest;
@@ -27,14 +27,7 @@ pub struct PolicyState {
 
 /// The policy routes, each with the permission it needs: the one place they are authorised.
 pub fn router(state: PolicyState) -> Router {
-    let tokens = state.auth.clone();
-    let g = move |need: Permission, m: MethodRouter<PolicyState>| {
-        let guard = Guard {
-            tokens: tokens.clone(),
-            need,
-        };
-        m.route_layer(middleware::from_fn_with_state(guard, auth::authorize))
-    };
+    let g = auth::guarded(state.auth.clone());
     Router::new()
         .route("/v1/policy", g(Permission::Operator, get(show)))
         .route(

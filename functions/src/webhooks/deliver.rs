@@ -76,6 +76,18 @@ impl Deliverer {
         self.config.timeout * 2 + Duration::from_secs(5)
     }
 
+    /// One pass of [`deliver_due`](Self::deliver_due) for a background loop: the outcome is
+    /// logged, and a failed pass is retried on the next tick.
+    pub async fn deliver_once(&self) {
+        match self.deliver_due().await {
+            Ok(r) if r.attempts() > 0 => tracing::info!(?r, "webhooks"),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "webhook delivery pass failed; retrying next tick")
+            }
+        }
+    }
+
     /// One pass: claims up to a batch of due deliveries, sends them concurrently, and records
     /// each attempt.
     ///
@@ -173,27 +185,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         cause = c.source();
     }
     out
-}
-
-/// Runs [`Deliverer::deliver_due`] every `every` until `shutdown` resolves.
-pub async fn deliver_loop(
-    deliverer: Arc<Deliverer>,
-    every: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            _ = &mut shutdown => return,
-            _ = tick.tick() => {
-                match deliverer.deliver_due().await {
-                    Ok(r) if r.attempts() > 0 => tracing::info!(?r, "webhooks"),
-                    Ok(_) => {}
-                    Err(e) => tracing::warn!(error = %e, "webhook delivery pass failed; retrying next tick"),
-                }
-            }
-        }
-    }
 }

@@ -109,30 +109,24 @@ async fn auth_is_off_by_default() {
 #[tokio::test]
 async fn both_header_forms_are_accepted() {
     let app = secured().await;
-    let bearer = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .header("Authorization", "Bearer reader-tok")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(bearer.status(), StatusCode::OK);
-    let header = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .header("X-SPLAI-Token", "reader-tok")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(header.status(), StatusCode::OK);
-    let wrong_scheme = app
-        .http
-        .get(app.url("/v1/jobs"))
-        .header("Authorization", "Basic reader-tok")
-        .send()
-        .await
-        .expect("GET");
-    assert_eq!(wrong_scheme.status(), StatusCode::UNAUTHORIZED);
+    for (header, value, expected) in [
+        ("Authorization", "Bearer reader-tok", StatusCode::OK),
+        ("X-SPLAI-Token", "reader-tok", StatusCode::OK),
+        (
+            "Authorization",
+            "Basic reader-tok",
+            StatusCode::UNAUTHORIZED,
+        ),
+    ] {
+        let resp = app
+            .http
+            .get(app.url("/v1/jobs"))
+            .header(header, value)
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(resp.status(), expected, "{header}: {value}");
+    }
 }
 
 /// A custom role (`SPLAI_API_ROLES`) and the built-in `ops` grant their scopes and no more;
