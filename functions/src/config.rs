@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use splai_shared::artifacts::ArtifactBackend;
+use splai_shared::aws::AwsSettings;
 use splai_shared::backends::{
     BackendConfig, DEFAULT_POSTGRES_MAX_CONNECTIONS, RedisConfig, Secret,
 };
@@ -93,6 +94,7 @@ impl Config {
                 "SPLAI_POSTGRES_MAX_CONNECTIONS",
                 DEFAULT_POSTGRES_MAX_CONNECTIONS,
             )?,
+            aws: aws_settings(&var)?,
         };
         backends.validate()?;
         let secs = |k: &str, d: u64| -> anyhow::Result<Duration> {
@@ -267,6 +269,21 @@ fn webhook_config(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<Webho
         bail!("SPLAI_WEBHOOK_MAX_ATTEMPTS and SPLAI_WEBHOOK_TIMEOUT_MS must be at least 1");
     }
     Ok(config)
+}
+
+/// `SPLAI_SQS_QUEUE_PREFIX`, `SPLAI_DYNAMODB_TABLE`, `SPLAI_S3_*` (or `SPLAI_MINIO_BUCKET`) and
+/// `SPLAI_AWS_CREATE_RESOURCES`, read whatever the backends so that a bad value fails at start-up.
+fn aws_settings(var: &impl Fn(&str) -> Option<String>) -> anyhow::Result<AwsSettings> {
+    let d = AwsSettings::default();
+    Ok(AwsSettings {
+        sqs_queue_prefix: var("SPLAI_SQS_QUEUE_PREFIX").unwrap_or(d.sqs_queue_prefix),
+        dynamodb_table: var("SPLAI_DYNAMODB_TABLE").unwrap_or(d.dynamodb_table),
+        s3_bucket: var("SPLAI_S3_BUCKET")
+            .or_else(|| var("SPLAI_MINIO_BUCKET"))
+            .unwrap_or(d.s3_bucket),
+        s3_prefix: var("SPLAI_S3_PREFIX").unwrap_or(d.s3_prefix),
+        create_resources: parse_or(var, "SPLAI_AWS_CREATE_RESOURCES", d.create_resources)?,
+    })
 }
 
 fn parse_or<T: FromStr>(
@@ -461,6 +478,43 @@ mod tests {
         ])
         .unwrap_err();
         assert!(format!("{e:#}").contains("SPLAI_API_ROLES"), "{e:#}");
+    }
+
+    #[test]
+    fn aws_names_have_the_original_defaults_and_can_be_set() {
+        assert_eq!(config(&[]).unwrap().backends.aws, AwsSettings::default());
+        let d = AwsSettings::default();
+        assert_eq!(
+            (d.sqs_queue_prefix.as_str(), d.dynamodb_table.as_str()),
+            ("splai", "splai")
+        );
+        assert_eq!(
+            (d.s3_bucket.as_str(), d.create_resources),
+            ("splai-artifacts", false)
+        );
+        let c = config(&[
+            ("SPLAI_SQS_QUEUE_PREFIX", "prod"),
+            ("SPLAI_DYNAMODB_TABLE", "prod-state"),
+            ("SPLAI_MINIO_BUCKET", "outputs"),
+            ("SPLAI_S3_PREFIX", "runs/"),
+            ("SPLAI_AWS_CREATE_RESOURCES", "true"),
+        ])
+        .unwrap();
+        let a = &c.backends.aws;
+        assert_eq!(
+            (a.sqs_queue_prefix.as_str(), a.dynamodb_table.as_str()),
+            ("prod", "prod-state")
+        );
+        assert_eq!(
+            (a.s3_bucket.as_str(), a.s3_prefix.as_str()),
+            ("outputs", "runs/")
+        );
+        assert!(a.create_resources);
+        let e = config(&[("SPLAI_AWS_CREATE_RESOURCES", "yes please")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_AWS_CREATE_RESOURCES"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -107,6 +107,8 @@ pub struct BackendConfig {
     /// `SPLAI_POSTGRES_MAX_CONNECTIONS` (default 10): the pool size. The queue's `LISTEN`
     /// keeps one of these connections.
     pub postgres_max_connections: u32,
+    /// Names and set-up of the AWS backends (`SPLAI_SQS_*`, `SPLAI_DYNAMODB_TABLE`, `SPLAI_S3_*`).
+    pub aws: crate::aws::AwsSettings,
 }
 
 /// A setting that must not be shown: `Debug` prints `[redacted]` (a DSN holds a password).
@@ -140,6 +142,7 @@ impl Default for BackendConfig {
             redis: RedisConfig::default(),
             postgres_dsn: None,
             postgres_max_connections: DEFAULT_POSTGRES_MAX_CONNECTIONS,
+            aws: crate::aws::AwsSettings::default(),
         }
     }
 }

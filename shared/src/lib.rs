@@ -11,6 +11,7 @@
 //! - [`clock`]: the time source the engine reads.
 
 pub mod artifacts;
+pub mod aws;
 pub mod backends;
 pub mod clock;
 pub mod domain;

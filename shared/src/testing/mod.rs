@@ -2,6 +2,8 @@
 //! manual clock, and the engine conformance suite every backend combination must pass.
 
 pub mod audit;
+#[cfg(feature = "aws")]
+pub mod aws;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]

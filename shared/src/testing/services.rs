@@ -1,11 +1,14 @@
-//! Where the tests find Postgres and Redis, in this order:
+//! Where the tests find Postgres, Redis and the AWS emulator, in this order:
 //!
-//! 1. the service's URL variable (`SPLAI_TEST_POSTGRES_URL`, `SPLAI_TEST_REDIS_URL`), as CI sets;
+//! 1. the service's URL variable (`SPLAI_TEST_POSTGRES_URL`, `SPLAI_TEST_REDIS_URL`,
+//!    `SPLAI_TEST_AWS_ENDPOINT_URL`), as CI sets;
 //! 2. where a Docker engine answers (a developer's laptop), a container started with
 //!    testcontainers, one per service per machine: it is marked for reuse, so every test binary
 //!    and later runs share it instead of starting their own (`docker ps --filter
-//!    label=org.testcontainers.reuse.hash` lists it; `docker rm -f` removes it);
-//! 3. the service on its standard local port, as this project's machines run them;
+//!    label=org.testcontainers.reuse.hash` lists it; `docker rm -f` removes it) — Postgres and
+//!    Redis only;
+//! 3. the service on its standard local port, as this project's machines run them (for AWS,
+//!    4566: LocalStack's port, where `.ci/run` also starts `moto_server`);
 //! 4. none: the test is skipped with a printed reason, and fails instead when `CI` is set, so a
 //!    missing service is never silently green.
 //!
@@ -22,6 +25,9 @@ pub enum Service {
     Postgres,
     /// Redis (tests use key prefixes or database numbers of their own).
     Redis,
+    /// An AWS emulator serving SQS, DynamoDB and S3 on one endpoint (moto or LocalStack;
+    /// tests use queue, table and bucket names of their own).
+    Aws,
 }
 
 impl Service {
@@ -30,6 +36,7 @@ impl Service {
         match self {
             Self::Postgres => "SPLAI_TEST_POSTGRES_URL",
             Self::Redis => "SPLAI_TEST_REDIS_URL",
+            Self::Aws => "SPLAI_TEST_AWS_ENDPOINT_URL",
         }
     }
 
@@ -38,6 +45,7 @@ impl Service {
         match self {
             Self::Postgres => "postgres://postgres@127.0.0.1:5432/test",
             Self::Redis => "redis://127.0.0.1:6379",
+            Self::Aws => "http://127.0.0.1:4566",
         }
     }
 
@@ -51,6 +59,7 @@ impl Service {
         match self {
             Self::Postgres => "Postgres",
             Self::Redis => "Redis",
+            Self::Aws => "AWS emulator",
         }
     }
 
@@ -58,6 +67,7 @@ impl Service {
         match self {
             Self::Postgres => 5432,
             Self::Redis => 6379,
+            Self::Aws => 4566,
         }
     }
 }
@@ -177,6 +187,9 @@ fn shared_container(service: Service) -> Result<String, String> {
     let cell = match service {
         Service::Postgres => &POSTGRES,
         Service::Redis => &REDIS,
+        Service::Aws => {
+            return Err("no container is started for it (run `moto_server -p 4566`)".to_owned());
+        }
     };
     cell.get_or_init(|| {
         // The blocking runner makes a runtime of its own, which cannot happen on a thread
@@ -215,6 +228,7 @@ fn start_container(service: Service) -> Result<String, String> {
             let port = c.get_host_port_ipv4(6379).map_err(err)?;
             Ok(format!("redis://127.0.0.1:{port}"))
         }
+        Service::Aws => unreachable!("shared_container answers for the AWS emulator"),
     }
 }
 
