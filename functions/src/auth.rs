@@ -18,9 +18,9 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::MethodRouter;
 use sha2::{Digest, Sha256};
 use splai_shared::domain::TenantId;
+use utoipa_axum::router::UtoipaMethodRouter;
 
 use crate::error::ApiError;
 
@@ -111,6 +111,20 @@ impl Permission {
                 | (P::Operator | P::Metrics, Scope::Operator)
                 | (P::Metrics, Scope::Metrics)
         )
+    }
+
+    /// The scopes that satisfy it besides `admin`, for the OpenAPI document.
+    pub fn scopes(self) -> &'static [&'static str] {
+        match self {
+            Self::JobRead => &["job:read"],
+            Self::OutputRead => &["job:read", "task:report"],
+            Self::JobSubmit => &["job:submit"],
+            Self::JobCancel => &["job:cancel"],
+            Self::TaskReport => &["task:report"],
+            Self::Operator => &["operator"],
+            Self::Metrics => &["metrics", "operator"],
+            Self::Admin => &[],
+        }
     }
 
     /// The scopes that satisfy it, for the 403 message.
@@ -434,20 +448,23 @@ pub struct Guard {
     pub need: Permission,
 }
 
-/// What every router calls to guard a route: `g(need, method_router)` puts [`authorize`] for
-/// `need` on it, so each router's route table is the one place its routes are authorised.
+/// What every router calls to guard a route: `g(need, routes!(handler))` puts [`authorize`]
+/// for `need` on it and writes `need` into the route's OpenAPI operations, so each router's
+/// route table is the one place its routes are authorised and documented.
 pub fn guarded<S>(
     tokens: Option<Arc<Tokens>>,
-) -> impl Fn(Permission, MethodRouter<S>) -> MethodRouter<S>
+) -> impl Fn(Permission, UtoipaMethodRouter<S>) -> UtoipaMethodRouter<S>
 where
     S: Clone + Send + Sync + 'static,
 {
-    move |need, m| {
+    move |need, (schemas, mut paths, m)| {
+        crate::openapi::require(&mut paths, need.scopes());
         let guard = Guard {
             tokens: tokens.clone(),
             need,
         };
-        m.route_layer(axum::middleware::from_fn_with_state(guard, authorize))
+        let m = m.route_layer(axum::middleware::from_fn_with_state(guard, authorize));
+        (schemas, paths, m)
     }
 }
 

@@ -4,9 +4,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+use serde::Serialize;
 use splai_shared::artifacts::ArtifactError;
 use splai_shared::engine::EngineError;
+use utoipa::ToSchema;
 
 /// An error answered to an API client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,7 +120,36 @@ impl From<ArtifactError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let body = ErrorBody {
+            error: ErrorDetail::new(self.code, self.message),
+        };
         (self.status, Json(body)).into_response()
+    }
+}
+
+/// The body of every error answer.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// A stable machine-readable code (`invalid_request`, `not_found`, `unauthorized`,
+    /// `forbidden`, `conflict`, `payload_too_large`, `unavailable`, `internal`).
+    pub code: String,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl ErrorDetail {
+    /// An error of `code` saying `message`.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 }

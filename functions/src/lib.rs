@@ -24,6 +24,7 @@ pub mod extract;
 pub mod gateway;
 pub mod http_metrics;
 pub mod openai;
+pub mod openapi;
 pub mod policy;
 pub mod server;
 pub mod webhooks;

@@ -71,7 +71,11 @@ pub fn app(
             timeout,
         })
     });
-    let mut app = gateway::router(state).merge(admin).merge(policy);
+    let docs = crate::openapi::router(crate::openapi::document(openai.is_some()));
+    let mut app = gateway::router(state)
+        .merge(admin)
+        .merge(policy)
+        .merge(docs);
     if let Some(openai) = openai {
         app = app.merge(openai);
     }

@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{NewJob, Priority, TenantId, WorkerCaps};
 
 /// What a rule, or the default, does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Effect {
     /// Let it through.
@@ -43,7 +43,7 @@ pub enum Effect {
 }
 
 /// A tenant's limits; unset limits are unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TenantQuota {
     /// Most jobs of the tenant queued or running at once, checked at submit.
@@ -55,7 +55,7 @@ pub struct TenantQuota {
 }
 
 /// A parsed policy file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Policy {
     /// What happens when no rule matches (`allow` unless set).
@@ -70,7 +70,7 @@ pub struct Policy {
 }
 
 /// One policy rule.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyRule {
     /// Shown in decisions; `rules[<index>]` when absent.
@@ -88,7 +88,7 @@ pub struct PolicyRule {
 }
 
 /// A rule's conditions: every set field must equal the subject's.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RuleMatch {
     /// The job's tenant.
@@ -182,7 +182,7 @@ impl RuleMatch {
 }
 
 /// The outcome of an evaluation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Decision {
     /// Whether it may proceed.
     pub allowed: bool,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::{NewJob, TaskSpec, TaskType};
 
 /// A parsed routing file.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingTable {
     /// The backend when no rule names one.
@@ -39,7 +39,7 @@ pub struct RoutingTable {
 }
 
 /// One routing rule: every match field it sets must equal the job's; unset fields match anything.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoutingRule {
     /// Shown in decisions; `rules[<index>]` when absent.
@@ -76,7 +76,7 @@ impl RoutingRule {
 }
 
 /// Where a job's inference goes.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, utoipa::ToSchema)]
 pub struct Route {
     /// The backend a worker must offer, if any.
     pub backend: Option<String>,

@@ -4,6 +4,7 @@ mod auth;
 mod cli;
 mod durability;
 mod openai;
+mod openapi;
 mod postgres_faults;
 mod prefetch;
 mod redis_faults;

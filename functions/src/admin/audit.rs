@@ -12,36 +12,61 @@ use splai_shared::domain::{AuditEvent, ChainReport, NewAuditEvent, TenantId, Tim
 use splai_shared::engine::{Engine, EngineError};
 use splai_shared::store::AuditFilter;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AdminState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
+use crate::openapi::ErrorBody;
 
 /// Most events one page may hold.
 const MAX_PAGE: u32 = 1000;
 
 /// Query of `GET /v1/admin/audit`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
+    /// Page size, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
+    /// Events to skip.
     offset: Option<u32>,
+    /// Only this action (`deadletter_requeue`, `policy_check_submit`, ...).
     action: Option<String>,
+    /// Only this actor (a token fingerprint, or `anonymous`).
     actor: Option<String>,
+    /// Only this tenant's events.
     tenant: Option<TenantId>,
+    /// Only this result (`ok`, `rejected`, `allowed`, `denied`, ...).
     result: Option<String>,
+    /// Only events at or after this RFC 3339 time.
     from: Option<String>,
+    /// Only events before this RFC 3339 time.
     to: Option<String>,
+    /// `json` (the default) or `csv`.
     format: Option<String>,
 }
 
 /// A page of audit events, newest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct AuditList {
     events: Vec<AuditEvent>,
 }
 
 /// Lists audit events, newest first, as JSON or (`format=csv`) CSV with a header row.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit",
+    operation_id = "list_audit_events",
+    tag = "admin",
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "Events, newest first",
+         content((AuditList = "application/json"), (String = "text/csv"))),
+        (status = 400, description = "An invalid query", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(s): State<AdminState>,
     QueryParams(q): QueryParams<AuditQuery>,
@@ -78,6 +103,13 @@ pub async fn list(
 }
 
 /// Walks the chain: `ok` with the event count and head hash, or the first broken link.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/audit/verify",
+    operation_id = "verify_audit_chain",
+    tag = "admin",
+    responses((status = 200, description = "Whether the hash chain is intact", body = ChainReport))
+)]
 pub async fn verify(State(s): State<AdminState>) -> Result<Json<ChainReport>, ApiError> {
     let report = s
         .engine

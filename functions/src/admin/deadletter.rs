@@ -16,11 +16,13 @@ use splai_shared::domain::TaskRef;
 use splai_shared::engine::EngineError;
 use splai_shared::store::AuditFilter;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AdminState;
 use super::audit::{self, Action, Origin};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
+use crate::openapi::ErrorBody;
 
 /// The audit action of every requeue request (result `ok`, `dry_run` or `rejected`).
 pub const REQUEUE_ACTION: &str = "deadletter_requeue";
@@ -67,13 +69,16 @@ impl Default for RequeueGuards {
 }
 
 /// Query of `GET /v1/admin/queue/dead-letter`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Most dead letters to list, 1 to 1000 (default 50).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
 /// One dead letter as listed.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterView {
     job_id: String,
     task_id: String,
@@ -84,13 +89,13 @@ pub struct DeadLetterView {
 }
 
 /// `{tasks:[...]}`, oldest first.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct DeadLetterList {
     tasks: Vec<DeadLetterView>,
 }
 
 /// Body of `POST /v1/admin/queue/dead-letter`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct RequeueRequest {
     /// The tasks to requeue.
     pub tasks: Vec<TaskRef>,
@@ -101,7 +106,7 @@ pub struct RequeueRequest {
 
 /// `{requested, requeued, dry_run, tasks}`: `tasks` are those requeued (or, in a dry run,
 /// that would be).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct RequeueResponse {
     requested: usize,
     requeued: usize,
@@ -110,6 +115,17 @@ pub struct RequeueResponse {
 }
 
 /// Lists dead letters, oldest first (`limit` 1..=1000, default 50).
+#[utoipa::path(
+    get,
+    path = "/v1/admin/queue/dead-letter",
+    operation_id = "list_dead_letters",
+    tag = "admin",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Dead letters, oldest first", body = DeadLetterList),
+        (status = 400, description = "An invalid query", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(s): State<AdminState>,
     origin: Origin,
@@ -150,6 +166,20 @@ pub async fn list(
 
 /// Requeues the named dead letters (or, with `dry_run`, reports which it would) once the
 /// guards pass. Tasks that are not dead letters are skipped.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/queue/dead-letter",
+    operation_id = "requeue_dead_letters",
+    tag = "admin",
+    request_body = RequeueRequest,
+    params(("X-SPLAI-Confirm" = Option<String>, Header, description = "The confirmation token, for batches over the threshold")),
+    responses(
+        (status = 200, description = "Requeued (or, in a dry run, would be)", body = RequeueResponse),
+        (status = 400, description = "No tasks, too many, or a missing confirmation", body = ErrorBody),
+        (status = 403, description = "A wrong confirmation token", body = ErrorBody),
+        (status = 429, description = "Over the requeue rate limit", body = ErrorBody),
+    )
+)]
 pub async fn requeue(
     State(s): State<AdminState>,
     origin: Origin,

@@ -34,6 +34,13 @@ async fn snapshot(s: &AdminState) -> Result<(Snapshot, QueueDepth), ApiError> {
 /// Every metric as JSON (`metrics`: by name, with type, help, labels and series), plus a
 /// summary kept from the first version of this endpoint: `counters` (each counter's total
 /// over its labels), `queue_depth` and `dead_letter_count`.
+#[utoipa::path(
+    get,
+    path = "/v1/metrics",
+    operation_id = "metrics_json",
+    tag = "metrics",
+    responses((status = 200, description = "Every metric with its labels, counter totals, queue depth", body = Object))
+)]
 pub async fn json(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let (snap, depth) = snapshot(&s).await?;
     Ok(Json(json!({
@@ -51,6 +58,14 @@ pub async fn json(State(s): State<AdminState>) -> Result<Json<Value>, ApiError> 
 }
 
 /// Every metric in the Prometheus text format.
+#[utoipa::path(
+    get,
+    path = "/v1/metrics/prometheus",
+    operation_id = "metrics_prometheus",
+    tag = "metrics",
+    responses((status = 200, description = "The Prometheus text exposition format",
+               content((String = "text/plain"))))
+)]
 pub async fn prometheus(State(s): State<AdminState>) -> Result<impl IntoResponse, ApiError> {
     let (snap, _) = snapshot(&s).await?;
     Ok((

@@ -10,8 +10,9 @@ pub mod prefetch;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{get, post};
 use splai_shared::engine::Engine;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use self::deadletter::RequeueGuards;
 use crate::auth::{self, Permission, Tokens};
@@ -27,25 +28,25 @@ pub struct AdminState {
     pub requeue: Arc<RequeueGuards>,
 }
 
-/// The admin routes, each with the permission it needs: the one place they are authorised.
-pub fn router(state: AdminState) -> Router {
+/// The admin routes, each with the permission it needs: the one place they are authorised
+/// and documented.
+pub fn routes(tokens: Option<Arc<Tokens>>) -> OpenApiRouter<AdminState> {
     use Permission as P;
-    let g = auth::guarded(state.auth.clone());
-    Router::new()
-        .route(
-            "/v1/admin/queue/dead-letter",
-            g(P::Operator, get(deadletter::list).post(deadletter::requeue)),
-        )
-        .route(
-            "/v1/admin/models/prefetch",
-            g(P::Operator, post(prefetch::prefetch)),
-        )
-        .route("/v1/admin/audit", g(P::Admin, get(audit::list)))
-        .route("/v1/admin/audit/verify", g(P::Admin, get(audit::verify)))
-        .route("/v1/metrics", g(P::Metrics, get(metrics::json)))
-        .route(
-            "/v1/metrics/prometheus",
-            g(P::Metrics, get(metrics::prometheus)),
-        )
-        .with_state(state)
+    let g = auth::guarded(tokens);
+    OpenApiRouter::new()
+        .routes(g(
+            P::Operator,
+            routes!(deadletter::list, deadletter::requeue),
+        ))
+        .routes(g(P::Operator, routes!(prefetch::prefetch)))
+        .routes(g(P::Admin, routes!(audit::list)))
+        .routes(g(P::Admin, routes!(audit::verify)))
+        .routes(g(P::Metrics, routes!(metrics::json)))
+        .routes(g(P::Metrics, routes!(metrics::prometheus)))
+}
+
+/// The admin router over `state`.
+pub fn router(state: AdminState) -> Router {
+    let (router, _) = routes(state.auth.clone()).split_for_parts();
+    router.with_state(state)
 }

@@ -20,6 +20,7 @@ use splai_shared::domain::{
     WorkerId,
 };
 use splai_worker::executor::{model_id_problem, source_supported};
+use utoipa::ToSchema;
 
 use super::AdminState;
 use super::audit::{self, Action, Origin};
@@ -27,6 +28,7 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::gateway::jobs::resolve_tenant;
+use crate::openapi::ErrorBody;
 
 /// The audit action of a prefetch.
 pub const ACTION: &str = "model_prefetch";
@@ -39,7 +41,7 @@ const RESOURCE: &str = "/v1/admin/models/prefetch";
 const DOWNLOAD_TIMEOUT_SEC: u32 = 3600;
 
 /// Body of `POST /v1/admin/models/prefetch`.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct PrefetchRequest {
     /// Hugging Face model id (`org/name`).
     #[serde(default)]
@@ -65,16 +67,18 @@ fn yes() -> bool {
 }
 
 /// What happened for one worker.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerOutcome {
     worker_id: WorkerId,
     /// `scheduled` or `skipped`.
+    #[schema(value_type = String)]
     status: &'static str,
     /// For `scheduled`: the task pinned to the worker.
     #[serde(skip_serializing_if = "Option::is_none")]
     task_id: Option<TaskId>,
     /// For `skipped`: why (`already_present`).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
     reason: Option<&'static str>,
     /// The worker's health when the request was made (a stale worker runs its task when it
     /// comes back).
@@ -82,7 +86,7 @@ pub struct WorkerOutcome {
 }
 
 /// The answer: the job (`null` when every worker was skipped) and one outcome per worker.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct PrefetchResponse {
     job_id: Option<String>,
     model: String,
@@ -93,6 +97,21 @@ pub struct PrefetchResponse {
 
 /// Schedules the downloads: 202 with the job when any task was scheduled, 200 (`job_id`
 /// `null`) when every worker already had the model.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/models/prefetch",
+    operation_id = "prefetch_model",
+    tag = "admin",
+    request_body = PrefetchRequest,
+    params(("X-SPLAI-Tenant" = Option<String>, Header, description = "The job's tenant when the body names none")),
+    responses(
+        (status = 202, description = "A download task pinned to each worker that needs the model", body = PrefetchResponse),
+        (status = 200, description = "Every worker has the model: nothing scheduled", body = PrefetchResponse),
+        (status = 400, description = "An invalid model id or source", body = ErrorBody),
+        (status = 404, description = "A named worker is not registered", body = ErrorBody),
+        (status = 409, description = "No worker to fill", body = ErrorBody),
+    )
+)]
 pub async fn prefetch(
     State(s): State<AdminState>,
     caller: Caller,

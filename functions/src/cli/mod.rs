@@ -1,4 +1,4 @@
-//! The `splai` command line: `serve`, `dev`, `migrate` and `bench`, and client commands for a
+//! The `splai` command line: `serve`, `dev`, `migrate`, `openapi` and `bench`, and client commands for a
 //! running server.
 
 mod bench;
@@ -50,6 +50,8 @@ pub enum Command {
     },
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print the OpenAPI document of every route as YAML (what `openapi/splai.yaml` holds).
+    Openapi,
     /// Benchmark the embedded default end to end: a `splai serve` process, `splai-worker`
     /// processes on the echo backend, no-op jobs through the bulk API, then single jobs to
     /// idle workers.
@@ -109,6 +111,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Dev { listen } => crate::dev::run(Config::from_env()?, listen).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::Openapi => {
+            print!("{}", crate::openapi::yaml());
+            Ok(())
+        }
         Command::Migrate => {
             let config = Config::from_env()?;
             crate::server::build_engine(

@@ -8,34 +8,63 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-use splai_shared::domain::{LeaseId, TaskId, TaskRef};
+use serde::{Deserialize, Serialize};
+use splai_shared::domain::{JobId, LeaseId, TaskId, TaskRef};
+use utoipa::ToSchema;
 
 use super::{AppState, check_job, job_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::openapi::ErrorBody;
 
 /// Most chunks one request may carry (a worker sends what accumulated since its last request).
 const MAX_CHUNKS: usize = 10_000;
 
 /// The request body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ChunksRequest {
+    /// The lease the task runs under.
     lease_id: LeaseId,
+    /// The sequence number of the first chunk (default 0); repeats are ignored.
     #[serde(default)]
     first_seq: u32,
+    /// Up to 10,000 chunks of output text.
     chunks: Vec<String>,
 }
 
+/// What an append answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ChunksAccepted {
+    /// Always `true`.
+    accepted: bool,
+    /// Chunks received.
+    count: usize,
+}
+
 /// Appends the chunks: 200 `{accepted, count}`, or 409 when the lease is not current.
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/{job}/{task}/chunks",
+    operation_id = "append_chunks",
+    tag = "workers",
+    params(
+        ("job" = JobId, Path, description = "The job"),
+        ("task" = TaskId, Path, description = "The task"),
+    ),
+    request_body = ChunksRequest,
+    responses(
+        (status = 200, description = "Stored", body = ChunksAccepted),
+        (status = 404, description = "No such job or task", body = ErrorBody),
+        (status = 409, description = "Not the current lease of the running task", body = ErrorBody),
+    )
+)]
 pub async fn append(
     State(s): State<AppState>,
     caller: Caller,
     Path((job, task)): Path<(String, String)>,
     JsonBody(req): JsonBody<ChunksRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ChunksAccepted>, ApiError> {
     let job_id = job_id(job)?;
     check_job(&s, &caller, &job_id).await?;
     let task_id = TaskId::parse(task.clone())
@@ -61,5 +90,8 @@ pub async fn append(
             ),
         });
     }
-    Ok(Json(json!({ "accepted": true, "count": req.chunks.len() })))
+    Ok(Json(ChunksAccepted {
+        accepted: true,
+        count: req.chunks.len(),
+    }))
 }

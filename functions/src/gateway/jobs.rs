@@ -8,40 +8,55 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use splai_shared::domain::{
-    IdempotencyKey, Job, NewJob, PlannerMode, Priority, Status, TASK_EVENTS, TaskSpec, TenantId,
-    WEBHOOK_EVENTS_KEY,
+    IdempotencyKey, Job, JobId, NewJob, PlannerMode, Priority, Status, TASK_EVENTS, TaskSpec,
+    TenantId, WEBHOOK_EVENTS_KEY,
 };
 use splai_shared::engine::{EngineError, Submitted};
 use splai_shared::store::JobFilter;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, check_job, job_id, visible_job};
 use crate::admin::audit::{self, Action, Origin};
 use crate::auth::{Caller, TenantAccess};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams, parse_json};
+use crate::openapi::{ErrorBody, ErrorDetail};
 
 /// The submit body, as the original API defines it plus the new fields.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitJobRequest {
+    /// The tenant (else `X-SPLAI-Tenant`, else `default`).
     tenant: Option<TenantId>,
+    /// The job type the planner expands (`chat`, `analysis`, ...); not empty.
     #[serde(rename = "type")]
+    #[schema(min_length = 1)]
     job_type: String,
+    /// The job's input, handed to its tasks.
     #[serde(default)]
     input: Value,
+    /// A policy name, checked by the policy rules.
     policy: Option<String>,
     #[serde(default)]
     priority: Priority,
     #[serde(default)]
     planner_mode: PlannerMode,
+    /// The model to run (else routing decides).
     model: Option<String>,
+    /// A routing hint (`interactive`, `batch`, ...).
     latency_class: Option<String>,
+    /// A routing hint: the job needs a reasoning model.
     #[serde(default)]
     reasoning_required: bool,
+    /// Checked by the policy rules (e.g. `restricted`).
     data_classification: Option<String>,
+    /// Checked by the policy rules.
     network_isolation: Option<String>,
+    /// An http(s) URL that receives signed `job.*` events.
     webhook_url: Option<String>,
+    /// Free-form metadata; `webhook_events` lists task events to send as well.
     #[serde(default)]
     metadata: Map<String, Value>,
+    /// Explicit tasks instead of the planner's template.
     tasks: Option<Vec<TaskSpec>>,
     /// The `Idempotency-Key` header's equivalent, for bulk submits where each job has its own.
     idempotency_key: Option<String>,
@@ -139,7 +154,32 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, Api
         .transpose()
 }
 
+/// What a submit answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobAccepted {
+    job_id: JobId,
+}
+
 /// Submits a job: 202 with its id, or 200 with the first job's id for a repeated key.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs",
+    operation_id = "submit_job",
+    tag = "jobs",
+    request_body = SubmitJobRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "A repeated key answers the first job"),
+        ("X-SPLAI-Tenant" = Option<String>, Header, description = "The tenant when the body names none"),
+    ),
+    responses(
+        (status = 202, description = "Accepted", body = JobAccepted),
+        (status = 200, description = "A repeated idempotency key: the first job", body = JobAccepted,
+         headers(("idempotent-replayed" = String, description = "`true`"))),
+        (status = 400, description = "Invalid job", body = ErrorBody),
+        (status = 403, description = "Denied by policy, or a tenant the token may not act in", body = ErrorBody),
+        (status = 409, description = "The idempotency key was used for a different request", body = ErrorBody),
+    )
+)]
 pub async fn submit(
     State(s): State<AppState>,
     caller: Caller,
@@ -151,7 +191,9 @@ pub async fn submit(
     webhook_gate(&s, &new)?;
     policy_gate(&s, &origin, &new, "/v1/jobs").await?;
     let done = s.engine.submit(new).await?;
-    let body = Json(json!({ "job_id": done.job_id }));
+    let body = Json(JobAccepted {
+        job_id: done.job_id,
+    });
     Ok(if done.replayed {
         (StatusCode::OK, [("idempotent-replayed", "true")], body).into_response()
     } else {
@@ -160,9 +202,46 @@ pub async fn submit(
 }
 
 /// The bulk submit body: jobs kept raw so that each is parsed, and rejected, on its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct SubmitBatchRequest {
+    /// Up to 10,000 submit bodies; each may carry its own `idempotency_key`.
+    #[schema(value_type = Vec<SubmitJobRequest>)]
     jobs: Vec<Box<RawValue>>,
+}
+
+/// What a bulk submit answers: counts, and one result per job in order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchSubmitted {
+    accepted: usize,
+    replayed: usize,
+    rejected: usize,
+    results: Vec<BatchResult>,
+}
+
+/// One job's result in a bulk submit.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchResult {
+    /// The job's position in the request.
+    index: usize,
+    status: BatchStatus,
+    /// The job, unless rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_id: Option<JobId>,
+    /// Why it was rejected: what a single submit would have answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<ErrorDetail>,
+}
+
+/// What happened to one job of a bulk submit.
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// A new job.
+    Accepted,
+    /// A repeated idempotency key: the first job.
+    Replayed,
+    /// Not submitted; see `error`.
+    Rejected,
 }
 
 /// Most jobs one bulk submit may carry.
@@ -171,13 +250,25 @@ const MAX_BATCH_JOBS: usize = 10_000;
 /// Submits many jobs: 200 with one result per job, in order, each `accepted`, `replayed` or
 /// `rejected` (with the error a single submit would have got). Per-job idempotency keys go in
 /// each job's `idempotency_key` field.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/batch",
+    operation_id = "submit_jobs_batch",
+    tag = "jobs",
+    request_body = SubmitBatchRequest,
+    params(("X-SPLAI-Tenant" = Option<String>, Header, description = "The tenant of jobs that name none")),
+    responses(
+        (status = 200, description = "One result per job", body = BatchSubmitted),
+        (status = 400, description = "Not a batch, too many jobs, or an Idempotency-Key header", body = ErrorBody),
+    )
+)]
 pub async fn submit_batch(
     State(s): State<AppState>,
     caller: Caller,
     origin: Origin,
     headers: HeaderMap,
     JsonBody(req): JsonBody<SubmitBatchRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BatchSubmitted>, ApiError> {
     if headers.contains_key("idempotency-key") {
         return Err(ApiError::invalid(
             "a bulk submit takes no Idempotency-Key header: give each job an `idempotency_key`",
@@ -212,7 +303,7 @@ pub async fn submit_batch(
     }
     let mut submitted = s.engine.submit_many(valid).await?.into_iter();
     let mut counts = [0usize; 3];
-    let results: Vec<Value> = parsed
+    let results: Vec<BatchResult> = parsed
         .into_iter()
         .enumerate()
         .map(|(i, p)| {
@@ -225,12 +316,12 @@ pub async fn submit_batch(
             batch_result(i, outcome, &mut counts)
         })
         .collect();
-    Ok(Json(json!({
-        "accepted": counts[0],
-        "replayed": counts[1],
-        "rejected": counts[2],
-        "results": results,
-    })))
+    Ok(Json(BatchSubmitted {
+        accepted: counts[0],
+        replayed: counts[1],
+        rejected: counts[2],
+        results,
+    }))
 }
 
 /// A job's `webhook_url` must be an allowed destination (no loopback, private or link-local
@@ -298,25 +389,44 @@ pub(crate) async fn policy_gate(
     )))
 }
 
-fn batch_result(i: usize, outcome: Result<Submitted, ApiError>, counts: &mut [usize; 3]) -> Value {
-    match outcome {
-        Ok(done) if done.replayed => {
-            counts[1] += 1;
-            json!({ "index": i, "status": "replayed", "job_id": done.job_id })
-        }
-        Ok(done) => {
-            counts[0] += 1;
-            json!({ "index": i, "status": "accepted", "job_id": done.job_id })
-        }
+fn batch_result(
+    index: usize,
+    outcome: Result<Submitted, ApiError>,
+    counts: &mut [usize; 3],
+) -> BatchResult {
+    let (status, job_id, error) = match outcome {
+        Ok(done) if done.replayed => (BatchStatus::Replayed, Some(done.job_id), None),
+        Ok(done) => (BatchStatus::Accepted, Some(done.job_id), None),
         Err(e) => {
-            counts[2] += 1;
-            let message = format!("jobs[{i}]: {}", e.message);
-            json!({ "index": i, "status": "rejected", "error": { "code": e.code, "message": message } })
+            let message = format!("jobs[{index}]: {}", e.message);
+            (
+                BatchStatus::Rejected,
+                None,
+                Some(ErrorDetail::new(e.code, message)),
+            )
         }
+    };
+    counts[status as usize] += 1;
+    BatchResult {
+        index,
+        status,
+        job_id,
+        error,
     }
 }
 
 /// One job.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}",
+    operation_id = "get_job",
+    tag = "jobs",
+    params(("id" = JobId, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job", body = Job),
+        (status = 404, description = "No such job (or not the caller's tenant)", body = ErrorBody),
+    )
+)]
 pub async fn get(
     State(s): State<AppState>,
     caller: Caller,
@@ -325,45 +435,96 @@ pub async fn get(
     Ok(Json(visible_job(&s, &caller, &job_id(id)?).await?))
 }
 
+/// That a request was taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Accepted {
+    /// Always `true`.
+    accepted: bool,
+}
+
 /// Cancels a job.
+#[utoipa::path(
+    delete,
+    path = "/v1/jobs/{id}",
+    operation_id = "cancel_job",
+    tag = "jobs",
+    params(("id" = JobId, Path, description = "The job")),
+    responses(
+        (status = 200, description = "Canceled", body = Accepted),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job already finished", body = ErrorBody),
+    )
+)]
 pub async fn cancel(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Accepted>, ApiError> {
     let id = job_id(id)?;
     check_job(&s, &caller, &id).await?;
     s.engine.cancel(&id).await?;
-    Ok(Json(json!({ "accepted": true })))
+    Ok(Json(Accepted { accepted: true }))
+}
+
+/// That a retry was taken.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryAccepted {
+    /// Always `true`.
+    accepted: bool,
+    job_id: JobId,
 }
 
 /// Re-runs a failed or canceled job.
+#[utoipa::path(
+    post,
+    path = "/v1/jobs/{id}/retry",
+    operation_id = "retry_job",
+    tag = "jobs",
+    params(("id" = JobId, Path, description = "The job")),
+    responses(
+        (status = 200, description = "Requeued", body = RetryAccepted),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job is not failed or canceled", body = ErrorBody),
+    )
+)]
 pub async fn retry(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RetryAccepted>, ApiError> {
     let id = job_id(id)?;
     check_job(&s, &caller, &id).await?;
     s.engine.retry(&id).await?;
-    Ok(Json(json!({ "accepted": true, "job_id": id })))
+    Ok(Json(RetryAccepted {
+        accepted: true,
+        job_id: id,
+    }))
 }
 
 /// Query of `GET /v1/jobs`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListJobsQuery {
+    /// Only jobs in this status.
     status: Option<Status>,
+    /// Only this tenant's jobs (else `X-SPLAI-Tenant`).
     tenant: Option<TenantId>,
+    /// Only jobs of this type.
     #[serde(rename = "type")]
+    #[param(rename = "type")]
     job_type: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
 /// A page of jobs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     jobs: Vec<Job>,
+    /// Where the next page starts; `null` on the last page.
     next_cursor: Option<String>,
 }
 
@@ -372,6 +533,20 @@ const MAX_PAGE: u32 = 500;
 
 /// Lists jobs, newest first. The tenant filter is the `tenant` query, then `X-SPLAI-Tenant`;
 /// a tenant-scoped caller sees only its tenants (its one tenant when it names none).
+#[utoipa::path(
+    get,
+    path = "/v1/jobs",
+    operation_id = "list_jobs",
+    tag = "jobs",
+    params(
+        ListJobsQuery,
+        ("X-SPLAI-Tenant" = Option<String>, Header, description = "The tenant when the query names none"),
+    ),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = JobList),
+        (status = 400, description = "An invalid query", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(s): State<AppState>,
     caller: Caller,

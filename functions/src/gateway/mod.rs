@@ -13,10 +13,12 @@ mod workers;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::routing::{delete, get, post};
 use splai_shared::artifacts::ArtifactStore;
 use splai_shared::domain::{Job, JobId};
 use splai_shared::engine::{Engine, EngineError};
+
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{self, Caller, Permission, TenantAccess, Tokens};
 use crate::error::ApiError;
@@ -39,53 +41,37 @@ pub struct AppState {
 }
 
 /// The gateway's routes, each with the permission it needs (see [`Permission`] for the scopes
-/// that satisfy each). This table is the one place routes are authorised; health is open.
-pub fn router(state: AppState) -> Router {
+/// that satisfy each) and its OpenAPI operation. This table is the one place routes are
+/// authorised and documented; health is open.
+pub fn routes(tokens: Option<Arc<Tokens>>) -> OpenApiRouter<AppState> {
     use Permission as P;
-    let g = auth::guarded(state.auth.clone());
-    Router::new()
-        .route(
-            "/v1/jobs",
-            g(P::JobSubmit, post(jobs::submit)).merge(g(P::JobRead, get(jobs::list))),
-        )
-        .route("/v1/jobs/batch", g(P::JobSubmit, post(jobs::submit_batch)))
-        .route(
-            "/v1/jobs/{id}",
-            g(P::JobRead, get(jobs::get)).merge(g(P::JobCancel, delete(jobs::cancel))),
-        )
-        .route("/v1/jobs/{id}/retry", g(P::JobSubmit, post(jobs::retry)))
-        .route("/v1/jobs/{id}/tasks", g(P::JobRead, get(tasks::list)))
-        .route(
-            "/v1/jobs/{id}/tasks/{task_id}/output",
-            g(P::OutputRead, get(tasks::output)),
-        )
-        .route("/v1/jobs/{id}/stream", g(P::JobRead, get(stream::stream)))
-        .route("/v1/jobs/{id}/webhooks", g(P::JobRead, get(webhooks::list)))
-        .route("/v1/workers", g(P::Operator, get(workers::list)))
-        .route(
-            "/v1/workers/register",
-            g(P::TaskReport, post(workers::register)),
-        )
-        .route(
-            "/v1/workers/{id}/heartbeat",
-            g(P::TaskReport, post(workers::heartbeat)),
-        )
-        .route(
-            "/v1/workers/{id}/assignments",
-            g(P::TaskReport, get(workers::assignments)),
-        )
-        .route(
-            "/v1/workers/{id}/release",
-            g(P::TaskReport, post(workers::release)),
-        )
-        .route("/v1/tasks/report", g(P::TaskReport, post(reports::report)))
-        .route(
-            "/v1/tasks/{job}/{task}/chunks",
-            g(P::TaskReport, post(chunks::append)),
-        )
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .with_state(state)
+    let g = auth::guarded(tokens);
+    OpenApiRouter::new()
+        .routes(g(P::JobSubmit, routes!(jobs::submit)))
+        .routes(g(P::JobRead, routes!(jobs::list)))
+        .routes(g(P::JobSubmit, routes!(jobs::submit_batch)))
+        .routes(g(P::JobRead, routes!(jobs::get)))
+        .routes(g(P::JobCancel, routes!(jobs::cancel)))
+        .routes(g(P::JobSubmit, routes!(jobs::retry)))
+        .routes(g(P::JobRead, routes!(tasks::list)))
+        .routes(g(P::OutputRead, routes!(tasks::output)))
+        .routes(g(P::JobRead, routes!(stream::stream)))
+        .routes(g(P::JobRead, routes!(webhooks::list)))
+        .routes(g(P::Operator, routes!(workers::list)))
+        .routes(g(P::TaskReport, routes!(workers::register)))
+        .routes(g(P::TaskReport, routes!(workers::heartbeat)))
+        .routes(g(P::TaskReport, routes!(workers::assignments)))
+        .routes(g(P::TaskReport, routes!(workers::release)))
+        .routes(g(P::TaskReport, routes!(reports::report)))
+        .routes(g(P::TaskReport, routes!(chunks::append)))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+}
+
+/// The gateway router over `state`.
+pub fn router(state: AppState) -> Router {
+    let (router, _) = routes(state.auth.clone()).split_for_parts();
+    router.with_state(state)
 }
 
 /// A job the caller may see, or 404 as if it did not exist: a tenant-scoped token learns

@@ -3,20 +3,22 @@
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
-use serde_json::{Value, json};
 use splai_shared::artifacts::ArtifactKey;
 use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
-use splai_shared::engine::Report;
+use splai_shared::engine::{Report, ReportResult};
+use utoipa::ToSchema;
 
 use super::{AppState, check_job};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::parse_json;
+use crate::openapi::ErrorBody;
 
 /// One worker report.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReportRequest {
     job_id: JobId,
     task_id: TaskId,
@@ -26,6 +28,8 @@ pub struct ReportRequest {
     status: Status,
     output_artifact_uri: Option<String>,
     output_artifact: Option<Artifact>,
+    /// A small output inline (at most `max_inline_output_bytes`).
+    #[schema(value_type = Option<Object>)]
     output: Option<Box<RawValue>>,
     error: Option<String>,
     #[serde(default = "yes")]
@@ -38,9 +42,42 @@ fn yes() -> bool {
 
 /// A batch of reports; `reports` absent means the body is a single report. Other fields are
 /// ignored here, so a single report parses as "no batch" and is then read on its own.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReportBatch {
+    /// Up to 1,000 reports.
     reports: Option<Vec<ReportRequest>>,
+}
+
+/// A report body: one report, or a batch.
+#[derive(Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // a schema only: `report` tells the two apart itself.
+pub enum ReportBody {
+    /// Several reports.
+    Batch(ReportBatch),
+    /// One report.
+    One(Box<ReportRequest>),
+}
+
+/// What a report answers: per report, whether it was applied.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum ReportAnswer {
+    /// The answer to a batch: one result per report, in order.
+    Batch {
+        /// Always `true`.
+        accepted: bool,
+        results: Vec<ReportResult>,
+    },
+    /// The answer to one report.
+    One {
+        /// Always `true`.
+        accepted: bool,
+        /// What the report did (`applied`, `duplicate`, `stale_lease`, ...).
+        outcome: &'static str,
+        /// Whether it changed the task.
+        applied: bool,
+    },
 }
 
 /// Most reports one request may carry.
@@ -149,11 +186,22 @@ struct Output {
 /// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.
 ///
 /// A tenant-scoped caller gets 404 for a report on another tenant's job (the whole request).
+#[utoipa::path(
+    post,
+    path = "/v1/tasks/report",
+    operation_id = "report_tasks",
+    tag = "workers",
+    request_body = ReportBody,
+    responses(
+        (status = 200, description = "Each report applied, or recognised as a duplicate or stale", body = ReportAnswer),
+        (status = 404, description = "A report's job does not exist", body = ErrorBody),
+    )
+)]
 pub async fn report(
     State(s): State<AppState>,
     caller: Caller,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ReportAnswer>, ApiError> {
     let max_inline = s.max_inline_output_bytes;
     // One parse for a batch (the hot path); a single report is read a second time.
     let batch: ReportBatch = parse_json(&body)?;
@@ -170,7 +218,10 @@ pub async fn report(
             .collect::<Result<Vec<_>, _>>()?;
         check_jobs(&s, &caller, &reports).await?;
         let results = s.engine.report(&reports).await?;
-        return Ok(Json(json!({ "accepted": true, "results": results })));
+        return Ok(Json(ReportAnswer::Batch {
+            accepted: true,
+            results,
+        }));
     }
     let report = parse_json::<ReportRequest>(&body)?.into_report("", max_inline)?;
     check_jobs(&s, &caller, std::slice::from_ref(&report)).await?;
@@ -179,9 +230,11 @@ pub async fn report(
         .report(std::slice::from_ref(&report))
         .await?
         .remove(0);
-    Ok(Json(
-        json!({ "accepted": true, "outcome": result.outcome, "applied": result.applied }),
-    ))
+    Ok(Json(ReportAnswer::One {
+        accepted: true,
+        outcome: result.outcome,
+        applied: result.applied,
+    }))
 }
 
 /// Checks every distinct job the reports name (nothing to load for unscoped callers).

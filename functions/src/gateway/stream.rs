@@ -19,6 +19,7 @@ use tokio::sync::broadcast::{Receiver, error::RecvError};
 use super::{AppState, check_job, job_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::openapi::{ErrorBody, SseEvent};
 
 struct Follow {
     engine: Arc<Engine>,
@@ -55,6 +56,19 @@ fn sse(name: &str, data: &impl serde::Serialize) -> Event {
 }
 
 /// Follows a job until it reaches a terminal status.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/stream",
+    operation_id = "stream_job",
+    tag = "jobs",
+    params(("id" = JobId, Path, description = "The job")),
+    responses(
+        (status = 200, description = "Server-sent events: `job.snapshot`, then each task and job \
+                                      event, ending after the job's terminal `job.status`",
+         content((SseEvent = "text/event-stream"))),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 pub async fn stream(
     State(s): State<AppState>,
     caller: Caller,

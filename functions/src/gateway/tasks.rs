@@ -9,23 +9,30 @@ use serde::{Deserialize, Serialize};
 use splai_shared::artifacts::{ArtifactError, Download};
 use splai_shared::domain::{JobId, Status, Task, TaskId, WorkerId};
 use splai_shared::store::TaskFilter;
+use utoipa::{IntoParams, ToSchema};
 
 use super::{AppState, check_job, job_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::QueryParams;
+use crate::openapi::{Binary, ErrorBody};
 
 /// Query of the task listing: exact-match filters and non-negative paging, as the original.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListTasksQuery {
+    /// Only tasks in this status.
     status: Option<Status>,
+    /// Only tasks leased to this worker.
     worker_id: Option<WorkerId>,
+    /// Page size; 0 or none for all.
     limit: Option<u32>,
+    /// Tasks to skip.
     offset: Option<u32>,
 }
 
 /// The task listing.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct TaskList {
     job_id: JobId,
     total: u64,
@@ -36,6 +43,18 @@ pub struct TaskList {
 }
 
 /// A job's tasks in planning order. `limit` 0 or absent means all.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/tasks",
+    operation_id = "list_tasks",
+    tag = "jobs",
+    params(("id" = JobId, Path, description = "The job"), ListTasksQuery),
+    responses(
+        (status = 200, description = "The job's tasks", body = TaskList),
+        (status = 400, description = "An invalid query", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+    )
+)]
 pub async fn list(
     State(s): State<AppState>,
     caller: Caller,
@@ -65,6 +84,23 @@ pub async fn list(
 /// The output of a completed task: an inline output as JSON; otherwise from the artifact
 /// store (bytes, or a redirect to a URL the store hands out); an http(s) output URI is
 /// redirected to as is.
+#[utoipa::path(
+    get,
+    path = "/v1/jobs/{id}/tasks/{task_id}/output",
+    operation_id = "get_task_output",
+    tag = "jobs",
+    params(
+        ("id" = JobId, Path, description = "The job"),
+        ("task_id" = TaskId, Path, description = "The task"),
+    ),
+    responses(
+        (status = 200, description = "The output: inline JSON, or the artifact's bytes with its MIME type",
+         content((serde_json::Value = "application/json"), (Binary = "*/*"))),
+        (status = 307, description = "The artifact is at this (presigned) URL",
+         headers(("location" = String, description = "Where to download it"))),
+        (status = 404, description = "No such job or task, or no output yet", body = ErrorBody),
+    )
+)]
 pub async fn output(
     State(s): State<AppState>,
     caller: Caller,

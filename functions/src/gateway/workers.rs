@@ -4,17 +4,18 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, State};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use splai_shared::domain::{
-    Heartbeat, JobId, LeaseId, TaskId, TaskRef, WorkerId, WorkerRegistration,
+    Heartbeat, JobId, LeaseId, TaskId, TaskRef, Worker, WorkerId, WorkerRegistration,
 };
-use splai_shared::engine::ReleaseOutcome;
+use splai_shared::engine::{Assignment, HeartbeatReply, ReleaseOutcome};
 use splai_shared::store::LeaseRenewal;
+use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
+use crate::openapi::ErrorBody;
 
 fn worker_id(raw: String) -> Result<WorkerId, ApiError> {
     WorkerId::parse(raw).map_err(|e| ApiError::invalid(format!("path worker id: {e}")))
@@ -22,7 +23,7 @@ fn worker_id(raw: String) -> Result<WorkerId, ApiError> {
 
 /// The registration body: the worker's id and what it offers. Spelled out rather than
 /// flattened so that a bad field is named in the error.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct RegisterRequest {
     worker_id: WorkerId,
     #[serde(default)]
@@ -59,22 +60,41 @@ impl RegisterRequest {
 }
 
 /// Registers or re-registers a worker.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/register",
+    operation_id = "register_worker",
+    tag = "workers",
+    request_body = RegisterRequest,
+    responses((status = 200, description = "Registered", body = Registered))
+)]
 pub async fn register(
     State(s): State<AppState>,
     JsonBody(req): JsonBody<RegisterRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Registered>, ApiError> {
     let (id, registration) = req.into_parts();
     s.engine.register_worker(&id, &registration).await?;
     let interval = s.engine.config().heartbeat_interval.as_secs().max(1);
-    Ok(Json(json!({
-        "accepted": true,
-        "heartbeat_interval_seconds": interval,
-        "max_inline_output_bytes": s.max_inline_output_bytes,
-    })))
+    Ok(Json(Registered {
+        accepted: true,
+        heartbeat_interval_seconds: interval,
+        max_inline_output_bytes: s.max_inline_output_bytes,
+    }))
+}
+
+/// What a registration answers: how the worker should behave.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Registered {
+    /// Always `true`.
+    accepted: bool,
+    /// How often to heartbeat.
+    heartbeat_interval_seconds: u64,
+    /// Outputs larger than this go to the artifact store, not inline in reports.
+    max_inline_output_bytes: usize,
 }
 
 /// A lease the worker holds, as sent in a heartbeat.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct HeldLease {
     job_id: JobId,
     task_id: TaskId,
@@ -82,7 +102,7 @@ pub struct HeldLease {
 }
 
 /// The heartbeat body: load figures plus the leases to renew.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 #[serde(default)]
 pub struct HeartbeatRequest {
     queue_depth: u32,
@@ -94,11 +114,23 @@ pub struct HeartbeatRequest {
 }
 
 /// Records a heartbeat, renews leases, and says which tasks to stop.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/heartbeat",
+    operation_id = "heartbeat",
+    tag = "workers",
+    params(("id" = WorkerId, Path, description = "The worker")),
+    request_body = HeartbeatRequest,
+    responses(
+        (status = 200, description = "Leases renewed, tasks to stop, leases lost", body = HeartbeatAnswer),
+        (status = 404, description = "The worker is not registered", body = ErrorBody),
+    )
+)]
 pub async fn heartbeat(
     State(s): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<HeartbeatAnswer>, ApiError> {
     let id = worker_id(id)?;
     let leases: Vec<LeaseRenewal> = req.leases.into_iter().map(renewal).collect();
     let load = Heartbeat {
@@ -109,16 +141,23 @@ pub async fn heartbeat(
         gpu_util: req.gpu_util,
     };
     let reply = s.engine.heartbeat(&id, &load, &leases).await?;
-    Ok(Json(json!({
-        "accepted": true,
-        "renewed": reply.renewed,
-        "cancel": reply.cancel,
-        "lost": reply.lost,
-    })))
+    Ok(Json(HeartbeatAnswer {
+        accepted: true,
+        reply,
+    }))
+}
+
+/// What a heartbeat answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct HeartbeatAnswer {
+    /// Always `true`.
+    accepted: bool,
+    #[serde(flatten)]
+    reply: HeartbeatReply,
 }
 
 /// The hand-back body: leases the worker gives up unfinished.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 pub struct ReleaseRequest {
     leases: Vec<HeldLease>,
 }
@@ -127,11 +166,23 @@ pub struct ReleaseRequest {
 const MAX_RELEASE: usize = 1000;
 
 /// Takes leases back from a worker shutting down: their tasks are queued again at once.
+#[utoipa::path(
+    post,
+    path = "/v1/workers/{id}/release",
+    operation_id = "release_leases",
+    tag = "workers",
+    params(("id" = WorkerId, Path, description = "The worker")),
+    request_body = ReleaseRequest,
+    responses(
+        (status = 200, description = "Which leases were handed back and which were stale", body = Released),
+        (status = 404, description = "The worker is not registered", body = ErrorBody),
+    )
+)]
 pub async fn release(
     State(s): State<AppState>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<ReleaseRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Released>, ApiError> {
     let id = worker_id(id)?;
     if req.leases.len() > MAX_RELEASE {
         return Err(ApiError::invalid(format!(
@@ -147,11 +198,22 @@ pub async fn release(
     let tasks = |v: Vec<(LeaseRenewal, ReleaseOutcome)>| -> Vec<TaskRef> {
         v.into_iter().map(|(l, _)| l.task).collect()
     };
-    Ok(Json(json!({
-        "accepted": true,
-        "released": tasks(released),
-        "stale": tasks(stale),
-    })))
+    Ok(Json(Released {
+        accepted: true,
+        released: tasks(released),
+        stale: tasks(stale),
+    }))
+}
+
+/// What a release answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Released {
+    /// Always `true`.
+    accepted: bool,
+    /// Requeued at once.
+    released: Vec<TaskRef>,
+    /// No longer this worker's lease; nothing done.
+    stale: Vec<TaskRef>,
 }
 
 fn renewal(l: HeldLease) -> LeaseRenewal {
@@ -165,9 +227,13 @@ fn renewal(l: HeldLease) -> LeaseRenewal {
 }
 
 /// Query of the assignment endpoint.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AssignmentsQuery {
+    /// Most tasks to claim, 1 to 256 (default 1).
+    #[param(minimum = 1, maximum = 256)]
     max_tasks: Option<u32>,
+    /// Seconds to wait for work when none is ready (long poll; default 0).
     wait_seconds: Option<u32>,
 }
 
@@ -175,11 +241,23 @@ pub struct AssignmentsQuery {
 const MAX_TASKS: u32 = 256;
 
 /// Leases up to `max_tasks` ready tasks to the worker, long-polling up to `wait_seconds`.
+#[utoipa::path(
+    get,
+    path = "/v1/workers/{id}/assignments",
+    operation_id = "claim_assignments",
+    tag = "workers",
+    params(("id" = WorkerId, Path, description = "The worker"), AssignmentsQuery),
+    responses(
+        (status = 200, description = "Leased tasks (possibly none)", body = Assignments),
+        (status = 400, description = "An invalid query", body = ErrorBody),
+        (status = 404, description = "The worker is not registered", body = ErrorBody),
+    )
+)]
 pub async fn assignments(
     State(s): State<AppState>,
     Path(id): Path<String>,
     QueryParams(q): QueryParams<AssignmentsQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Assignments>, ApiError> {
     let id = worker_id(id)?;
     let max = q.max_tasks.unwrap_or(1);
     if !(1..=MAX_TASKS).contains(&max) {
@@ -189,10 +267,35 @@ pub async fn assignments(
     }
     let wait = Duration::from_secs(u64::from(q.wait_seconds.unwrap_or(0)));
     let assignments = s.engine.assign(&id, max as usize, wait).await?;
-    Ok(Json(json!({ "worker_id": id, "assignments": assignments })))
+    Ok(Json(Assignments {
+        worker_id: id,
+        assignments,
+    }))
+}
+
+/// Leased tasks.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Assignments {
+    worker_id: WorkerId,
+    assignments: Vec<Assignment>,
+}
+
+/// Registered workers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkerList {
+    workers: Vec<Worker>,
 }
 
 /// All registered workers with their health.
-pub async fn list(State(s): State<AppState>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json!({ "workers": s.engine.list_workers().await? })))
+#[utoipa::path(
+    get,
+    path = "/v1/workers",
+    operation_id = "list_workers",
+    tag = "workers",
+    responses((status = 200, description = "Registered workers with their health", body = WorkerList))
+)]
+pub async fn list(State(s): State<AppState>) -> Result<Json<WorkerList>, ApiError> {
+    Ok(Json(WorkerList {
+        workers: s.engine.list_workers().await?,
+    }))
 }

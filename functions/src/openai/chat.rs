@@ -6,14 +6,33 @@ use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 
+use super::error::OpenAiErrorBody;
 use super::translate::{self, Answer, Chat, ChatRequest, GENERATE, ResponsesRequest};
 use super::{OpenAiState, finished, relay, submit, tenant, wait};
 use crate::admin::audit::Origin;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
+use crate::openapi::SseEvent;
 
 /// A chat completion, or with `stream: true` its tokens as `chat.completion.chunk` events.
+#[utoipa::path(
+    post,
+    path = "/v1/chat/completions",
+    operation_id = "create_chat_completion",
+    tag = "openai",
+    request_body = ChatRequest,
+    params(("X-SPLAI-Tenant" = Option<String>, Header, description = "The tenant (default `default`)")),
+    responses(
+        (status = 200, description = "A `chat.completion` object, or with `stream: true` its \
+                                      `chat.completion.chunk` events ending in `data: [DONE]`",
+         content((Object = "application/json"), (SseEvent = "text/event-stream")),
+         headers(("x-splai-job-id" = String, description = "The SPLAI job that ran it"))),
+        (status = 400, description = "An invalid request", body = OpenAiErrorBody),
+        (status = 502, description = "The job failed; the message is the task's error", body = OpenAiErrorBody),
+        (status = 504, description = "The job did not finish within SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS (it was canceled)", body = OpenAiErrorBody),
+    )
+)]
 pub async fn completions(
     State(s): State<OpenAiState>,
     caller: Caller,
@@ -35,6 +54,21 @@ pub async fn completions(
 }
 
 /// A response (the Responses API) holding the assistant's message.
+#[utoipa::path(
+    post,
+    path = "/v1/responses",
+    operation_id = "create_response",
+    tag = "openai",
+    request_body = ResponsesRequest,
+    params(("X-SPLAI-Tenant" = Option<String>, Header, description = "The tenant (default `default`)")),
+    responses(
+        (status = 200, description = "A `response` object", body = Object,
+         headers(("x-splai-job-id" = String, description = "The SPLAI job that ran it"))),
+        (status = 400, description = "An invalid request", body = OpenAiErrorBody),
+        (status = 502, description = "The job failed; the message is the task's error", body = OpenAiErrorBody),
+        (status = 504, description = "The job did not finish within SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS (it was canceled)", body = OpenAiErrorBody),
+    )
+)]
 pub async fn responses(
     State(s): State<OpenAiState>,
     caller: Caller,

@@ -9,6 +9,31 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 
+/// The name of [`OpenAiErrorBody`]'s schema in the OpenAPI document.
+pub const SCHEMA: &str = "OpenAiErrorBody";
+
+/// The OpenAI error body, as [`body`] writes it.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // a schema only: `body` writes this shape.
+pub struct OpenAiErrorBody {
+    error: OpenAiError,
+}
+
+/// What went wrong, in the OpenAI shape.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct OpenAiError {
+    message: String,
+    /// `invalid_request_error`, `authentication_error`, `permission_error`,
+    /// `not_found_error`, `rate_limit_error`, `timeout_error` or `server_error`.
+    #[schema(rename = "type")]
+    kind: String,
+    /// Always `null`.
+    param: Option<String>,
+    /// SPLAI's error code.
+    code: String,
+}
+
 /// Largest error body rewritten (errors are small; anything else passes unchanged).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 

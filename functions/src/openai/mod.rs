@@ -16,17 +16,19 @@ pub mod relay;
 pub mod translate;
 pub mod wait;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::http::HeaderMap;
 use axum::middleware;
-use axum::routing::{get, post};
 use splai_shared::domain::{NewJob, TenantId};
 use tokio::time::Instant;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::admin::audit::Origin;
-use crate::auth::{self, Caller, Permission};
+use crate::auth::{self, Caller, Permission, Tokens};
 use crate::error::ApiError;
 use crate::gateway::AppState;
 use crate::gateway::jobs::policy_gate;
@@ -44,24 +46,25 @@ pub struct OpenAiState {
     pub timeout: Duration,
 }
 
-/// The OpenAI routes, each with the permission it needs: the one place they are authorised.
-/// Every error this router answers is reshaped into the OpenAI error shape.
-pub fn router(state: OpenAiState) -> Router {
-    let g = auth::guarded(state.app.auth.clone());
+/// The OpenAI routes, each with the permission it needs: the one place they are authorised
+/// and documented. Every error this router answers is reshaped into the OpenAI error shape.
+pub fn routes(tokens: Option<Arc<Tokens>>) -> OpenApiRouter<OpenAiState> {
     use Permission as P;
-    Router::new()
-        .route(
-            "/v1/chat/completions",
-            g(P::JobSubmit, post(chat::completions)),
-        )
-        .route("/v1/responses", g(P::JobSubmit, post(chat::responses)))
-        .route(
-            "/v1/embeddings",
-            g(P::JobSubmit, post(embeddings::embeddings)),
-        )
-        .route("/v1/models", g(P::JobRead, get(models::list)))
-        .layer(middleware::map_response(error::reshape))
-        .with_state(state)
+    let g = auth::guarded(tokens);
+    let mut r = OpenApiRouter::new()
+        .routes(g(P::JobSubmit, routes!(chat::completions)))
+        .routes(g(P::JobSubmit, routes!(chat::responses)))
+        .routes(g(P::JobSubmit, routes!(embeddings::embeddings)))
+        .routes(g(P::JobRead, routes!(models::list)))
+        .layer(middleware::map_response(error::reshape));
+    crate::openapi::replace_error_schema(r.get_openapi_mut(), error::SCHEMA);
+    r
+}
+
+/// The OpenAI router over `state`.
+pub fn router(state: OpenAiState) -> Router {
+    let (router, _) = routes(state.app.auth.clone()).split_for_parts();
+    router.with_state(state)
 }
 
 /// The tenant a request acts in: `X-SPLAI-Tenant`, else `default`; 403 for one the caller

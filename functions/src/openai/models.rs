@@ -13,6 +13,13 @@ use crate::error::ApiError;
 
 /// The routable models, sorted. A worker serving any model (`*`, the dev echo backend) adds
 /// no name of its own: there is nothing to list for it.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    operation_id = "list_models",
+    tag = "openai",
+    responses((status = 200, description = "A `list` of `model` objects", body = Object))
+)]
 pub async fn list(State(s): State<OpenAiState>) -> Result<Json<Value>, ApiError> {
     let engine = &s.app.engine;
     let mut models: BTreeSet<String> = BTreeSet::new();

@@ -15,7 +15,7 @@ pub const GENERATE: &str = "generate";
 pub const EMBED: &str = "embed";
 
 /// `POST /v1/chat/completions`: the fields SPLAI uses; others are accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ChatRequest {
     model: String,
     messages: Vec<Value>,
@@ -29,14 +29,14 @@ pub struct ChatRequest {
 }
 
 /// `stream_options`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct StreamOptions {
     #[serde(default)]
     include_usage: bool,
 }
 
 /// `POST /v1/responses`: the fields SPLAI uses; others are accepted and ignored.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ResponsesRequest {
     model: String,
     input: Value,
@@ -48,7 +48,7 @@ pub struct ResponsesRequest {
 }
 
 /// `POST /v1/embeddings`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EmbeddingsRequest {
     model: String,
     input: Value,

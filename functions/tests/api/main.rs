@@ -11,6 +11,7 @@ mod helpers;
 mod jobs;
 mod metrics;
 mod observability;
+mod openapi;
 mod policy;
 mod prefetch;
 mod routing;

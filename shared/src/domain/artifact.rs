@@ -6,7 +6,7 @@ use super::Timestamp;
 
 /// A stored output, as recorded on its task (SPEC §2: `{type, url, size_bytes, mime_type,
 /// expires_at}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Artifact {
     /// The artifact backend that holds it: `local` or `s3`.
     #[serde(rename = "type")]
@@ -19,5 +19,6 @@ pub struct Artifact {
     pub mime_type: String,
     /// When the backend may delete it; `None` while no retention applies.
     #[serde(default, with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<Timestamp>,
 }

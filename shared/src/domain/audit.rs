@@ -14,7 +14,7 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 
 /// An event to append: what happened, who did it, and to what. The log assigns the id and the
 /// chain fields.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewAuditEvent {
     /// What was done, e.g. `deadletter_requeue`, `policy_check_submit`.
     pub action: String,
@@ -36,11 +36,12 @@ pub struct NewAuditEvent {
     pub details: Value,
     /// When it happened (whole milliseconds; the backends keep no more).
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
 }
 
 /// A stored audit event: the new event with its id and its place in the chain.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEvent {
     /// Position in the chain, from 1, without gaps.
     pub id: i64,
@@ -124,7 +125,7 @@ pub fn canonical(v: &Value) -> Value {
 }
 
 /// What walking the chain found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChainReport {
     /// Whether every link holds.
     pub ok: bool,

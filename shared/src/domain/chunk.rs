@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::LeaseId;
 
 /// One stored chunk of a task's streamed output.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskChunk {
     /// Position in the task's chunk log, assigned by the store; increases with every append.
     pub id: i64,

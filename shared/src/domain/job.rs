@@ -46,7 +46,7 @@ pub struct NewJob {
 }
 
 /// A stored job (without its tasks).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Job {
     /// Identifier.
     pub job_id: JobId,
@@ -87,12 +87,15 @@ pub struct Job {
     pub task_count: u32,
     /// When the job was submitted.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// When the job last changed.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// When the job reached a terminal status.
     #[serde(with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     /// The W3C `traceparent` of the submit request, when it was traced.
     #[serde(default, skip_serializing_if = "Option::is_none")]

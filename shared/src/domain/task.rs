@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use super::{JobId, LeaseId, Priority, Status, TaskId, TaskType, TenantId, Timestamp, WorkerId};
 
 /// What a task needs from the host it runs on.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Resources {
     /// CPU cores.
@@ -20,7 +20,7 @@ pub struct Resources {
 }
 
 /// Placement constraints. Set fields are hard constraints on the claiming worker.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Constraints {
     /// Preferred worker locality (a soft preference, scored later).
@@ -38,7 +38,7 @@ pub struct Constraints {
 }
 
 /// A task as a client or planner describes it, before it is stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskSpec {
     /// Unique within the job.
     #[serde(alias = "id")]
@@ -67,7 +67,7 @@ pub struct TaskSpec {
 }
 
 /// A stored task with its execution state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Task {
     /// Unique within the job.
     pub task_id: TaskId,
@@ -102,6 +102,7 @@ pub struct Task {
     pub lease_id: Option<LeaseId>,
     /// When the current lease runs out unless renewed.
     #[serde(with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub lease_expires: Option<Timestamp>,
     /// Where the output artifact is, once completed.
     pub output_artifact_uri: Option<String>,
@@ -118,15 +119,19 @@ pub struct Task {
     pub last_report_key: Option<String>,
     /// When the task was created.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// When the task last changed.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
     /// When the current or last attempt started.
     #[serde(with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
     /// When the task reached a terminal status.
     #[serde(with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
 }
 

@@ -14,7 +14,7 @@ pub const WEBHOOK_EVENTS_KEY: &str = "webhook_events";
 pub const TASK_EVENTS: [&str; 2] = ["task.completed", "task.failed"];
 
 /// Where a delivery stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DeliveryState {
     /// Waiting for its next attempt.
@@ -50,10 +50,11 @@ impl std::str::FromStr for DeliveryState {
 }
 
 /// One POST of a delivery and what came of it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookAttempt {
     /// When it was made.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
     /// The receiver's HTTP status, when it answered.
     pub status_code: Option<u16>,
@@ -62,7 +63,7 @@ pub struct WebhookAttempt {
 }
 
 /// A job event bound for a webhook receiver.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WebhookDelivery {
     /// Unique per delivery and kept across its retries: receivers dedupe on it.
     pub delivery_id: String,
@@ -84,9 +85,11 @@ pub struct WebhookDelivery {
     pub attempts: u32,
     /// When the next attempt is due; `None` once delivered or failed.
     #[serde(with = "super::rfc3339::option")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub next_attempt_at: Option<Timestamp>,
     /// When the event happened.
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
     /// Every attempt, oldest first.
     pub attempt_log: Vec<WebhookAttempt>,

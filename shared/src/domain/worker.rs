@@ -11,7 +11,7 @@ use super::{Timestamp, WorkerId};
 pub const ANY_MODEL: &str = "*";
 
 /// What a worker says about itself when it registers.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct WorkerRegistration {
     /// CPU cores.
@@ -33,7 +33,7 @@ pub struct WorkerRegistration {
 }
 
 /// Load figures a worker sends with each heartbeat.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(default)]
 pub struct Heartbeat {
     /// Tasks waiting inside the worker.
@@ -49,7 +49,7 @@ pub struct Heartbeat {
 }
 
 /// Health derived from heartbeat age.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum WorkerHealth {
     /// Heartbeating on time.
@@ -59,7 +59,7 @@ pub enum WorkerHealth {
 }
 
 /// A registered worker as stored.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Worker {
     /// Identifier.
     pub worker_id: WorkerId,
@@ -73,9 +73,11 @@ pub struct Worker {
     pub health: WorkerHealth,
     /// When it registered (or re-registered).
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub registered_at: Timestamp,
     /// Its last heartbeat (or registration).
     #[serde(with = "super::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub last_heartbeat: Timestamp,
 }
 

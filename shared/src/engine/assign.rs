@@ -15,7 +15,7 @@ use crate::store::LeaseRenewal;
 
 /// A task handed to a worker under a lease: the wire contract of the assignment endpoint, read
 /// by the worker with the same type.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Assignment {
     /// The job.
     pub job_id: JobId,
@@ -25,6 +25,7 @@ pub struct Assignment {
     pub lease_id: LeaseId,
     /// When the lease runs out unless renewed by a heartbeat.
     #[serde(with = "crate::domain::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
     pub lease_expires: Timestamp,
     /// This attempt's number (1 for the first).
     pub attempt: u32,
@@ -56,7 +57,7 @@ pub struct Assignment {
 }
 
 /// What a heartbeat tells the worker.
-#[derive(Debug, Clone, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, utoipa::ToSchema)]
 pub struct HeartbeatReply {
     /// Leases extended.
     pub renewed: Vec<TaskRef>,

@@ -16,7 +16,7 @@ struct Facts {
 }
 
 /// The outcome of one report, in request order.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ReportResult {
     /// The task reported on.
     #[serde(flatten)]
