@@ -39,6 +39,81 @@ async fn store(test: &str) -> Option<DynamoStore> {
     Some(DynamoStore::new(table(test).await?))
 }
 
+/// How a moto server that handles one request at a time is started.
+const SERIAL_MOTO: &str = "import sys
+from werkzeug.serving import run_simple
+from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
+from moto.server import MotoRequestHandler
+run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
+           threaded=False, request_handler=MotoRequestHandler)";
+
+/// A moto server of the test's own that handles one request at a time, killed on drop.
+///
+/// The shared emulator is moto's threaded server, which checks a write's condition and applies
+/// the write without a lock, so two concurrent conditional writes can both succeed there
+/// (the `concurrent_*` tests below failed about one run in two against it).
+/// DynamoDB makes each conditional write atomic; the tests of concurrent writers need that.
+struct SerialMoto {
+    child: std::process::Child,
+    sdk: aws_config::SdkConfig,
+}
+
+impl SerialMoto {
+    /// Starts one with the Python beside `moto_server` on `PATH`; `None` (skipped, or failed
+    /// under `CI`) when there is no emulator or no such Python.
+    async fn start(test: &str) -> Option<Self> {
+        TestAws::find(test).await?;
+        let python = std::env::var_os("PATH").and_then(|path| {
+            std::env::split_paths(&path)
+                .find(|dir| dir.join("moto_server").is_file())
+                .map(|dir| dir.join("python3"))
+        });
+        let Some(python) = python.filter(|p| p.is_file()) else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: no moto_server on PATH to start a serial emulator"
+            );
+            eprintln!("{test}: skipped: no moto_server on PATH to start a serial emulator");
+            return None;
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let child = std::process::Command::new(python)
+            .args(["-c", SERIAL_MOTO, &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start a serial moto");
+        for _ in 0..100 {
+            if tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let sdk = aws_config::defaults(crate::aws::behavior_version())
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "testing", "testing", None, None, "tests",
+            ))
+            .load()
+            .await;
+        Some(Self { child, sdk })
+    }
+}
+
+impl Drop for SerialMoto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn a_job(id: &str, tenant: &str, job_type: &str, status: Status) -> Job {
     Job {
         job_id: job_id(id),
@@ -739,7 +814,7 @@ async fn ping_answers_and_a_missing_table_is_named() {
 /// each other: every update lands, whatever the interleaving.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_updates_from_many_processes_lose_nothing() {
-    let Some(aws) = TestAws::find("ddb concurrent_updates_lose_nothing").await else {
+    let Some(aws) = SerialMoto::start("ddb concurrent_updates_lose_nothing").await else {
         return;
     };
     let name = TestAws::unique("splai");
@@ -841,7 +916,7 @@ mod audit_contract {
     /// one chain.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_appends_from_two_clients_keep_one_chain() {
-        let Some(aws) = TestAws::find("ddb audit concurrent_appends").await else {
+        let Some(aws) = SerialMoto::start("ddb audit concurrent_appends").await else {
             return;
         };
         let name = TestAws::unique("splai");
@@ -894,7 +969,7 @@ mod webhook_contract {
     /// Two clients on one table, as two gateway processes hold.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_claims_hand_out_each_delivery_once() {
-        let Some(aws) = TestAws::find("ddb webhooks concurrent_claims").await else {
+        let Some(aws) = SerialMoto::start("ddb webhooks concurrent_claims").await else {
             return;
         };
         let name = TestAws::unique("splai");
