@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_dynamodb::types::{
     AttributeDefinition, BillingMode, GlobalSecondaryIndex, KeySchemaElement, KeyType,
-    LocalSecondaryIndex, Projection, ProjectionType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification,
+    LocalSecondaryIndex, Projection, ProjectionType, ScalarAttributeType, TableDescription,
+    TableStatus, TimeToLiveSpecification,
 };
 
 use crate::store::StoreError;
@@ -53,7 +53,10 @@ fn unavailable(table: &str, what: impl std::fmt::Display) -> StoreError {
 /// set; a missing table otherwise fails naming it.
 pub(super) async fn ensure(client: &Client, table: &str, create: bool) -> Result<(), StoreError> {
     match client.describe_table().table_name(table).send().await {
-        Ok(_) => wait_active(client, table).await,
+        Ok(out) => {
+            check_indexes(table, out.table())?;
+            wait_active(client, table).await
+        }
         Err(e) if e.code() == Some("ResourceNotFoundException") => {
             if !create {
                 return Err(unavailable(
@@ -65,6 +68,33 @@ pub(super) async fn ensure(client: &Client, table: &str, create: bool) -> Result
             create_table(client, table).await
         }
         Err(e) => Err(unavailable(table, DisplayErrorContext(&e))),
+    }
+}
+
+/// Fails naming the first index the store needs that the table lacks (a table made by hand
+/// or for something else).
+fn check_indexes(table: &str, found: Option<&TableDescription>) -> Result<(), StoreError> {
+    let mut names: Vec<&str> = Vec::new();
+    if let Some(t) = found {
+        names.extend(
+            t.global_secondary_indexes()
+                .iter()
+                .filter_map(|i| i.index_name()),
+        );
+        names.extend(
+            t.local_secondary_indexes()
+                .iter()
+                .filter_map(|i| i.index_name()),
+        );
+    }
+    match GSIS.iter().chain([&LSI]).find(|i| !names.contains(i)) {
+        Some(missing) => Err(unavailable(
+            table,
+            format!(
+                "has no index `{missing}`; it was not made for this store (see shared/src/store/dynamodb/DESIGN.md)"
+            ),
+        )),
+        None => Ok(()),
     }
 }
 

@@ -808,6 +808,41 @@ async fn ping_answers_and_a_missing_table_is_named() {
     // Opening an existing table again (a second gateway, a restart) is fine either way.
     DynamoDb::open(&aws.sdk, &name, false).await.unwrap();
     DynamoDb::open(&aws.sdk, &name, true).await.unwrap();
+    // A table made for something else is refused, naming what it lacks.
+    let other = TestAws::unique("splai-other");
+    let key = |name: &str, kind| {
+        aws_sdk_dynamodb::types::KeySchemaElement::builder()
+            .attribute_name(name)
+            .key_type(kind)
+            .build()
+            .unwrap()
+    };
+    let attribute = |name: &str| {
+        aws_sdk_dynamodb::types::AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(aws_sdk_dynamodb::types::ScalarAttributeType::S)
+            .build()
+            .unwrap()
+    };
+    db.client()
+        .create_table()
+        .table_name(&other)
+        .billing_mode(aws_sdk_dynamodb::types::BillingMode::PayPerRequest)
+        .key_schema(key("pk", aws_sdk_dynamodb::types::KeyType::Hash))
+        .key_schema(key("sk", aws_sdk_dynamodb::types::KeyType::Range))
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .send()
+        .await
+        .unwrap();
+    let msg = DynamoDb::open(&aws.sdk, &other, true)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains(&other) && msg.contains("no index `gsi1`"),
+        "{msg}"
+    );
 }
 
 /// Updates of one job from several processes at once (each its own client) never overwrite
