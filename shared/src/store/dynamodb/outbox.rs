@@ -1,7 +1,7 @@
 //! The dispatch outbox: one item per commit (or per 128 entries of it) in the `OUTBOX`
 //! partition, sorted by an ordering number; an entry's id is that number × 128 + its index.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, TransactWriteItem};
 use serde::{Deserialize, Serialize};
@@ -153,16 +153,36 @@ pub(super) async fn pending(
 }
 
 /// Marks entries dispatched: their indexes join the item's `done` set, and an item whose
-/// entries are all done is deleted.
+/// entries are all done is deleted. The usual case, a whole item marked at once, is one
+/// conditional delete.
 pub(super) async fn mark(db: &DynamoDb, ids: &[i64]) -> Result<(), StoreError> {
-    let mut by_item: BTreeMap<i64, Vec<String>> = BTreeMap::new();
+    let mut by_item: BTreeMap<i64, BTreeSet<String>> = BTreeMap::new();
     for id in ids {
         by_item
             .entry(id.div_euclid(PER_ITEM as i64))
             .or_default()
-            .push(id.rem_euclid(PER_ITEM as i64).to_string());
+            .insert(id.rem_euclid(PER_ITEM as i64).to_string());
     }
     for (k, indexes) in by_item {
+        let whole = db
+            .client
+            .delete_item()
+            .table_name(&db.table)
+            .set_key(Some(key("OUTBOX", pad(k))))
+            .condition_expression("attribute_not_exists(#d) AND #c = :n")
+            .expression_attribute_names("#d", "done")
+            .expression_attribute_names("#c", "count")
+            .expression_attribute_values(":n", n(indexes.len()))
+            .send()
+            .await;
+        match whole {
+            Ok(_) => continue,
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|s| s.is_conditional_check_failed_exception()) => {}
+            Err(e) => return Err(sdk_err(db, "delete_item", e)),
+        }
+        let indexes: Vec<String> = indexes.into_iter().collect();
         let out = db
             .client
             .update_item()

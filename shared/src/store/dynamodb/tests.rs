@@ -267,6 +267,14 @@ async fn outbox_keeps_order_and_forgets_marked_entries() {
     assert!(store.pending_dispatch(10).await.unwrap().is_empty());
     // Marking again (a relay that crashed before it heard back) is harmless.
     store.mark_dispatched(&[out[0].0]).await.unwrap();
+    // A whole item marked at once goes in one step.
+    let other = a_record("job-2", &["a", "b"]);
+    let ready: Vec<_> = other.tasks.iter().map(entry_for).collect();
+    store.create_job(&other, &ready, None).await.unwrap();
+    let out = store.pending_dispatch(10).await.unwrap();
+    assert_eq!(out.len(), 2);
+    store.mark_dispatched(&[out[1].0, out[0].0]).await.unwrap();
+    assert!(store.pending_dispatch(10).await.unwrap().is_empty());
 }
 
 /// A repeated idempotency key returns the first job and writes nothing at all.
