@@ -21,6 +21,9 @@ pub enum StoreKind {
     Postgres,
     /// Process memory; for tests and throwaway runs.
     Memory,
+    /// A DynamoDB table (`SPLAI_DYNAMODB_TABLE`); it has no queue of its own, so it needs an
+    /// external queue behind its outbox.
+    DynamoDb,
 }
 
 /// Where the task queue lives (`SPLAI_QUEUE`).
@@ -47,8 +50,9 @@ impl FromStr for StoreKind {
             "sqlite" => Ok(StoreKind::Sqlite),
             "postgres" => Ok(StoreKind::Postgres),
             "memory" => Ok(StoreKind::Memory),
+            "dynamodb" => Ok(StoreKind::DynamoDb),
             other => Err(BackendChoiceError(format!(
-                "unsupported SPLAI_STORE `{other}`; supported values: sqlite, postgres, memory"
+                "unsupported SPLAI_STORE `{other}`; supported values: sqlite, postgres, memory, dynamodb"
             ))),
         }
     }
@@ -74,6 +78,7 @@ impl fmt::Display for StoreKind {
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",
             StoreKind::Memory => "memory",
+            StoreKind::DynamoDb => "dynamodb",
         })
     }
 }
@@ -206,6 +211,12 @@ impl BackendConfig {
             ));
         }
         match (self.store, self.queue) {
+            (StoreKind::DynamoDb, QueueKind::Store | QueueKind::Memory) => Err(BackendChoiceError(format!(
+                "SPLAI_STORE=dynamodb has no queue of its own and SPLAI_QUEUE={} cannot stand in for one; set SPLAI_QUEUE to an external queue (redis)",
+                self.queue
+            ))),
+            // Every other queue is external: entries reach it through the table's outbox.
+            (StoreKind::DynamoDb, _) => Ok(()),
             (StoreKind::Sqlite | StoreKind::Postgres, QueueKind::Store)
             | (StoreKind::Memory, QueueKind::Memory)
             | (StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory, QueueKind::Redis) => {
@@ -338,6 +349,40 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
         StoreKind::Postgres => {
             Err(BackendChoiceError("this build has no postgres support".into()).into())
         }
+        #[cfg(feature = "aws")]
+        StoreKind::DynamoDb => {
+            use crate::store::dynamodb::{DynamoAuditLog, DynamoDb, DynamoStore};
+            let failed = |source| OpenError::Store {
+                backend: StoreKind::DynamoDb,
+                source,
+            };
+            let sdk = crate::aws::load()
+                .await
+                .map_err(|e| failed(StoreError::Unavailable(e.to_string())))?;
+            let db = DynamoDb::open(
+                &sdk,
+                &config.aws.dynamodb_table,
+                config.aws.create_resources,
+            )
+            .await
+            .map_err(failed)?;
+            // Ready entries commit to the outbox with the job change, and the relay moves them.
+            let queue = external_queue(config).await?;
+            let audit = Arc::new(DynamoAuditLog::new(db.clone()));
+            let store = Arc::new(DynamoStore::new(db));
+            Ok(Backends {
+                jobs: store.clone(),
+                workers: store.clone(),
+                outbox: store.clone(),
+                webhooks: store,
+                queue,
+                audit,
+            })
+        }
+        #[cfg(not(feature = "aws"))]
+        StoreKind::DynamoDb => {
+            Err(BackendChoiceError("this build has no dynamodb support".into()).into())
+        }
     }
 }
 
@@ -386,7 +431,7 @@ mod tests {
         let e = "postgresql".parse::<StoreKind>().unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unsupported SPLAI_STORE `postgresql`; supported values: sqlite, postgres, memory"
+            "unsupported SPLAI_STORE `postgresql`; supported values: sqlite, postgres, memory, dynamodb"
         );
         let e = "kafka".parse::<QueueKind>().unwrap_err();
         assert!(
@@ -450,6 +495,27 @@ mod tests {
             1,
             "the entry went through the outbox"
         );
+    }
+
+    /// DynamoDB has no queue: it goes with an external queue and names the fix otherwise.
+    #[test]
+    fn dynamodb_needs_an_external_queue() {
+        let mut c = BackendConfig {
+            store: "dynamodb".parse().unwrap(),
+            queue: QueueKind::Redis,
+            ..BackendConfig::default()
+        };
+        assert!(c.validate().is_ok());
+        assert_eq!(c.store.to_string(), "dynamodb");
+        for queue in [QueueKind::Store, QueueKind::Memory] {
+            c.queue = queue;
+            let e = c.validate().unwrap_err().to_string();
+            assert!(
+                e.contains("SPLAI_STORE=dynamodb has no queue of its own")
+                    && e.contains(&format!("SPLAI_QUEUE={queue}")),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -13,7 +13,7 @@ use splai_shared::domain::{
 use splai_shared::engine::Backends;
 use splai_shared::queue::{LeaseQueue, QueueDepth, QueueError};
 use splai_shared::store::sqlite::{SqliteDb, SqliteStore};
-use splai_shared::store::{Dispatch, DispatchOutbox};
+use splai_shared::store::{Dispatch, DispatchOutbox, JobStore, WebhookOutbox, WorkerStore};
 use splai_shared::testing::redis::TestRedis;
 use splai_shared::testing::{Harness, a_job_with, a_task};
 
@@ -80,7 +80,10 @@ impl LeaseQueue for DiesBeforeEnqueue {
     }
 }
 
-fn backends(store: Arc<SqliteStore>, queue: Arc<dyn LeaseQueue>) -> Backends {
+fn backends<S>(store: Arc<S>, queue: Arc<dyn LeaseQueue>) -> Backends
+where
+    S: JobStore + WorkerStore + DispatchOutbox + WebhookOutbox + 'static,
+{
     Backends {
         jobs: store.clone(),
         workers: store.clone(),
@@ -121,6 +124,52 @@ async fn crash_between_commit_and_enqueue_strands_nothing() {
     let store = Arc::new(SqliteStore::new(
         SqliteDb::open(&path).await.unwrap(),
         Dispatch::Outbox,
+    ));
+    let after = Harness::new(backends(store.clone(), queue.clone()), None);
+    let swept = after.engine.sweep().await.unwrap();
+    assert_eq!(swept.relayed, 2);
+    assert!(store.pending_dispatch(10).await.unwrap().is_empty());
+    let worker = after.cpu_worker("w-1").await;
+    let claimed = after.claim(&worker, 10).await;
+    assert_eq!(claimed.len(), 2);
+    for a in &claimed {
+        after.complete(a).await;
+    }
+    let job = after.engine.job(&submitted.job_id).await.unwrap();
+    assert_eq!(job.status, Status::Completed);
+    assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
+}
+
+/// The same crash with the job in DynamoDB: the outbox item committed with the job survives
+/// the process, and a new process's sweep relays it.
+#[cfg(feature = "aws")]
+#[tokio::test]
+async fn dynamodb_crash_between_commit_and_enqueue_strands_nothing() {
+    use splai_shared::store::dynamodb::{DynamoDb, DynamoStore};
+    use splai_shared::testing::aws::TestAws;
+
+    let test = "dynamodb_crash_between_commit_and_enqueue_strands_nothing";
+    let (Some(redis), Some(aws)) = (TestRedis::find(test).await, TestAws::find(test).await) else {
+        return;
+    };
+    let table = TestAws::unique("splai");
+    let store = Arc::new(DynamoStore::new(
+        DynamoDb::open(&aws.sdk, &table, true).await.unwrap(),
+    ));
+    let queue: Arc<dyn LeaseQueue> = Arc::new(redis.queue(5).await);
+    let before = Harness::new(
+        backends(store.clone(), Arc::new(DiesBeforeEnqueue(queue.clone()))),
+        None,
+    );
+    let job = a_job_with(vec![a_task("a", &[]), a_task("b", &[])]);
+    let submitted = before.engine.submit(job).await.expect("the commit stands");
+    assert_eq!(queue.depth().await.unwrap(), QueueDepth::default());
+    assert_eq!(store.pending_dispatch(10).await.unwrap().len(), 2);
+    drop((before, store));
+
+    // The restart: a new client on the same table, a queue that works.
+    let store = Arc::new(DynamoStore::new(
+        DynamoDb::open(&aws.sdk, &table, false).await.unwrap(),
     ));
     let after = Harness::new(backends(store.clone(), queue.clone()), None);
     let swept = after.engine.sweep().await.unwrap();

@@ -15,6 +15,8 @@ use crate::domain::{
     Timestamp, WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
 };
 
+#[cfg(feature = "aws")]
+pub mod dynamodb;
 pub mod memory;
 #[cfg(feature = "postgres")]
 pub mod postgres;

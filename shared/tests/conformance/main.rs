@@ -115,6 +115,34 @@ mod redis_queue {
     }
 }
 
+/// DynamoDB state whose outbox relays to a Redis queue; `None` (skipped) without the AWS
+/// emulator or Redis.
+#[cfg(all(feature = "aws", feature = "redis"))]
+mod dynamodb {
+    use super::*;
+    use splai_shared::store::dynamodb::{DynamoAuditLog, DynamoDb, DynamoStore};
+    use splai_shared::testing::aws::TestAws;
+    use splai_shared::testing::redis::TestRedis;
+
+    pub async fn dynamodb_redis() -> Option<Harness> {
+        let aws = TestAws::find("conformance dynamodb_redis").await?;
+        let redis = TestRedis::find("conformance dynamodb_redis").await?;
+        let db = DynamoDb::open(&aws.sdk, &TestAws::unique("splai"), true)
+            .await
+            .expect("create the table");
+        let store = Arc::new(DynamoStore::new(db.clone()));
+        let b = Backends {
+            jobs: store.clone(),
+            workers: store.clone(),
+            outbox: store.clone(),
+            webhooks: store,
+            queue: Arc::new(redis.queue(5).await),
+            audit: Arc::new(DynamoAuditLog::new(db)),
+        };
+        Some(Harness::new(b, Some(Box::new(redis))))
+    }
+}
+
 #[cfg(feature = "postgres")]
 mod postgres {
     use super::*;
@@ -274,4 +302,9 @@ mod sqlite_redis {
 #[cfg(all(feature = "postgres", feature = "redis"))]
 mod postgres_redis {
     splai_shared::engine_suite!(super::redis_queue::postgres_redis);
+}
+
+#[cfg(all(feature = "aws", feature = "redis"))]
+mod dynamodb_redis {
+    splai_shared::engine_suite!(super::dynamodb::dynamodb_redis);
 }
