@@ -31,6 +31,8 @@ pub enum QueueKind {
     Store,
     /// Redis (`SPLAI_REDIS_*`), fed through the store's outbox.
     Redis,
+    /// Amazon SQS (`SPLAI_SQS_QUEUE_PREFIX`), fed through the store's outbox.
+    Sqs,
     /// Process memory; only with the memory store.
     Memory,
 }
@@ -60,9 +62,10 @@ impl FromStr for QueueKind {
         match s {
             "store" => Ok(QueueKind::Store),
             "redis" => Ok(QueueKind::Redis),
+            "sqs" => Ok(QueueKind::Sqs),
             "memory" => Ok(QueueKind::Memory),
             other => Err(BackendChoiceError(format!(
-                "unsupported SPLAI_QUEUE `{other}`; supported values: store, redis, memory"
+                "unsupported SPLAI_QUEUE `{other}`; supported values: store, redis, sqs, memory"
             ))),
         }
     }
@@ -83,6 +86,7 @@ impl fmt::Display for QueueKind {
         f.write_str(match self {
             QueueKind::Store => "store",
             QueueKind::Redis => "redis",
+            QueueKind::Sqs => "sqs",
             QueueKind::Memory => "memory",
         })
     }
@@ -208,17 +212,18 @@ impl BackendConfig {
         match (self.store, self.queue) {
             (StoreKind::Sqlite | StoreKind::Postgres, QueueKind::Store)
             | (StoreKind::Memory, QueueKind::Memory)
-            | (StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory, QueueKind::Redis) => {
-                Ok(())
-            }
+            | (
+                StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory,
+                QueueKind::Redis | QueueKind::Sqs,
+            ) => Ok(()),
             (StoreKind::Memory, QueueKind::Store) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite or postgres, or SPLAI_QUEUE=memory or redis with SPLAI_STORE=memory".into(),
+                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite or postgres, or SPLAI_QUEUE=memory, redis or sqs with SPLAI_STORE=memory".into(),
             )),
             (StoreKind::Postgres, QueueKind::Memory) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=memory would lose queued tasks of a durable Postgres store on restart; use SPLAI_QUEUE=store or redis".into(),
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable Postgres store on restart; use SPLAI_QUEUE=store, redis or sqs".into(),
             )),
             (StoreKind::Sqlite, QueueKind::Memory) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store or redis".into(),
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store, redis or sqs".into(),
             )),
         }
     }
@@ -257,7 +262,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
     match config.store {
         StoreKind::Memory => {
             let mut backends = memory();
-            if config.queue == QueueKind::Redis {
+            if matches!(config.queue, QueueKind::Redis | QueueKind::Sqs) {
                 // The memory store always dispatches through its outbox.
                 backends.queue = external_queue(config).await?;
             }
@@ -358,6 +363,22 @@ async fn external_queue(config: &BackendConfig) -> Result<Arc<dyn LeaseQueue>, O
         QueueKind::Redis => {
             Err(BackendChoiceError("this build has no redis support".into()).into())
         }
+        #[cfg(feature = "aws")]
+        QueueKind::Sqs => {
+            let queue_err = |source| OpenError::Queue {
+                backend: QueueKind::Sqs,
+                source,
+            };
+            let sdk = crate::aws::load()
+                .await
+                .map_err(|e| queue_err(QueueError::Unavailable(e.to_string())))?;
+            let queue = crate::queue::sqs::SqsLeaseQueue::open(&sdk, &config.aws)
+                .await
+                .map_err(queue_err)?;
+            Ok(Arc::new(queue))
+        }
+        #[cfg(not(feature = "aws"))]
+        QueueKind::Sqs => Err(BackendChoiceError("this build has no aws support".into()).into()),
         other => {
             Err(BackendChoiceError(format!("SPLAI_QUEUE={other} is not an external queue")).into())
         }
@@ -391,7 +412,7 @@ mod tests {
         let e = "kafka".parse::<QueueKind>().unwrap_err();
         assert!(
             e.to_string()
-                .contains("supported values: store, redis, memory")
+                .contains("supported values: store, redis, sqs, memory")
         );
     }
 
@@ -450,6 +471,20 @@ mod tests {
             1,
             "the entry went through the outbox"
         );
+    }
+
+    #[test]
+    fn sqs_queue_goes_with_every_store() {
+        for store in [StoreKind::Sqlite, StoreKind::Postgres, StoreKind::Memory] {
+            let c = BackendConfig {
+                store,
+                queue: "sqs".parse().unwrap(),
+                postgres_dsn: Some(Secret::new("postgres://db/splai")),
+                ..Default::default()
+            };
+            assert!(c.validate().is_ok(), "{store}");
+            assert_eq!(c.queue.to_string(), "sqs");
+        }
     }
 
     #[test]
