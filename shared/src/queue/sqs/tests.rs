@@ -126,7 +126,7 @@ async fn renew_and_ack_act_on_held_leases() {
         .renew(&[a.lease_id.clone(), foreign.clone()], now() + LEASE)
         .await
         .unwrap();
-    assert_eq!(held, [a.lease_id.clone()]);
+    assert_eq!(held, std::slice::from_ref(&a.lease_id));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert!(
         q.claim(&cpu(), 1, LEASE, now()).await.unwrap().is_empty(),
@@ -178,7 +178,7 @@ async fn dead_letters_list_and_requeue() {
     };
     assert_eq!(
         q.requeue_dead(&[none, x.clone()], now()).await.unwrap(),
-        [x.clone()]
+        std::slice::from_ref(&x)
     );
     assert_eq!(q.list_dead(10).await.unwrap().len(), 1);
     let back = q.claim(&cpu(), 10, LEASE, now()).await.unwrap();
