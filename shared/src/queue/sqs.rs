@@ -45,7 +45,13 @@
 //!   in-flight messages, which includes nacked ones waiting out their backoff.
 //!
 //! Nothing is lost between two calls: every move sends first and deletes second, so a crash in
-//! between leaves a duplicate, never a gap.
+//! between leaves a duplicate, never a gap. A claim abandoned mid-call (the worker's request
+//! dropped) leaves what SQS had already handed out hidden for one lease; that delivery then
+//! counts as an attempt, as an expired lease does.
+//!
+//! Cost (moto, `sqs_requests_per_task_stay_within_budget`): 0.4 SQS requests per task with
+//! bulk submits, claims of 10 and batched reports; 4 per task one at a time (a send, a receive
+//! of the empty interactive queue and one of the standard queue, a delete).
 
 use std::sync::Arc;
 use std::time::Duration;
