@@ -395,7 +395,7 @@ mod tests {
         );
         let e = config(&[("SPLAI_QUEUE", "kafka")]).unwrap_err();
         assert!(
-            format!("{e:#}").contains("supported values: store, redis, memory"),
+            format!("{e:#}").contains("supported values: store, redis, sqs, memory"),
             "{e:#}"
         );
     }

@@ -65,3 +65,22 @@ pub async fn load() -> Result<SdkConfig, AwsSetupError> {
     }
     Ok(sdk)
 }
+
+/// The SDK configuration, loaded on first use and then shared: one load for every AWS backend
+/// that [`open`](crate::backends::open) builds (a DynamoDB store and an SQS queue share it).
+#[derive(Debug, Default)]
+pub struct SharedSdk {
+    #[cfg(feature = "aws")]
+    cell: tokio::sync::OnceCell<SdkConfig>,
+}
+
+#[cfg(feature = "aws")]
+impl SharedSdk {
+    /// The configuration, loaded by the first caller.
+    ///
+    /// # Errors
+    /// As [`load`].
+    pub async fn get(&self) -> Result<&SdkConfig, AwsSetupError> {
+        self.cell.get_or_try_init(load).await
+    }
+}

@@ -34,6 +34,8 @@ pub enum QueueKind {
     Store,
     /// Redis (`SPLAI_REDIS_*`), fed through the store's outbox.
     Redis,
+    /// Amazon SQS (`SPLAI_SQS_QUEUE_PREFIX`), fed through the store's outbox.
+    Sqs,
     /// Process memory; only with the memory store.
     Memory,
 }
@@ -64,9 +66,10 @@ impl FromStr for QueueKind {
         match s {
             "store" => Ok(QueueKind::Store),
             "redis" => Ok(QueueKind::Redis),
+            "sqs" => Ok(QueueKind::Sqs),
             "memory" => Ok(QueueKind::Memory),
             other => Err(BackendChoiceError(format!(
-                "unsupported SPLAI_QUEUE `{other}`; supported values: store, redis, memory"
+                "unsupported SPLAI_QUEUE `{other}`; supported values: store, redis, sqs, memory"
             ))),
         }
     }
@@ -88,6 +91,7 @@ impl fmt::Display for QueueKind {
         f.write_str(match self {
             QueueKind::Store => "store",
             QueueKind::Redis => "redis",
+            QueueKind::Sqs => "sqs",
             QueueKind::Memory => "memory",
         })
     }
@@ -219,17 +223,18 @@ impl BackendConfig {
             (StoreKind::DynamoDb, _) => Ok(()),
             (StoreKind::Sqlite | StoreKind::Postgres, QueueKind::Store)
             | (StoreKind::Memory, QueueKind::Memory)
-            | (StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory, QueueKind::Redis) => {
-                Ok(())
-            }
+            | (
+                StoreKind::Sqlite | StoreKind::Postgres | StoreKind::Memory,
+                QueueKind::Redis | QueueKind::Sqs,
+            ) => Ok(()),
             (StoreKind::Memory, QueueKind::Store) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite or postgres, or SPLAI_QUEUE=memory or redis with SPLAI_STORE=memory".into(),
+                "SPLAI_QUEUE=store needs a database store; use SPLAI_STORE=sqlite or postgres, or SPLAI_QUEUE=memory, redis or sqs with SPLAI_STORE=memory".into(),
             )),
             (StoreKind::Postgres, QueueKind::Memory) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=memory would lose queued tasks of a durable Postgres store on restart; use SPLAI_QUEUE=store or redis".into(),
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable Postgres store on restart; use SPLAI_QUEUE=store, redis or sqs".into(),
             )),
             (StoreKind::Sqlite, QueueKind::Memory) => Err(BackendChoiceError(
-                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store or redis".into(),
+                "SPLAI_QUEUE=memory would lose queued tasks of a durable SQLite store on restart; use SPLAI_QUEUE=store, redis or sqs".into(),
             )),
         }
     }
@@ -265,12 +270,13 @@ pub enum OpenError {
 /// An unsupported combination, or a backend that cannot be opened.
 pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
     config.validate()?;
+    let aws = crate::aws::SharedSdk::default();
     match config.store {
         StoreKind::Memory => {
             let mut backends = memory();
-            if config.queue == QueueKind::Redis {
+            if matches!(config.queue, QueueKind::Redis | QueueKind::Sqs) {
                 // The memory store always dispatches through its outbox.
-                backends.queue = external_queue(config).await?;
+                backends.queue = external_queue(config, &aws).await?;
             }
             Ok(backends)
         }
@@ -292,7 +298,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 ),
                 // Ready entries are committed to the outbox with the job change and relayed,
                 // so a crash between the two loses nothing.
-                _ => (Dispatch::Outbox, external_queue(config).await?),
+                _ => (Dispatch::Outbox, external_queue(config, &aws).await?),
             };
             let audit = Arc::new(crate::store::sqlite::SqliteAuditLog::new(db.clone()));
             let store = Arc::new(SqliteStore::new(db, dispatch));
@@ -332,7 +338,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                     Arc::new(PostgresLeaseQueue::new(db.clone())),
                 ),
                 // As with SQLite: entries commit to the outbox with the job change.
-                _ => (Dispatch::Outbox, external_queue(config).await?),
+                _ => (Dispatch::Outbox, external_queue(config, &aws).await?),
             };
             let audit = Arc::new(crate::store::postgres::PostgresAuditLog::new(db.clone()));
             let store = Arc::new(PostgresStore::new(db, dispatch));
@@ -356,18 +362,15 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 backend: StoreKind::DynamoDb,
                 source,
             };
-            let sdk = crate::aws::load()
+            let sdk = aws
+                .get()
                 .await
                 .map_err(|e| failed(StoreError::Unavailable(e.to_string())))?;
-            let db = DynamoDb::open(
-                &sdk,
-                &config.aws.dynamodb_table,
-                config.aws.create_resources,
-            )
-            .await
-            .map_err(failed)?;
+            let db = DynamoDb::open(sdk, &config.aws.dynamodb_table, config.aws.create_resources)
+                .await
+                .map_err(failed)?;
             // Ready entries commit to the outbox with the job change, and the relay moves them.
-            let queue = external_queue(config).await?;
+            let queue = external_queue(config, &aws).await?;
             let audit = Arc::new(DynamoAuditLog::new(db.clone()));
             let store = Arc::new(DynamoStore::new(db));
             Ok(Backends {
@@ -387,7 +390,11 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
 }
 
 /// Connects the queue of a store that dispatches through its outbox.
-async fn external_queue(config: &BackendConfig) -> Result<Arc<dyn LeaseQueue>, OpenError> {
+#[cfg_attr(not(feature = "aws"), allow(unused_variables))]
+async fn external_queue(
+    config: &BackendConfig,
+    aws: &crate::aws::SharedSdk,
+) -> Result<Arc<dyn LeaseQueue>, OpenError> {
     match config.queue {
         #[cfg(feature = "redis")]
         QueueKind::Redis => {
@@ -403,6 +410,23 @@ async fn external_queue(config: &BackendConfig) -> Result<Arc<dyn LeaseQueue>, O
         QueueKind::Redis => {
             Err(BackendChoiceError("this build has no redis support".into()).into())
         }
+        #[cfg(feature = "aws")]
+        QueueKind::Sqs => {
+            let queue_err = |source| OpenError::Queue {
+                backend: QueueKind::Sqs,
+                source,
+            };
+            let sdk = aws
+                .get()
+                .await
+                .map_err(|e| queue_err(QueueError::Unavailable(e.to_string())))?;
+            let queue = crate::queue::sqs::SqsLeaseQueue::open(sdk, &config.aws)
+                .await
+                .map_err(queue_err)?;
+            Ok(Arc::new(queue))
+        }
+        #[cfg(not(feature = "aws"))]
+        QueueKind::Sqs => Err(BackendChoiceError("this build has no aws support".into()).into()),
         other => {
             Err(BackendChoiceError(format!("SPLAI_QUEUE={other} is not an external queue")).into())
         }
@@ -436,7 +460,7 @@ mod tests {
         let e = "kafka".parse::<QueueKind>().unwrap_err();
         assert!(
             e.to_string()
-                .contains("supported values: store, redis, memory")
+                .contains("supported values: store, redis, sqs, memory")
         );
     }
 
@@ -515,6 +539,20 @@ mod tests {
                     && e.contains(&format!("SPLAI_QUEUE={queue}")),
                 "{e}"
             );
+        }
+    }
+
+    #[test]
+    fn sqs_queue_goes_with_every_store() {
+        for store in [StoreKind::Sqlite, StoreKind::Postgres, StoreKind::Memory] {
+            let c = BackendConfig {
+                store,
+                queue: "sqs".parse().unwrap(),
+                postgres_dsn: Some(Secret::new("postgres://db/splai")),
+                ..Default::default()
+            };
+            assert!(c.validate().is_ok(), "{store}");
+            assert_eq!(c.queue.to_string(), "sqs");
         }
     }
 

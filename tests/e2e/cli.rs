@@ -65,7 +65,7 @@ fn unknown_backend_fails_start_up_listing_supported_values() {
     let dir = tempfile::tempdir().unwrap();
     for (var, value, supported) in [
         ("SPLAI_STORE", "mongo", "sqlite, postgres, memory"),
-        ("SPLAI_QUEUE", "kafka", "store, redis, memory"),
+        ("SPLAI_QUEUE", "kafka", "store, redis, sqs, memory"),
     ] {
         let out = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"))
             .args(["serve", "--listen", "127.0.0.1:0"])

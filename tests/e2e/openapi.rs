@@ -36,8 +36,8 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
     ]);
     let _worker = fabric.worker("w-st", &ollama(&double)).await;
     let schema = format!("{}/openapi.json", fabric.server.base);
-    let report = tempfile::tempdir().expect("a report directory");
-    let report_dir = report.path().to_owned();
+    let scratch = tempfile::tempdir().expect("a scratch directory");
+    let scratch_dir = scratch.path().to_owned();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("schemathesis")
             .args(["run", &schema])
@@ -48,8 +48,8 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
             ])
             .args(["--max-examples", MAX_EXAMPLES, "--seed", "20261129"])
             .args(["--workers", "2", "--request-timeout", "30"])
-            .args(["--report-dir"])
-            .arg(&report_dir)
+            // Its cache (`.schemathesis/`) goes in the scratch directory, not the checkout.
+            .current_dir(&scratch_dir)
             .env("NO_COLOR", "1")
             .output()
             .expect("run schemathesis")

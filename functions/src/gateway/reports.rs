@@ -93,9 +93,11 @@ impl ReportRequest {
         let key = self
             .idempotency_key
             .unwrap_or_else(|| format!("{}:{}", self.lease_id, self.status.as_str()));
-        if key.is_empty() || key.len() > 200 {
+        // Room for the default `<lease_id>:<status>` of the longest lease id (an SQS lease).
+        const MAX_KEY: usize = splai_shared::domain::MAX_LEASE_ID_LEN + 16;
+        if key.is_empty() || key.len() > MAX_KEY {
             return Err(ApiError::invalid(format!(
-                "{at}`idempotency_key` must be 1 to 200 characters"
+                "{at}`idempotency_key` must be 1 to {MAX_KEY} characters"
             )));
         }
         let task = TaskRef {

@@ -10,23 +10,28 @@ pub enum IdError {
     /// The identifier was empty.
     #[error("{0} must not be empty")]
     Empty(&'static str),
-    /// The identifier was longer than [`MAX_ID_LEN`].
-    #[error("{0} must be at most {MAX_ID_LEN} characters")]
-    TooLong(&'static str),
+    /// The identifier was longer than its limit ([`MAX_ID_LEN`], [`MAX_LEASE_ID_LEN`] for
+    /// lease ids).
+    #[error("{0} must be at most {1} characters")]
+    TooLong(&'static str, usize),
     /// The identifier contained a character outside `[A-Za-z0-9._:@/-]`.
     #[error("{0} may only contain letters, digits and . _ : @ / -")]
     BadChar(&'static str),
 }
 
-/// Longest identifier accepted anywhere.
+/// Longest identifier accepted anywhere (but lease ids).
 pub const MAX_ID_LEN: usize = 128;
 
-fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
+/// Longest lease id: an SQS lease carries its receipt handle (up to 1024 characters) and its
+/// entry, so that any gateway instance can renew, ack or hand it back (`queue/sqs`).
+pub const MAX_LEASE_ID_LEN: usize = 4096;
+
+fn validate_up_to(kind: &'static str, s: &str, max: usize) -> Result<(), IdError> {
     if s.is_empty() {
         return Err(IdError::Empty(kind));
     }
-    if s.len() > MAX_ID_LEN {
-        return Err(IdError::TooLong(kind));
+    if s.len() > max {
+        return Err(IdError::TooLong(kind, max));
     }
     let ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '/' | '-');
     if !s.chars().all(ok) {
@@ -35,19 +40,22 @@ fn validate(kind: &'static str, s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
-/// The schema every identifier shares: what [`validate`] accepts.
-fn id_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+/// The schema of an identifier of at most `max` characters: what [`validate_up_to`] accepts.
+fn id_schema(max: usize) -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
     use utoipa::openapi::schema::{ObjectBuilder, Type};
     ObjectBuilder::new()
         .schema_type(Type::String)
         .min_length(Some(1))
-        .max_length(Some(MAX_ID_LEN))
+        .max_length(Some(max))
         .pattern(Some("^[A-Za-z0-9._:@/-]+$"))
         .into()
 }
 
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        id_type!($(#[$doc])* $name, $kind, MAX_ID_LEN);
+    };
+    ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
@@ -55,7 +63,7 @@ macro_rules! id_type {
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-                id_schema()
+                id_schema($max)
             }
         }
 
@@ -68,7 +76,7 @@ macro_rules! id_type {
             /// When the string is empty, too long, or has characters outside the allowed set.
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
-                validate($kind, &s)?;
+                validate_up_to($kind, &s, $max)?;
                 Ok(Self(s))
             }
 
@@ -117,7 +125,8 @@ id_type!(
 id_type!(
     /// A lease identifier handed out with each claim; reports must quote it.
     LeaseId,
-    "lease_id"
+    "lease_id",
+    MAX_LEASE_ID_LEN
 );
 id_type!(
     /// A tenant identifier.
@@ -177,7 +186,7 @@ mod tests {
         assert_eq!(TaskId::parse(""), Err(IdError::Empty("task_id")));
         assert_eq!(
             TaskId::parse("a".repeat(129)),
-            Err(IdError::TooLong("task_id"))
+            Err(IdError::TooLong("task_id", MAX_ID_LEN))
         );
         assert_eq!(TaskId::parse("a b"), Err(IdError::BadChar("task_id")));
         assert!(TaskId::parse("t-1.summarise:v2").is_ok());

@@ -17,7 +17,9 @@ pub use audit::{
     AuditEvent, ChainReport, ChainWalk, GENESIS_HASH, NewAuditEvent, canonical, event_hash,
 };
 pub use chunk::TaskChunk;
-pub use ids::{IdError, IdempotencyKey, JobId, LeaseId, TaskId, TaskRef, TenantId, WorkerId};
+pub use ids::{
+    IdError, IdempotencyKey, JobId, LeaseId, MAX_LEASE_ID_LEN, TaskId, TaskRef, TenantId, WorkerId,
+};
 pub use job::{Job, JobRecord, NewJob};
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
 pub use status::{PlannerMode, Priority, Status, TaskType};

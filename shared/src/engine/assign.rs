@@ -212,8 +212,9 @@ impl Engine {
             if let Some(n) = external.as_mut().as_pin_mut() {
                 n.enable();
             }
+            let wait = deadline.saturating_duration_since(tokio::time::Instant::now());
             let got = self
-                .try_assign(&caps, max)
+                .try_assign(&caps, max, wait)
                 .await
                 .inspect_err(|_| self.metrics.assignment_error(id.as_str()))?;
             let now = tokio::time::Instant::now();
@@ -254,10 +255,13 @@ impl Engine {
         Ok(caps)
     }
 
+    /// One claim (which a long-polling queue may spend up to `wait` on), then the leases
+    /// started in the store.
     async fn try_assign(
         &self,
         caps: &WorkerCaps,
         max: usize,
+        mut wait: std::time::Duration,
     ) -> Result<Vec<Assignment>, EngineError> {
         let mut out = Vec::new();
         // Stale entries are acked and the claim repeated, a bounded number of times.
@@ -266,12 +270,14 @@ impl Engine {
             if want == 0 {
                 break;
             }
-            let now = self.clock.now();
             let leases = self
                 .backends
                 .queue
-                .claim(caps, want, self.config.lease, now)
+                .claim_waiting(caps, want, self.config.lease, self.clock.now(), wait)
                 .await?;
+            // Only the first claim waits; and the claim may have waited, so read the time after.
+            wait = std::time::Duration::ZERO;
+            let now = self.clock.now();
             if leases.is_empty() {
                 break;
             }

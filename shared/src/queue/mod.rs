@@ -20,6 +20,8 @@ pub mod postgres;
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "aws")]
+pub mod sqs;
 
 /// Errors crossing the queue boundary.
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +89,22 @@ pub trait LeaseQueue: Send + Sync {
         lease_for: Duration,
         now: Timestamp,
     ) -> Result<Vec<Lease>, QueueError>;
+
+    /// [`claim`](Self::claim), allowed to wait up to `wait` when nothing is claimable: a queue
+    /// that long-polls natively (SQS) waits inside the call, so an idle claimer costs one
+    /// request per long poll rather than one per engine poll interval. The default claims
+    /// once without waiting; the engine's own loop does the rest.
+    async fn claim_waiting(
+        &self,
+        worker: &WorkerCaps,
+        max: usize,
+        lease_for: Duration,
+        now: Timestamp,
+        wait: Duration,
+    ) -> Result<Vec<Lease>, QueueError> {
+        let _ = wait;
+        self.claim(worker, max, lease_for, now).await
+    }
 
     /// Extends leases; returns the ones that are still held (and were extended).
     async fn renew(&self, leases: &[LeaseId], until: Timestamp)

@@ -61,8 +61,18 @@ pub const LEASE: Duration = Duration::from_secs(10);
 impl Harness {
     /// A harness over `backends`; `keep` holds anything that must outlive it (a temp dir).
     pub fn new(backends: Backends, keep: Option<Box<dyn std::any::Any + Send>>) -> Self {
+        Self::with_config(backends, keep, |_| {})
+    }
+
+    /// A harness whose engine settings `tune` changes from the suite's (a lease of a second
+    /// or two, for a queue whose leases run out in real time: SQS).
+    pub fn with_config(
+        backends: Backends,
+        keep: Option<Box<dyn std::any::Any + Send>>,
+        tune: impl FnOnce(&mut EngineConfig),
+    ) -> Self {
         let clock = Arc::new(ManualClock::new());
-        let config = EngineConfig {
+        let mut config = EngineConfig {
             lease: LEASE,
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(4),
@@ -73,6 +83,7 @@ impl Harness {
             poll_interval: Duration::from_millis(10),
             ..EngineConfig::default()
         };
+        tune(&mut config);
         let planner = Planner::new(PlannerConfig {
             llm_endpoint: None,
             llm_api_key: None,

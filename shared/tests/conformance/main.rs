@@ -10,6 +10,9 @@ async fn memory() -> Harness {
     Harness::new(backends::memory(), None)
 }
 
+#[cfg(feature = "aws")]
+mod sqs;
+
 #[cfg(feature = "sqlite")]
 mod sqlite {
     use super::*;
