@@ -7,6 +7,7 @@ mod openai;
 mod postgres_faults;
 mod prefetch;
 mod redis_faults;
+mod s3_artifacts;
 mod tracing;
 mod worker_jobs;
 mod worker_lifecycle;

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use splai_shared::artifacts::UploadUrl;
 use splai_shared::domain::{
     Artifact, Heartbeat, JobId, LeaseId, Status, TaskId, TaskRef, WorkerId, WorkerRegistration,
 };
@@ -169,6 +170,9 @@ pub struct GatewayClient {
 /// Time a request may take beyond any long-poll it asks for.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time an output upload to a presigned URL may take (outputs can be large).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl GatewayClient {
     /// A client for the gateway at `base` acting as `worker_id`.
     ///
@@ -226,6 +230,34 @@ impl GatewayClient {
         if status.is_success() {
             return Ok(bytes);
         }
+        Err(classify(status.as_u16(), &bytes))
+    }
+
+    /// Puts an output to an upload URL the gateway handed out with the assignment. The URL
+    /// carries its own authorisation, so no token is sent (the storage service is not the
+    /// gateway).
+    ///
+    /// # Errors
+    /// Classified failures of the storage service.
+    pub async fn put_upload(
+        &self,
+        upload: &UploadUrl,
+        body: bytes::Bytes,
+    ) -> Result<(), GatewayError> {
+        let mut req = self
+            .http
+            .put(&upload.url)
+            .timeout(UPLOAD_TIMEOUT)
+            .body(body);
+        for (name, value) in &upload.headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
         Err(classify(status.as_u16(), &bytes))
     }
 

@@ -6,10 +6,11 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use splai_shared::artifacts::{ArtifactKey, UploadSigner};
 use splai_shared::domain::{
     Heartbeat, JobId, LeaseId, TaskId, TaskRef, WorkerId, WorkerRegistration,
 };
-use splai_shared::engine::ReleaseOutcome;
+use splai_shared::engine::{Assignment, ReleaseOutcome};
 use splai_shared::store::LeaseRenewal;
 
 use super::AppState;
@@ -188,8 +189,30 @@ pub async fn assignments(
         )));
     }
     let wait = Duration::from_secs(u64::from(q.wait_seconds.unwrap_or(0)));
-    let assignments = s.engine.assign(&id, max as usize, wait).await?;
+    let mut assignments = s.engine.assign(&id, max as usize, wait).await?;
+    if let Some(signer) = &s.upload_signer {
+        attach_upload_urls(signer.as_ref(), &mut assignments).await?;
+    }
     Ok(Json(json!({ "worker_id": id, "assignments": assignments })))
+}
+
+/// Gives each assignment a presigned URL for its output. Signing is local (no request to the
+/// store); should it fail, the request fails and the leases run out, so the tasks are handed
+/// out again rather than run without a place for their output.
+async fn attach_upload_urls(
+    signer: &dyn UploadSigner,
+    assignments: &mut [Assignment],
+) -> Result<(), ApiError> {
+    for a in assignments {
+        let key = ArtifactKey::output(a.job_id.clone(), a.task_id.clone());
+        let timeout = Duration::from_secs(u64::from(a.timeout_sec));
+        a.output_upload = Some(
+            signer
+                .presign_put(&key, "application/json", timeout)
+                .await?,
+        );
+    }
+    Ok(())
 }
 
 /// All registered workers with their health.
