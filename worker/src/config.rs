@@ -477,7 +477,9 @@ mod tests {
             ("SPLAI_OLLAMA_BASE_URL", "localhost"),
             ("SPLAI_WORKER_GPU", "maybe"),
             ("SPLAI_TOOL_NETWORK", "open"),
-            ("SPLAI_ARTIFACT_BACKEND", "minio"),
+            ("SPLAI_ARTIFACT_BACKEND", "gcs"),
+            ("SPLAI_S3_PART_SIZE_BYTES", "1024"),
+            ("SPLAI_MINIO_SECRET_KEY", "no-access-key"),
             ("SPLAI_RETRIEVAL_BACKEND", "remote_api"),
         ] {
             let e = config(&[(k, v)]).unwrap_err();
