@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use splai_shared::artifacts::ArtifactBackend;
+use splai_shared::artifacts::s3::S3Config;
+use splai_shared::artifacts::{ArtifactBackend, ArtifactUpload};
 use splai_shared::aws::AwsSettings;
 use splai_shared::backends::{
     BackendConfig, DEFAULT_POSTGRES_MAX_CONNECTIONS, RedisConfig, Secret,
@@ -39,6 +40,12 @@ pub struct Config {
     pub artifact_backend: ArtifactBackend,
     /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
     pub artifact_root: PathBuf,
+    /// The S3/MinIO artifact settings (`SPLAI_S3_*`, `SPLAI_MINIO_*`), used with
+    /// `SPLAI_ARTIFACT_BACKEND=s3|minio`.
+    pub artifact_s3: S3Config,
+    /// How workers put outputs stored as artifacts (`SPLAI_ARTIFACT_UPLOAD`, default
+    /// `direct`; `presigned` hands each assignment an upload URL and needs S3/MinIO).
+    pub artifact_upload: ArtifactUpload,
     /// How often expired leases are swept (`SPLAI_SWEEP_INTERVAL_MS`, default 1000).
     pub sweep_interval: Duration,
     /// Largest task output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default
@@ -141,15 +148,24 @@ impl Config {
             max_tasks: parse_or(&var, "SPLAI_MAX_TASKS_PER_JOB", 1000)?,
         };
         let port: u16 = parse_or(&var, "SPLAI_GATEWAY_PORT", 8080)?;
+        let artifact_backend = parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?;
+        let artifact_upload = parse_or(&var, "SPLAI_ARTIFACT_UPLOAD", ArtifactUpload::Direct)?;
+        if artifact_upload == ArtifactUpload::Presigned
+            && artifact_backend == ArtifactBackend::Local
+        {
+            bail!("SPLAI_ARTIFACT_UPLOAD=presigned needs SPLAI_ARTIFACT_BACKEND=s3 or minio");
+        }
         Ok(Self {
             backends,
             engine,
             planner,
             listen: SocketAddr::from(([0, 0, 0, 0], port)),
             max_body_bytes: parse_or(&var, "SPLAI_MAX_BODY_BYTES", 4 * 1024 * 1024)?,
-            artifact_backend: parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?,
+            artifact_backend,
             artifact_root: var("SPLAI_ARTIFACT_ROOT")
                 .map_or_else(|| PathBuf::from("/tmp/splai-artifacts"), PathBuf::from),
+            artifact_s3: S3Config::from_vars(artifact_backend == ArtifactBackend::Minio, &var)?,
+            artifact_upload,
             sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
             max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
             auth: Tokens::from_vars(
@@ -388,9 +404,9 @@ mod tests {
             format!("{e:#}").contains("supported values: sqlite, postgres, memory"),
             "{e:#}"
         );
-        let e = config(&[("SPLAI_ARTIFACT_BACKEND", "s3")]).unwrap_err();
+        let e = config(&[("SPLAI_ARTIFACT_BACKEND", "gcs")]).unwrap_err();
         assert!(
-            format!("{e:#}").contains("SPLAI_ARTIFACT_BACKEND=`s3`: `s3` is not supported"),
+            format!("{e:#}").contains("`gcs` is not one of local, s3, minio"),
             "{e:#}"
         );
         let e = config(&[("SPLAI_QUEUE", "kafka")]).unwrap_err();
@@ -608,5 +624,34 @@ mod tests {
             let e = config(&[(k, v)]).unwrap_err();
             assert!(format!("{e:#}").contains(k), "{e:#}");
         }
+    }
+
+    /// S3 artifacts read their settings here; presigned uploads need a store that presigns,
+    /// and bad S3 values fail start-up naming the variable.
+    #[test]
+    fn s3_artifact_settings_and_presigned_uploads() {
+        let c = config(&[
+            ("SPLAI_ARTIFACT_BACKEND", "minio"),
+            ("SPLAI_MINIO_ENDPOINT", "minio:9000"),
+            ("SPLAI_MINIO_BUCKET", "outs"),
+            ("SPLAI_ARTIFACT_UPLOAD", "presigned"),
+        ])
+        .unwrap();
+        assert_eq!(c.artifact_backend, ArtifactBackend::Minio);
+        assert_eq!(c.artifact_upload, ArtifactUpload::Presigned);
+        assert_eq!(c.artifact_s3.endpoint.as_deref(), Some("http://minio:9000"));
+        assert!(c.artifact_s3.force_path_style);
+        assert_eq!(c.artifact_s3.bucket, c.backends.aws.s3_bucket);
+        assert_eq!(config(&[]).unwrap().artifact_upload, ArtifactUpload::Direct);
+        let e = config(&[("SPLAI_ARTIFACT_UPLOAD", "presigned")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_ARTIFACT_BACKEND=s3"),
+            "{e:#}"
+        );
+        let e = config(&[("SPLAI_S3_FORCE_PATH_STYLE", "perhaps")]).unwrap_err();
+        assert!(
+            format!("{e:#}").contains("SPLAI_S3_FORCE_PATH_STYLE"),
+            "{e:#}"
+        );
     }
 }

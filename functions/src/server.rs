@@ -10,6 +10,7 @@ use anyhow::Context;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
+use splai_shared::artifacts::ArtifactUpload;
 use splai_shared::clock::{Clock, SystemClock};
 use splai_shared::engine::Engine;
 use splai_shared::planner::Planner;
@@ -182,9 +183,21 @@ pub async fn start(
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let artifacts = config
+        .artifact_backend
+        .open(&config.artifact_root, &config.artifact_s3)
+        .await
+        .context("opening the artifact store (SPLAI_ARTIFACT_BACKEND)")?;
+    let upload_signer = match config.artifact_upload {
+        ArtifactUpload::Direct => None,
+        ArtifactUpload::Presigned => Some(artifacts.signer.clone().context(
+            "SPLAI_ARTIFACT_UPLOAD=presigned needs a store that presigns uploads (s3, minio)",
+        )?),
+    };
     let state = AppState {
         engine: engine.clone(),
-        artifacts: config.artifact_backend.open(&config.artifact_root),
+        artifacts: artifacts.store,
+        upload_signer,
         max_inline_output_bytes: config.max_inline_output_bytes,
         shutdown: stop_rx.clone(),
         auth: config.auth.clone(),

@@ -8,6 +8,7 @@ mod openapi;
 mod postgres_faults;
 mod prefetch;
 mod redis_faults;
+mod s3_artifacts;
 mod sqs;
 mod tracing;
 mod worker_jobs;

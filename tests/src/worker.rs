@@ -33,15 +33,18 @@ impl SplaiWorker {
     /// Starts a worker called `id` against the gateway at `server_base`, with extra
     /// environment (which overrides the defaults set here), and waits until it registered.
     ///
-    /// `SPLAI_*` variables of the test process are not inherited, so a developer's settings
-    /// cannot leak in; pass `SPLAI_ARTIFACT_ROOT` to keep each test's artifacts apart.
+    /// `SPLAI_*` and `AWS_*` variables of the test process are not inherited, so a
+    /// developer's settings cannot leak in; pass `SPLAI_ARTIFACT_ROOT` to keep each test's artifacts apart.
     ///
     /// # Panics
     /// When the worker exits, or does not register, within 30 s; the message carries its log.
     pub async fn start(server_base: &str, id: &str, env: &[(&str, &str)]) -> SplaiWorker {
         let mut cmd = Command::new(binary("splai-worker", "splai-worker"));
+        // Nor AWS_* ones: a worker reaches storage only as the test says (S3 tests show a
+        // worker with no credentials of its own uploading through a presigned URL).
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SPLAI_") {
+            let k_str = k.to_string_lossy();
+            if k_str.starts_with("SPLAI_") || k_str.starts_with("AWS_") {
                 cmd.env_remove(k);
             }
         }

@@ -6,6 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
+use splai_shared::artifacts::UploadUrl;
 use splai_shared::domain::{
     Artifact, Heartbeat, JobId, LeaseId, Status, TaskId, TaskRef, WorkerId, WorkerRegistration,
 };
@@ -169,6 +170,9 @@ pub struct GatewayClient {
 /// Time a request may take beyond any long-poll it asks for.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Time an output upload to a presigned URL may take (outputs can be large).
+const UPLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+
 impl GatewayClient {
     /// A client for the gateway at `base` acting as `worker_id`.
     ///
@@ -176,6 +180,9 @@ impl GatewayClient {
     /// When the HTTP client cannot be built (TLS set-up).
     pub fn new(base: &str, token: Option<Secret>, worker_id: WorkerId) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
+            // Redirects are followed by hand (`task_output`), so the token never goes to
+            // another host: reqwest drops `Authorization` there, but not `X-SPLAI-Token`.
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(60))
             .tcp_nodelay(true)
@@ -220,12 +227,57 @@ impl GatewayClient {
     pub async fn task_output(&self, job: &str, task: &str) -> Result<bytes::Bytes, GatewayError> {
         let url = self.url_of(&["v1", "jobs", job, "tasks", task, "output"])?;
         let req = self.authorized(self.http.get(url)).timeout(REQUEST_TIMEOUT);
-        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let mut resp = req.send().await.map_err(|e| unreachable(&e))?;
+        // A store that hands out URLs (S3) answers with a redirect to a presigned GET, which
+        // needs no token and must not see it.
+        if resp.status().is_redirection()
+            && let Some(location) = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+        {
+            let location = location.to_owned();
+            resp = self
+                .http
+                .get(location)
+                .timeout(REQUEST_TIMEOUT)
+                .send()
+                .await
+                .map_err(|e| unreachable(&e))?;
+        }
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(|e| unreachable(&e))?;
         if status.is_success() {
             return Ok(bytes);
         }
+        Err(classify(status.as_u16(), &bytes))
+    }
+
+    /// Puts an output to an upload URL the gateway handed out with the assignment. The URL
+    /// carries its own authorisation, so no token is sent (the storage service is not the
+    /// gateway).
+    ///
+    /// # Errors
+    /// Classified failures of the storage service.
+    pub async fn put_upload(
+        &self,
+        upload: &UploadUrl,
+        body: bytes::Bytes,
+    ) -> Result<(), GatewayError> {
+        let mut req = self
+            .http
+            .put(&upload.url)
+            .timeout(UPLOAD_TIMEOUT)
+            .body(body);
+        for (name, value) in &upload.headers {
+            req = req.header(name, value);
+        }
+        let resp = req.send().await.map_err(|e| unreachable(&e))?;
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(());
+        }
+        let bytes = resp.bytes().await.unwrap_or_default();
         Err(classify(status.as_u16(), &bytes))
     }
 
@@ -402,4 +454,53 @@ fn unreachable(e: &reqwest::Error) -> GatewayError {
         source = s.source();
     }
     GatewayError::Unreachable(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::Router;
+    use axum::http::HeaderMap;
+    use axum::response::Redirect;
+    use axum::routing::get;
+
+    use super::*;
+
+    async fn serve(app: Router) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}")
+    }
+
+    /// A task output the gateway redirects to (S3's presigned GET) is fetched without the
+    /// worker's token: the storage service must never see it.
+    #[tokio::test]
+    async fn task_output_follows_a_redirect_without_the_token() {
+        let storage = serve(Router::new().route(
+            "/bucket/out.json",
+            get(|h: HeaderMap| async move {
+                let leaked = h.contains_key("x-splai-token") || h.contains_key("authorization");
+                if leaked {
+                    "token leaked"
+                } else {
+                    "{\"ok\":true}"
+                }
+            }),
+        ))
+        .await;
+        let target = format!("{storage}/bucket/out.json");
+        let gateway = serve(Router::new().route(
+            "/v1/jobs/j/tasks/t/output",
+            get(move || async move { Redirect::temporary(&target) }),
+        ))
+        .await;
+        let client = GatewayClient::new(
+            &gateway,
+            Some(Secret::new("worker-token")),
+            WorkerId::parse("w1").unwrap(),
+        )
+        .unwrap();
+        let body = client.task_output("j", "t").await.unwrap();
+        assert_eq!(&body[..], b"{\"ok\":true}");
+    }
 }

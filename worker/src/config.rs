@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use splai_shared::artifacts::ArtifactBackend;
+use splai_shared::artifacts::s3::S3Config;
 use splai_shared::domain::WorkerId;
 
 /// A secret that never shows up in `Debug` output or logs.
@@ -207,6 +208,10 @@ pub struct Config {
     pub artifact_backend: ArtifactBackend,
     /// Local artifact root (`SPLAI_ARTIFACT_ROOT`, default `/tmp/splai-artifacts`).
     pub artifact_root: PathBuf,
+    /// The S3/MinIO settings (`SPLAI_S3_*`, `SPLAI_MINIO_*`) for
+    /// `SPLAI_ARTIFACT_BACKEND=s3|minio`. An assignment that carries an upload URL is put
+    /// there instead, whatever these say.
+    pub artifact_s3: S3Config,
     /// Where to serve `GET /metrics` (Prometheus text), e.g. `0.0.0.0:9102`
     /// (`SPLAI_WORKER_METRICS_ADDR`); unset (the default) serves nothing, so several workers
     /// on one host do not collide on a port.
@@ -239,13 +244,15 @@ impl Config {
         let models = model_servers(&var)?;
         let capabilities = capabilities(&var)?;
         let executors = executors(&var, &artifact_root)?;
+        let artifact_backend = parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?;
         Ok(Self {
             gateway,
             capabilities,
             models,
             executors,
-            artifact_backend: parse_or(&var, "SPLAI_ARTIFACT_BACKEND", ArtifactBackend::Local)?,
+            artifact_backend,
             artifact_root,
+            artifact_s3: S3Config::from_vars(artifact_backend == ArtifactBackend::Minio, &var)?,
             metrics_addr: var("SPLAI_WORKER_METRICS_ADDR")
                 .map(|v| {
                     v.parse().with_context(|| {
@@ -470,7 +477,9 @@ mod tests {
             ("SPLAI_OLLAMA_BASE_URL", "localhost"),
             ("SPLAI_WORKER_GPU", "maybe"),
             ("SPLAI_TOOL_NETWORK", "open"),
-            ("SPLAI_ARTIFACT_BACKEND", "minio"),
+            ("SPLAI_ARTIFACT_BACKEND", "gcs"),
+            ("SPLAI_S3_PART_SIZE_BYTES", "1024"),
+            ("SPLAI_MINIO_SECRET_KEY", "no-access-key"),
             ("SPLAI_RETRIEVAL_BACKEND", "remote_api"),
         ] {
             let e = config(&[(k, v)]).unwrap_err();

@@ -63,7 +63,12 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
              refuses them instead)"
         );
     }
-    let artifacts = config.artifact_backend.open(&config.artifact_root);
+    let artifacts = config
+        .artifact_backend
+        .open(&config.artifact_root, &config.artifact_s3)
+        .await
+        .context("opening the artifact store (SPLAI_ARTIFACT_BACKEND)")?
+        .store;
     let executors = Executors {
         models: models.clone(),
         artifacts: artifacts.clone(),

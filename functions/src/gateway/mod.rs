@@ -13,7 +13,7 @@ mod workers;
 use std::sync::Arc;
 
 use axum::Router;
-use splai_shared::artifacts::ArtifactStore;
+use splai_shared::artifacts::{ArtifactStore, UploadSigner};
 use splai_shared::domain::{Job, JobId};
 use splai_shared::engine::{Engine, EngineError};
 
@@ -30,6 +30,9 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Where task outputs are read from (`SPLAI_ARTIFACT_BACKEND`, `SPLAI_ARTIFACT_ROOT`).
     pub artifacts: Arc<dyn ArtifactStore>,
+    /// Presigns an output upload URL for each assignment (`SPLAI_ARTIFACT_UPLOAD=presigned`);
+    /// `None` leaves workers to write to their own artifact store.
+    pub upload_signer: Option<Arc<dyn UploadSigner>>,
     /// Largest output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`).
     pub max_inline_output_bytes: usize,
     /// Turns `true` when the server starts shutting down; open event streams end then.

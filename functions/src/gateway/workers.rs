@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
+use splai_shared::artifacts::{ArtifactKey, UploadSigner};
 use splai_shared::domain::{
     Heartbeat, JobId, LeaseId, TaskId, TaskRef, Worker, WorkerId, WorkerRegistration,
 };
@@ -266,7 +267,10 @@ pub async fn assignments(
         )));
     }
     let wait = Duration::from_secs(u64::from(q.wait_seconds.unwrap_or(0)));
-    let assignments = s.engine.assign(&id, max as usize, wait).await?;
+    let mut assignments = s.engine.assign(&id, max as usize, wait).await?;
+    if let Some(signer) = &s.upload_signer {
+        attach_upload_urls(signer.as_ref(), &mut assignments).await?;
+    }
     Ok(Json(Assignments {
         worker_id: id,
         assignments,
@@ -284,6 +288,25 @@ pub struct Assignments {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerList {
     workers: Vec<Worker>,
+}
+
+/// Gives each assignment a presigned URL for its output. Signing is local (no request to the
+/// store); should it fail, the request fails and the leases run out, so the tasks are handed
+/// out again rather than run without a place for their output.
+async fn attach_upload_urls(
+    signer: &dyn UploadSigner,
+    assignments: &mut [Assignment],
+) -> Result<(), ApiError> {
+    for a in assignments {
+        let key = ArtifactKey::output(a.job_id.clone(), a.task_id.clone());
+        let timeout = Duration::from_secs(u64::from(a.timeout_sec));
+        a.output_upload = Some(
+            signer
+                .presign_put(&key, "application/json", timeout)
+                .await?,
+        );
+    }
+    Ok(())
 }
 
 /// All registered workers with their health.

@@ -2,23 +2,29 @@
 //!
 //! Workers `put` outputs under `artifact://<job>/<task>/<name>`; executors `get` their
 //! dependencies' outputs; the gateway `open`s an output to serve it (bytes, or a redirect for
-//! backends that can hand out URLs). One trait, one file per backend: `local.rs` now, S3/MinIO
-//! later.
+//! backends that can hand out URLs). One trait, one file (or folder) per backend: `local.rs`,
+//! `s3/`. A store that can presign uploads also implements [`UploadSigner`], so the gateway can
+//! hand workers without credentials a URL to put their output to.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use futures::Stream;
+use futures::{Stream, TryStreamExt};
+use serde::{Deserialize, Serialize};
 
-use crate::domain::{Artifact, JobId, TaskId};
+use crate::domain::{Artifact, JobId, TaskId, Timestamp};
 
 pub mod local;
+pub mod s3;
 mod uri;
 
+pub(crate) use uri::relative_path;
 pub use uri::{ArtifactUriError, local_path};
 
 /// Which artifact store holds outputs (`SPLAI_ARTIFACT_BACKEND`): read the same way by the
@@ -28,6 +34,10 @@ pub enum ArtifactBackend {
     /// Files under `SPLAI_ARTIFACT_ROOT`.
     #[default]
     Local,
+    /// An S3 bucket (`SPLAI_S3_*`).
+    S3,
+    /// S3 on MinIO: path-style URLs and compatible checksums by default (`SPLAI_MINIO_*`).
+    Minio,
 }
 
 impl FromStr for ArtifactBackend {
@@ -35,22 +45,107 @@ impl FromStr for ArtifactBackend {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "local" => Ok(Self::Local),
-            "s3" | "minio" => Err(format!(
-                "`{s}` is not supported by this build yet; use `local` (S3/MinIO artifacts \
-                 arrive with the AWS backends)"
-            )),
+            "s3" => Ok(Self::S3),
+            "minio" => Ok(Self::Minio),
             other => Err(format!("`{other}` is not one of local, s3, minio")),
         }
     }
 }
 
+/// An opened artifact store, and its upload signer when it can presign uploads.
+#[derive(Clone)]
+pub struct Artifacts {
+    /// The store.
+    pub store: Arc<dyn ArtifactStore>,
+    /// The same store as an [`UploadSigner`] (S3), or `None` (local files).
+    pub signer: Option<Arc<dyn UploadSigner>>,
+}
+
 impl ArtifactBackend {
-    /// The store, rooted at `root` for the local backend.
-    pub fn open(self, root: &Path) -> Arc<dyn ArtifactStore> {
+    /// Opens the store: files under `root`, or the S3 bucket of `s3` (checked at once, so a
+    /// bad setting fails start-up).
+    ///
+    /// # Errors
+    /// For S3: no region, an unreachable endpoint, a missing or forbidden bucket.
+    pub async fn open(self, root: &Path, s3: &s3::S3Config) -> Result<Artifacts, s3::S3SetupError> {
         match self {
-            Self::Local => Arc::new(local::LocalArtifactStore::new(root)),
+            Self::Local => Ok(Artifacts {
+                store: Arc::new(local::LocalArtifactStore::new(root)),
+                signer: None,
+            }),
+            #[cfg(feature = "aws")]
+            Self::S3 | Self::Minio => {
+                let sdk = aws_config::defaults(crate::aws::behavior_version())
+                    .load()
+                    .await;
+                let store = Arc::new(s3::S3ArtifactStore::connect(&sdk, s3.clone()).await?);
+                Ok(Artifacts {
+                    store: store.clone(),
+                    signer: Some(store),
+                })
+            }
+            #[cfg(not(feature = "aws"))]
+            Self::S3 | Self::Minio => {
+                let _ = s3;
+                Err(s3::S3SetupError::NotBuilt)
+            }
         }
     }
+}
+
+/// Where `SPLAI_ARTIFACT_UPLOAD` says workers put outputs stored as artifacts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ArtifactUpload {
+    /// Each worker writes to its own artifact store (the default).
+    #[default]
+    Direct,
+    /// The gateway hands each assignment a presigned URL to put its output to, so workers
+    /// need no storage credentials (needs a store that presigns: S3/MinIO).
+    Presigned,
+}
+
+impl FromStr for ArtifactUpload {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "direct" => Ok(Self::Direct),
+            "presigned" => Ok(Self::Presigned),
+            other => Err(format!("`{other}` is not one of direct, presigned")),
+        }
+    }
+}
+
+/// A URL a worker puts an output to, with no credentials of its own; it then reports the
+/// artifact as `{type: kind, url: uri, ...}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct UploadUrl {
+    /// Where to `PUT` the bytes.
+    pub url: String,
+    /// The artifact URI the output is recorded under.
+    pub uri: String,
+    /// The store's name, the artifact's `type` (`s3`).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Headers the URL was signed with; the `PUT` must send exactly these.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// When the URL stops working.
+    #[serde(with = "crate::domain::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub expires_at: Timestamp,
+}
+
+/// Hands out upload URLs for a store's artifacts.
+#[async_trait]
+pub trait UploadSigner: Send + Sync {
+    /// A URL that accepts one `PUT` of `key` with `mime_type`, valid at least for
+    /// `task_timeout` plus the store's usual presign expiry.
+    async fn presign_put(
+        &self,
+        key: &ArtifactKey,
+        mime_type: &str,
+        task_timeout: Duration,
+    ) -> Result<UploadUrl, ArtifactError>;
 }
 
 /// Errors crossing the artifact boundary.
@@ -145,6 +240,21 @@ pub trait ArtifactStore: Send + Sync {
         body: Bytes,
         mime_type: &str,
     ) -> Result<Artifact, ArtifactError>;
+
+    /// Writes a body that arrives in chunks, like [`put`](Self::put). The default collects it
+    /// first; S3 overrides it to upload part by part, holding one part in memory.
+    async fn put_stream(
+        &self,
+        key: &ArtifactKey,
+        body: ByteStream,
+        mime_type: &str,
+    ) -> Result<Artifact, ArtifactError> {
+        let chunks: Vec<Bytes> = body
+            .try_collect()
+            .await
+            .map_err(|e| ArtifactError::Unavailable(format!("reading the artifact body: {e}")))?;
+        self.put(key, Bytes::from(chunks.concat()), mime_type).await
+    }
 
     /// Reads a whole artifact (dependency outputs, which are small).
     async fn get(&self, uri: &str) -> Result<Bytes, ArtifactError>;

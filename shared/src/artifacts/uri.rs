@@ -18,15 +18,26 @@ pub enum ArtifactUriError {
 /// # Errors
 /// A URI of another scheme or shape.
 pub fn local_path(root: &Path, uri: &str) -> Result<PathBuf, ArtifactUriError> {
+    Ok(root.join(relative_path(uri)?))
+}
+
+/// The `<job>/<task>/<name>` of an artifact URI, checked as [`local_path`] does: the part an
+/// object key or file path is made of.
+///
+/// # Errors
+/// A URI of another scheme or shape.
+pub(crate) fn relative_path(uri: &str) -> Result<&str, ArtifactUriError> {
     let rest = uri
         .strip_prefix("artifact://")
         .ok_or_else(|| ArtifactUriError::Scheme(uri.to_owned()))?;
     let rel = Path::new(rest);
     let plain = rel.components().all(|c| matches!(c, Component::Normal(_)));
-    if !plain || rel.components().count() < 3 || rest.contains('\\') {
+    // Empty segments too: `a//b` is one file but would be another object key.
+    let empty = rest.split('/').any(str::is_empty);
+    if !plain || empty || rel.components().count() < 3 || rest.contains('\\') {
         return Err(ArtifactUriError::Shape(uri.to_owned()));
     }
-    Ok(root.join(rel))
+    Ok(rest)
 }
 
 #[cfg(test)]
@@ -49,6 +60,8 @@ mod tests {
             "artifact:///etc/passwd",
             "artifact://j/t",
             "artifact://j//x",
+            "artifact://j/t//x",
+            "artifact://j/t/x/",
         ] {
             assert!(local_path(root, bad).is_err(), "{bad}");
         }

@@ -54,6 +54,11 @@ pub struct Assignment {
     /// child, so one trace runs from submit to the last task.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub traceparent: Option<String>,
+    /// Where to put the output when it is stored as an artifact
+    /// (`SPLAI_ARTIFACT_UPLOAD=presigned` on the gateway): the worker uses it whatever its own
+    /// artifact settings, so it needs no storage credentials. Absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_upload: Option<crate::artifacts::UploadUrl>,
 }
 
 /// What a heartbeat tells the worker.
@@ -439,5 +444,6 @@ fn to_assignment(record: &crate::domain::JobRecord, lease: &Lease) -> Option<Ass
         job_type: record.job.job_type.clone(),
         model: record.job.model.clone(),
         traceparent: record.job.trace_parent.clone(),
+        output_upload: None,
     })
 }

@@ -1,6 +1,7 @@
 //! Test support shared by every crate: intent-named fixtures, a harness around an engine on a
 //! manual clock, and the engine conformance suite every backend combination must pass.
 
+pub mod artifacts;
 pub mod audit;
 #[cfg(feature = "aws")]
 pub mod aws;

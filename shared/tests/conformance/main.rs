@@ -1,5 +1,7 @@
 //! The engine conformance suite, run against every backend combination this crate builds.
 
+mod artifacts;
+
 use std::sync::Arc;
 
 use splai_shared::backends;

@@ -39,6 +39,7 @@ pub(crate) fn a_task(task_type: TaskType, inputs: Value) -> Assignment {
         job_type: "chat".to_owned(),
         model: None,
         traceparent: None,
+        output_upload: None,
     }
 }
 

@@ -72,6 +72,7 @@ pub fn a_task(task_type: TaskType, inputs: Value) -> Assignment {
         job_type: "chat".to_owned(),
         model: None,
         traceparent: None,
+        output_upload: None,
     }
 }
 
