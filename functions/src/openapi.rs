@@ -89,16 +89,7 @@ const TOKEN_HEADER: &str = "token";
 /// adds the answers every guarded route can give: 401, 403, and 503 when a backend is down.
 pub(crate) fn require(paths: &mut Paths, scopes: &[&str]) {
     for item in paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in operations(item) {
             let mut with_admin: Vec<&str> = scopes.to_vec();
             with_admin.push("admin");
             op.security = Some(vec![
@@ -114,6 +105,19 @@ pub(crate) fn require(paths: &mut Paths, scopes: &[&str]) {
             }
         }
     }
+}
+
+/// The operations of a path item, whatever their method.
+fn operations(item: &mut utoipa::openapi::path::PathItem) -> impl Iterator<Item = &mut Operation> {
+    [
+        &mut item.get,
+        &mut item.post,
+        &mut item.put,
+        &mut item.delete,
+        &mut item.patch,
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Documents an error answer unless the operation already describes that status.
@@ -139,15 +143,7 @@ pub(crate) fn replace_error_schema(doc: &mut Document, schema: &str) {
     let from = Ref::from_schema_name("ErrorBody").ref_location;
     let to = Ref::from_schema_name(schema).ref_location;
     for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.post,
-            &mut item.put,
-            &mut item.delete,
-        ]
-        .into_iter()
-        .flatten()
-        {
+        for op in operations(item) {
             for response in op.responses.responses.values_mut() {
                 let utoipa::openapi::RefOr::T(response) = response else {
                     continue;

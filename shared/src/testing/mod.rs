@@ -7,6 +7,7 @@ pub mod audit;
 pub mod aws;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod services;

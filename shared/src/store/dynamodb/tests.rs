@@ -8,21 +8,12 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::*;
-use crate::clock::from_millis;
 use crate::domain::{
-    Constraints, Heartbeat, PlannerMode, Priority, Requirements, Resources, Task, TaskId, TaskType,
-    Worker, WorkerHealth, WorkerId, WorkerRegistration,
+    Heartbeat, Requirements, TaskId, Worker, WorkerHealth, WorkerId, WorkerRegistration,
 };
 use crate::store::{IdempotencyClaim, WorkerStore};
 use crate::testing::aws::TestAws;
-
-fn at(ms: i64) -> Timestamp {
-    from_millis(1_767_225_600_000 + ms)
-}
-
-fn job_id(s: &str) -> JobId {
-    JobId::parse(s).unwrap()
-}
+use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 
 /// A fresh table on the emulator, or `None` (skipped) without one.
 async fn table(test: &str) -> Option<DynamoDb> {
@@ -114,84 +105,6 @@ impl Drop for SerialMoto {
     }
 }
 
-fn a_job(id: &str, tenant: &str, job_type: &str, status: Status) -> Job {
-    Job {
-        job_id: job_id(id),
-        tenant: TenantId::parse(tenant).unwrap(),
-        job_type: job_type.into(),
-        input: json!("hello"),
-        policy: None,
-        priority: Priority::Standard,
-        planner_mode: PlannerMode::Template,
-        model: None,
-        latency_class: None,
-        reasoning_required: false,
-        data_classification: None,
-        network_isolation: None,
-        webhook_url: None,
-        metadata: Default::default(),
-        status,
-        message: String::new(),
-        result_artifact_uri: None,
-        task_count: 0,
-        created_at: at(0),
-        updated_at: at(0),
-        finished_at: None,
-        trace_parent: None,
-    }
-}
-
-fn a_task(job: &Job, id: &str) -> Task {
-    Task {
-        task_id: TaskId::parse(id).unwrap(),
-        job_id: job.job_id.clone(),
-        tenant: job.tenant.clone(),
-        priority: job.priority,
-        task_type: TaskType::LlmInference,
-        inputs: Default::default(),
-        dependencies: vec![],
-        status: Status::Queued,
-        attempt: 0,
-        max_retries: 2,
-        timeout_sec: 60,
-        resources: Resources::default(),
-        constraints: Constraints::default(),
-        worker_id: None,
-        lease_id: None,
-        lease_expires: None,
-        output_artifact_uri: None,
-        output_artifact: None,
-        output: None,
-        error: None,
-        last_report_key: None,
-        created_at: at(0),
-        updated_at: at(0),
-        started_at: None,
-        finished_at: None,
-    }
-}
-
-/// A job with the given task ids, all queued.
-fn a_record(id: &str, tasks: &[&str]) -> JobRecord {
-    let mut job = a_job(id, "acme", "chat", Status::Queued);
-    job.task_count = tasks.len() as u32;
-    let tasks = tasks.iter().map(|t| a_task(&job, t)).collect();
-    JobRecord { job, tasks }
-}
-
-fn entry_for(task: &Task) -> QueueEntry {
-    QueueEntry {
-        job_id: task.job_id.clone(),
-        task_id: task.task_id.clone(),
-        tenant: task.tenant.clone(),
-        priority: task.priority,
-        requirements: Requirements::default(),
-        attempt: 0,
-        max_attempts: task.max_attempts(),
-        not_before: at(0),
-    }
-}
-
 async fn pending(store: &DynamoStore) -> Vec<QueueEntry> {
     store
         .pending_dispatch(1000)
@@ -208,20 +121,9 @@ async fn job_record_round_trips_exactly() {
     let Some(store) = store("ddb job_record_round_trips_exactly").await else {
         return;
     };
-    let mut record = a_record("job-full", &["t1", "t2"]);
-    record.job.input =
-        json!({ "prompt": "résumé ✓", "n": [1, 2.5, -3e-7], "nested": { "ok": true } });
-    record.job.webhook_url = Some("https://example.test/hook".into());
-    record.job.status = Status::Running;
-    record.job.finished_at = Some(at(9_999));
-    let t1 = &mut record.tasks[0];
-    t1.status = Status::Running;
-    t1.worker_id = Some(WorkerId::parse("w-1").unwrap());
-    t1.lease_id = Some(LeaseId::parse("lease-1").unwrap());
-    t1.lease_expires = Some(at(60_000));
-    t1.output = Some(json!({"text": "ok", "temperature": 0.7}));
-    t1.error = Some("first attempt failed".into());
-    record.tasks[1].dependencies = vec![TaskId::parse("t1").unwrap()];
+    let mut record = a_full_record();
+    // Beyond the shared record: an inline output, which DynamoDB keeps in the job's item.
+    record.tasks[0].output = Some(json!({"text": "ok", "temperature": 0.7}));
     store.create_job(&record, &[], None).await.unwrap();
     assert_eq!(
         store.load_job(&record.job.job_id).await.unwrap(),
