@@ -33,6 +33,9 @@ async fn schemathesis_finds_no_server_errors_and_no_undocumented_answers() {
     let fabric = Fabric::start(&[
         ("SPLAI_OPENAI_COMPAT", "true"),
         ("SPLAI_OPENAI_COMPAT_TIMEOUT_SECONDS", "5"),
+        // Long polls end well within schemathesis' 30 s request timeout, whatever
+        // `wait_seconds` it asks for (it finds the worker's id through the API's links).
+        ("SPLAI_MAX_WAIT_SECONDS", "5"),
     ]);
     let _worker = fabric.worker("w-st", &ollama(&double)).await;
     let schema = format!("{}/openapi.json", fabric.server.base);

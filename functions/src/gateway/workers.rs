@@ -234,7 +234,8 @@ pub struct AssignmentsQuery {
     /// Most tasks to claim, 1 to 256 (default 1).
     #[param(minimum = 1, maximum = 256)]
     max_tasks: Option<u32>,
-    /// Seconds to wait for work when none is ready (long poll; default 0).
+    /// Seconds to wait for work when none is ready (long poll; default 0; capped at
+    /// `SPLAI_MAX_WAIT_SECONDS`, 30 by default).
     wait_seconds: Option<u32>,
 }
 
