@@ -48,6 +48,10 @@ pub struct Config {
     pub artifact_upload: ArtifactUpload,
     /// How often expired leases are swept (`SPLAI_SWEEP_INTERVAL_MS`, default 1000).
     pub sweep_interval: Duration,
+    /// How long a scheduled sweeper pass (the `sweeper` function) holds the store's sweeper
+    /// lock at most, so that a copy that died loses it (`SPLAI_SWEEP_LOCK_SECONDS`, default
+    /// 60: the function's timeout).
+    pub sweep_lock: Duration,
     /// Largest task output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default
     /// 65536); larger outputs go to the artifact store. Workers learn it at registration.
     pub max_inline_output_bytes: usize,
@@ -167,6 +171,13 @@ impl Config {
             artifact_s3: S3Config::from_vars(artifact_backend == ArtifactBackend::Minio, &var)?,
             artifact_upload,
             sweep_interval: millis("SPLAI_SWEEP_INTERVAL_MS", 1000)?,
+            sweep_lock: {
+                let hold = secs("SPLAI_SWEEP_LOCK_SECONDS", 60)?;
+                if hold.is_zero() {
+                    bail!("SPLAI_SWEEP_LOCK_SECONDS must be at least 1");
+                }
+                hold
+            },
             max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
             auth: Tokens::from_vars(
                 var("SPLAI_API_TOKENS").as_deref(),

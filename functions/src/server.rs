@@ -11,6 +11,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::serve::ListenerExt;
 use splai_shared::artifacts::ArtifactUpload;
+use splai_shared::aws::SharedSdk;
 use splai_shared::clock::{Clock, SystemClock};
 use splai_shared::engine::Engine;
 use splai_shared::planner::Planner;
@@ -18,7 +19,6 @@ use tokio::net::TcpListener;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::trace::TraceLayer;
 
-use crate::admin::deadletter::RequeueGuards;
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::error::ApiError;
@@ -28,12 +28,17 @@ use crate::openai::{self, OpenAiState};
 use crate::policy::{self, PolicyState};
 use crate::webhooks::deliver::Deliverer;
 
-/// Opens the backends (running migrations) and builds the engine.
+/// Opens the backends (running migrations) and builds the engine; an AWS backend takes its
+/// SDK configuration from `aws`, loaded once for all of them.
 ///
 /// # Errors
 /// Backends that cannot be opened.
-pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<Engine>> {
-    let backends = splai_shared::backends::open(&config.backends)
+pub async fn build_engine(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+    aws: &SharedSdk,
+) -> anyhow::Result<Arc<Engine>> {
+    let backends = splai_shared::backends::open(&config.backends, aws)
         .await
         .with_context(|| {
             format!(
@@ -48,40 +53,118 @@ pub async fn build_engine(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Res
     ))
 }
 
-/// The whole HTTP application with its layers; `openai_timeout`, when set, serves the
-/// OpenAI-compatible routes with that timeout (`SPLAI_OPENAI_COMPAT=true`).
-pub fn app(
-    state: AppState,
-    requeue: Arc<RequeueGuards>,
-    max_body_bytes: usize,
-    openai_timeout: Option<Duration>,
-) -> Router {
-    let admin = admin::router(AdminState {
-        engine: state.engine.clone(),
-        auth: state.auth.clone(),
-        requeue,
-    });
-    let policy = policy::router(PolicyState {
-        engine: state.engine.clone(),
-        auth: state.auth.clone(),
-    });
-    let http_metrics = HttpMetrics::new(state.engine.metrics().registry());
-    let openai = openai_timeout.map(|timeout| {
-        openai::router(OpenAiState {
-            app: state.clone(),
-            timeout,
+/// What a process serving SPLAI builds once (at start-up, or at a Lambda cold start) and every
+/// request then shares: the engine, the handlers' state, the webhook deliverer.
+pub struct Built {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The gateway's state (the other routers' state is made from it).
+    pub state: AppState,
+    /// Sends webhook deliveries that are due.
+    pub deliverer: Arc<Deliverer>,
+    /// Turns the state's `shutdown` to `true`, ending open event streams and long polls.
+    pub stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Opens the backends and the artifact store (one AWS SDK load shared by all of them) and
+/// builds the engine, the handlers' state and the webhook deliverer.
+///
+/// # Errors
+/// Backends or an artifact store that cannot be opened, or settings that do not fit together.
+pub async fn build(config: &Config, clock: Arc<dyn Clock>) -> anyhow::Result<Built> {
+    let aws = SharedSdk::default();
+    let engine = build_engine(config, clock.clone(), &aws).await?;
+    let webhooks = Arc::new(config.webhooks.clone());
+    let deliverer = Arc::new(Deliverer::new(
+        engine.backends().webhooks.clone(),
+        clock,
+        webhooks.clone(),
+    )?);
+    let artifacts = config
+        .artifact_backend
+        .open(&config.artifact_root, &config.artifact_s3, &aws)
+        .await
+        .context("opening the artifact store (SPLAI_ARTIFACT_BACKEND)")?;
+    let upload_signer = match config.artifact_upload {
+        ArtifactUpload::Direct => None,
+        ArtifactUpload::Presigned => Some(artifacts.signer.clone().context(
+            "SPLAI_ARTIFACT_UPLOAD=presigned needs a store that presigns uploads (s3, minio)",
+        )?),
+    };
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let state = AppState {
+        engine: engine.clone(),
+        artifacts: artifacts.store,
+        upload_signer,
+        max_inline_output_bytes: config.max_inline_output_bytes,
+        shutdown,
+        snapshot_streams: false,
+        auth: config.auth.clone(),
+        webhooks,
+    };
+    Ok(Built {
+        engine,
+        state,
+        deliverer,
+        stop,
+    })
+}
+
+/// Which routes an application serves: every router (the local server), or the router of one
+/// Lambda function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routes {
+    /// The gateway, admin and policy routers, the API document, and the OpenAI-compatible
+    /// routes when enabled.
+    All,
+    /// The gateway's routes, the API document, and the OpenAI-compatible routes when enabled.
+    Gateway,
+    /// The admin routes (dead letters, audit, metrics, prefetch).
+    Admin,
+    /// The policy routes.
+    Policy,
+}
+
+/// The HTTP application serving `routes`, with its layers: the routers built from `state`,
+/// the settings of `config` (body limit, requeue guards, OpenAI compatibility).
+pub fn app(routes: Routes, state: AppState, config: &Config) -> Router {
+    let requeue = Arc::new(config.admin_requeue.clone());
+    let admin = || {
+        admin::router(AdminState {
+            engine: state.engine.clone(),
+            auth: state.auth.clone(),
+            requeue: requeue.clone(),
         })
-    });
-    let docs = crate::openapi::router(crate::openapi::document(openai.is_some()));
-    let mut app = gateway::router(state)
-        .merge(admin)
-        .merge(policy)
-        .merge(docs);
-    if let Some(openai) = openai {
-        app = app.merge(openai);
-    }
+    };
+    let policy = || {
+        policy::router(PolicyState {
+            engine: state.engine.clone(),
+            auth: state.auth.clone(),
+        })
+    };
+    let http_metrics = HttpMetrics::new(state.engine.metrics().registry());
+    let gateway = || {
+        let openai = config.openai_compat.then(|| {
+            openai::router(OpenAiState {
+                app: state.clone(),
+                timeout: config.openai_timeout,
+            })
+        });
+        let docs = crate::openapi::router(crate::openapi::document(openai.is_some()));
+        let mut app = gateway::router(state.clone()).merge(docs);
+        if let Some(openai) = openai {
+            app = app.merge(openai);
+        }
+        app
+    };
+    let app = match routes {
+        Routes::All => gateway().merge(admin()).merge(policy()),
+        Routes::Gateway => gateway(),
+        Routes::Admin => admin(),
+        Routes::Policy => policy(),
+    };
     app.fallback(|| async { ApiError::not_found("no such route") })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(CatchPanicLayer::custom(panic_response))
         .layer(TraceLayer::new_for_http().make_span_with(request_span))
         // Outermost, so panics (as 500s) are counted; `Router::layer` runs after routing, so
@@ -171,44 +254,18 @@ pub async fn start(
     clock: Arc<dyn Clock>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<Running> {
-    let engine = build_engine(&config, clock.clone()).await?;
-    let webhooks = Arc::new(config.webhooks.clone());
-    let deliverer = Arc::new(Deliverer::new(
-        engine.backends().webhooks.clone(),
-        clock,
-        webhooks.clone(),
-    )?);
+    let Built {
+        engine,
+        state,
+        deliverer,
+        stop: stop_tx,
+    } = build(&config, clock).await?;
+    let stop_rx = state.shutdown.clone();
+    let app = app(Routes::All, state, &config);
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     let addr = listener.local_addr()?;
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let artifacts = config
-        .artifact_backend
-        .open(&config.artifact_root, &config.artifact_s3)
-        .await
-        .context("opening the artifact store (SPLAI_ARTIFACT_BACKEND)")?;
-    let upload_signer = match config.artifact_upload {
-        ArtifactUpload::Direct => None,
-        ArtifactUpload::Presigned => Some(artifacts.signer.clone().context(
-            "SPLAI_ARTIFACT_UPLOAD=presigned needs a store that presigns uploads (s3, minio)",
-        )?),
-    };
-    let state = AppState {
-        engine: engine.clone(),
-        artifacts: artifacts.store,
-        upload_signer,
-        max_inline_output_bytes: config.max_inline_output_bytes,
-        shutdown: stop_rx.clone(),
-        auth: config.auth.clone(),
-        webhooks,
-    };
-    let app = app(
-        state,
-        Arc::new(config.admin_requeue.clone()),
-        config.max_body_bytes,
-        config.openai_compat.then_some(config.openai_timeout),
-    );
     let sweeper = tokio::spawn({
         let engine = engine.clone();
         every(

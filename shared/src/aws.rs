@@ -52,21 +52,8 @@ pub enum AwsSetupError {
     NoRegion,
 }
 
-#[cfg(feature = "aws")]
-/// Loads the shared SDK configuration from the environment, the profile files and the
-/// instance/task metadata, as every AWS tool does.
-///
-/// # Errors
-/// No region is configured anywhere.
-pub async fn load() -> Result<SdkConfig, AwsSetupError> {
-    let sdk = aws_config::defaults(behavior_version()).load().await;
-    if sdk.region().is_none() {
-        return Err(AwsSetupError::NoRegion);
-    }
-    Ok(sdk)
-}
-
-/// The SDK configuration, loaded on first use and then shared: one load for every AWS backend
+/// The SDK configuration, loaded on first use (from the environment, the profile files and
+/// the instance/task metadata, as every AWS tool does) and then shared: one load for every AWS backend
 /// that [`open`](crate::backends::open) builds (a DynamoDB store and an SQS queue share it).
 #[derive(Debug, Default)]
 pub struct SharedSdk {
@@ -79,8 +66,20 @@ impl SharedSdk {
     /// The configuration, loaded by the first caller.
     ///
     /// # Errors
-    /// As [`load`].
+    /// No region is configured anywhere.
     pub async fn get(&self) -> Result<&SdkConfig, AwsSetupError> {
-        self.cell.get_or_try_init(load).await
+        let sdk = self.sdk().await;
+        if sdk.region().is_none() {
+            return Err(AwsSetupError::NoRegion);
+        }
+        Ok(sdk)
+    }
+
+    /// The configuration as loaded, with or without a region (an S3-compatible store such as
+    /// MinIO needs none).
+    pub async fn sdk(&self) -> &SdkConfig {
+        self.cell
+            .get_or_init(|| aws_config::defaults(behavior_version()).load())
+            .await
     }
 }

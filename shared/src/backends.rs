@@ -268,15 +268,18 @@ pub enum OpenError {
 ///
 /// # Errors
 /// An unsupported combination, or a backend that cannot be opened.
-pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
+/// An AWS backend takes its SDK configuration from `aws`, loaded once however many use it.
+pub async fn open(
+    config: &BackendConfig,
+    aws: &crate::aws::SharedSdk,
+) -> Result<Backends, OpenError> {
     config.validate()?;
-    let aws = crate::aws::SharedSdk::default();
     match config.store {
         StoreKind::Memory => {
             let mut backends = memory();
             if matches!(config.queue, QueueKind::Redis | QueueKind::Sqs) {
                 // The memory store always dispatches through its outbox.
-                backends.queue = external_queue(config, &aws).await?;
+                backends.queue = external_queue(config, aws).await?;
             }
             Ok(backends)
         }
@@ -298,7 +301,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 ),
                 // Ready entries are committed to the outbox with the job change and relayed,
                 // so a crash between the two loses nothing.
-                _ => (Dispatch::Outbox, external_queue(config, &aws).await?),
+                _ => (Dispatch::Outbox, external_queue(config, aws).await?),
             };
             let audit = Arc::new(crate::store::sqlite::SqliteAuditLog::new(db.clone()));
             let store = Arc::new(SqliteStore::new(db, dispatch));
@@ -306,7 +309,8 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store.clone(),
-                webhooks: store,
+                webhooks: store.clone(),
+                locks: store,
                 queue,
                 audit,
             })
@@ -338,7 +342,7 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                     Arc::new(PostgresLeaseQueue::new(db.clone())),
                 ),
                 // As with SQLite: entries commit to the outbox with the job change.
-                _ => (Dispatch::Outbox, external_queue(config, &aws).await?),
+                _ => (Dispatch::Outbox, external_queue(config, aws).await?),
             };
             let audit = Arc::new(crate::store::postgres::PostgresAuditLog::new(db.clone()));
             let store = Arc::new(PostgresStore::new(db, dispatch));
@@ -346,7 +350,8 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store.clone(),
-                webhooks: store,
+                webhooks: store.clone(),
+                locks: store,
                 queue,
                 audit,
             })
@@ -370,14 +375,15 @@ pub async fn open(config: &BackendConfig) -> Result<Backends, OpenError> {
                 .await
                 .map_err(failed)?;
             // Ready entries commit to the outbox with the job change, and the relay moves them.
-            let queue = external_queue(config, &aws).await?;
+            let queue = external_queue(config, aws).await?;
             let audit = Arc::new(DynamoAuditLog::new(db.clone()));
             let store = Arc::new(DynamoStore::new(db));
             Ok(Backends {
                 jobs: store.clone(),
                 workers: store.clone(),
                 outbox: store.clone(),
-                webhooks: store,
+                webhooks: store.clone(),
+                locks: store,
                 queue,
                 audit,
             })
@@ -440,7 +446,8 @@ pub fn memory() -> Backends {
         jobs: store.clone(),
         workers: store.clone(),
         outbox: store.clone(),
-        webhooks: store,
+        webhooks: store.clone(),
+        locks: store,
         queue: Arc::new(MemoryLeaseQueue::new()),
         audit: Arc::new(crate::store::memory::MemoryAuditLog::new()),
     }
@@ -504,11 +511,16 @@ mod tests {
             ..BackendConfig::default()
         };
         for store in [StoreKind::Memory, StoreKind::Sqlite] {
-            let b = open(&config(store)).await.unwrap();
+            let b = open(&config(store), &Default::default()).await.unwrap();
             assert_eq!(b.queue.backend_name(), "redis", "{store}");
             b.queue.ping().await.unwrap();
         }
-        let h = crate::testing::Harness::new(open(&config(StoreKind::Sqlite)).await.unwrap(), None);
+        let h = crate::testing::Harness::new(
+            open(&config(StoreKind::Sqlite), &Default::default())
+                .await
+                .unwrap(),
+            None,
+        );
         let w = h.cpu_worker("w1").await;
         h.engine
             .submit(crate::testing::a_chain_job())
@@ -614,7 +626,7 @@ mod tests {
             postgres_dsn: Some(Secret::new("postgres://postgres@127.0.0.1:1/none")),
             ..BackendConfig::default()
         };
-        let Err(e) = open(&c).await else {
+        let Err(e) = open(&c, &Default::default()).await else {
             panic!("opened an unreachable database")
         };
         let msg = e.to_string();

@@ -13,7 +13,9 @@ use splai_shared::domain::{
 use splai_shared::engine::Backends;
 use splai_shared::queue::{LeaseQueue, QueueDepth, QueueError};
 use splai_shared::store::sqlite::{SqliteDb, SqliteStore};
-use splai_shared::store::{Dispatch, DispatchOutbox, JobStore, WebhookOutbox, WorkerStore};
+use splai_shared::store::{
+    Dispatch, DispatchOutbox, JobStore, RunLocks, WebhookOutbox, WorkerStore,
+};
 use splai_shared::testing::redis::TestRedis;
 use splai_shared::testing::{Harness, a_job_with, a_task};
 
@@ -82,13 +84,14 @@ impl LeaseQueue for DiesBeforeEnqueue {
 
 fn backends<S>(store: Arc<S>, queue: Arc<dyn LeaseQueue>) -> Backends
 where
-    S: JobStore + WorkerStore + DispatchOutbox + WebhookOutbox + 'static,
+    S: JobStore + WorkerStore + DispatchOutbox + WebhookOutbox + RunLocks + 'static,
 {
     Backends {
         jobs: store.clone(),
         workers: store.clone(),
         outbox: store.clone(),
-        webhooks: store,
+        webhooks: store.clone(),
+        locks: store,
         queue,
         audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
     }

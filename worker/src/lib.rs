@@ -65,7 +65,11 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
     }
     let artifacts = config
         .artifact_backend
-        .open(&config.artifact_root, &config.artifact_s3)
+        .open(
+            &config.artifact_root,
+            &config.artifact_s3,
+            &splai_shared::aws::SharedSdk::default(),
+        )
         .await
         .context("opening the artifact store (SPLAI_ARTIFACT_BACKEND)")?
         .store;

@@ -20,6 +20,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::AdminState;
 use super::audit::{self, Action, Origin};
+use crate::detach::detached;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
 use crate::openapi::ErrorBody;
@@ -229,7 +230,11 @@ pub async fn requeue(
             tasks: would,
         }));
     }
-    let done = s.engine.requeue_dead_letters(&req.tasks).await?;
+    let tasks = req.tasks.clone();
+    let done = detached(&s.engine, |e| async move {
+        e.requeue_dead_letters(&tasks).await
+    })
+    .await?;
     // The requeue has happened: the audit event is what the rate limit counts, so a failure
     // to write it is logged loudly, but the answer still reports what was done.
     if let Err(e) = audit::record(

@@ -102,7 +102,8 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     // directly for the task timestamps it recorded.
     let mut config = crate::config::Config::from_env()?.backends;
     config.sqlite_path = db_path.clone();
-    let store = splai_shared::backends::open(&config).await?.jobs;
+    let aws = splai_shared::aws::SharedSdk::default();
+    let store = splai_shared::backends::open(&config, &aws).await?.jobs;
     let latencies = task_latencies(store.as_ref(), &run).await?;
     let last_done = latencies.last_finished.unwrap_or(bulk.started);
     let elapsed = secs_between(bulk.started, last_done);

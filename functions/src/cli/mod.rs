@@ -120,6 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             crate::server::build_engine(
                 &config,
                 std::sync::Arc::new(splai_shared::clock::SystemClock),
+                &splai_shared::aws::SharedSdk::default(),
             )
             .await?;
             println!("migrations applied ({} store)", config.backends.store);

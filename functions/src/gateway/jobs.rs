@@ -18,6 +18,7 @@ use utoipa::{IntoParams, ToSchema};
 use super::{AppState, check_job, job_id, visible_job};
 use crate::admin::audit::{self, Action, Origin};
 use crate::auth::{Caller, TenantAccess};
+use crate::detach::detached;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams, parse_json};
 use crate::openapi::{ErrorBody, ErrorDetail};
@@ -190,7 +191,7 @@ pub async fn submit(
     let new = req.into_new_job(&headers, &caller)?;
     webhook_gate(&s, &new)?;
     policy_gate(&s, &origin, &new, "/v1/jobs").await?;
-    let done = s.engine.submit(new).await?;
+    let done = detached(&s.engine, |e| async move { e.submit(new).await }).await?;
     let body = Json(JobAccepted {
         job_id: done.job_id,
     });
@@ -301,7 +302,9 @@ pub async fn submit_batch(
             Err(e) => parsed.push(Err(e)),
         }
     }
-    let mut submitted = s.engine.submit_many(valid).await?.into_iter();
+    let mut submitted = detached(&s.engine, |e| async move { e.submit_many(valid).await })
+        .await?
+        .into_iter();
     let mut counts = [0usize; 3];
     let results: Vec<BatchResult> = parsed
         .into_iter()
@@ -462,7 +465,7 @@ pub async fn cancel(
 ) -> Result<Json<Accepted>, ApiError> {
     let id = job_id(id)?;
     check_job(&s, &caller, &id).await?;
-    s.engine.cancel(&id).await?;
+    detached(&s.engine, |e| async move { e.cancel(&id).await }).await?;
     Ok(Json(Accepted { accepted: true }))
 }
 
@@ -494,7 +497,8 @@ pub async fn retry(
 ) -> Result<Json<RetryAccepted>, ApiError> {
     let id = job_id(id)?;
     check_job(&s, &caller, &id).await?;
-    s.engine.retry(&id).await?;
+    let job = id.clone();
+    detached(&s.engine, |e| async move { e.retry(&job).await }).await?;
     Ok(Json(RetryAccepted {
         accepted: true,
         job_id: id,

@@ -37,6 +37,10 @@ pub struct AppState {
     pub max_inline_output_bytes: usize,
     /// Turns `true` when the server starts shutting down; open event streams end then.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Event streams end after their snapshot, for the client to reconnect (as `EventSource`
+    /// does by itself) or poll: where a response cannot stay open, and where events from
+    /// other instances never reach this one (a Lambda function).
+    pub snapshot_streams: bool,
     /// API tokens (`SPLAI_API_TOKENS` and roles); `None` means auth is off.
     pub auth: Option<Arc<Tokens>>,
     /// Webhook destination rules and secrets, checked at submit (`SPLAI_WEBHOOK_*`).

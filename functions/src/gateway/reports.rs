@@ -13,6 +13,7 @@ use utoipa::ToSchema;
 
 use super::{AppState, check_job};
 use crate::auth::Caller;
+use crate::detach::detached;
 use crate::error::ApiError;
 use crate::extract::parse_json;
 use crate::openapi::ErrorBody;
@@ -219,7 +220,7 @@ pub async fn report(
             .map(|(i, r)| r.into_report(&format!("reports[{i}]: "), max_inline))
             .collect::<Result<Vec<_>, _>>()?;
         check_jobs(&s, &caller, &reports).await?;
-        let results = s.engine.report(&reports).await?;
+        let results = detached(&s.engine, |e| async move { e.report(&reports).await }).await?;
         return Ok(Json(ReportAnswer::Batch {
             accepted: true,
             results,

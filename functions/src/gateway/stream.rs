@@ -3,6 +3,11 @@
 //! Sends `job.snapshot` (the job and its tasks), then `task.update` and `job.status` as they
 //! happen, and ends with `job.completed`, `job.failed` or `job.canceled`. A subscriber that
 //! falls behind gets a fresh snapshot instead of the events it missed.
+//!
+//! Where a response cannot stay open (a Lambda function behind API Gateway buffers it whole)
+//! the stream is the snapshot alone, with a `retry` hint: `EventSource` clients reconnect by
+//! themselves after it and get a fresh snapshot, so they poll; the stream ends for good with
+//! the terminal events once the job is finished.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -10,7 +15,8 @@ use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use futures::{Stream, StreamExt};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
 use serde_json::json;
 use splai_shared::domain::{JobId, JobRecord};
 use splai_shared::engine::{Engine, JobEvent};
@@ -20,6 +26,9 @@ use super::{AppState, check_job, job_id};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::openapi::{ErrorBody, SseEvent};
+
+/// How long a client of a snapshot-only stream waits before asking again.
+const SNAPSHOT_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
 
 struct Follow {
     engine: Arc<Engine>,
@@ -73,7 +82,7 @@ pub async fn stream(
     State(s): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let id = job_id(id)?;
     check_job(&s, &caller, &id).await?;
     // Subscribe before reading, so nothing between the snapshot and the first event is lost.
@@ -87,10 +96,19 @@ pub async fn stream(
         done: false,
     };
     follow.push_snapshot(record);
+    if s.snapshot_streams && !follow.done {
+        // The polling fallback: the snapshot alone, and when to ask again.
+        let events: Vec<Result<Event, Infallible>> = follow
+            .pending
+            .drain(..)
+            .map(|ev| Ok(ev.retry(SNAPSHOT_RETRY)))
+            .collect();
+        return Ok(Sse::new(futures::stream::iter(events)).into_response());
+    }
     let events = futures::stream::unfold(follow, |mut f| async move {
         loop {
             if let Some(ev) = f.pending.pop_front() {
-                return Some((Ok(ev), f));
+                return Some((Ok::<_, Infallible>(ev), f));
             }
             if f.done {
                 return None;
@@ -112,5 +130,7 @@ pub async fn stream(
     let events = events.take_until(async move {
         let _ = shutdown.wait_for(|stopping| *stopping).await;
     });
-    Ok(Sse::new(events).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(events)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

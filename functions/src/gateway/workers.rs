@@ -14,6 +14,7 @@ use splai_shared::store::LeaseRenewal;
 use utoipa::{IntoParams, ToSchema};
 
 use super::AppState;
+use crate::detach::detached;
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryParams};
 use crate::openapi::ErrorBody;
@@ -74,7 +75,11 @@ pub async fn register(
     JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<Json<Registered>, ApiError> {
     let (id, registration) = req.into_parts();
-    s.engine.register_worker(&id, &registration).await?;
+    let worker = id.clone();
+    detached(&s.engine, |e| async move {
+        e.register_worker(&worker, &registration).await
+    })
+    .await?;
     let interval = s.engine.config().heartbeat_interval.as_secs().max(1);
     Ok(Json(Registered {
         accepted: true,
@@ -141,7 +146,10 @@ pub async fn heartbeat(
         memory_util: req.memory_util,
         gpu_util: req.gpu_util,
     };
-    let reply = s.engine.heartbeat(&id, &load, &leases).await?;
+    let reply = detached(&s.engine, |e| async move {
+        e.heartbeat(&id, &load, &leases).await
+    })
+    .await?;
     Ok(Json(HeartbeatAnswer {
         accepted: true,
         reply,
@@ -191,7 +199,8 @@ pub async fn release(
         )));
     }
     let leases: Vec<LeaseRenewal> = req.leases.into_iter().map(renewal).collect();
-    let outcomes = s.engine.release(&id, &leases).await?;
+    let handed = leases.clone();
+    let outcomes = detached(&s.engine, |e| async move { e.release(&id, &handed).await }).await?;
     let (released, stale): (Vec<_>, Vec<_>) = leases
         .into_iter()
         .zip(outcomes)

@@ -16,5 +16,6 @@ mod policy;
 mod prefetch;
 mod routing;
 mod scope_matrix;
+mod sweeper;
 mod webhooks;
 mod workers;

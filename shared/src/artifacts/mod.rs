@@ -63,11 +63,16 @@ pub struct Artifacts {
 
 impl ArtifactBackend {
     /// Opens the store: files under `root`, or the S3 bucket of `s3` (checked at once, so a
-    /// bad setting fails start-up).
+    /// bad setting fails start-up) with the SDK configuration of `aws`.
     ///
     /// # Errors
     /// For S3: no region, an unreachable endpoint, a missing or forbidden bucket.
-    pub async fn open(self, root: &Path, s3: &s3::S3Config) -> Result<Artifacts, s3::S3SetupError> {
+    pub async fn open(
+        self,
+        root: &Path,
+        s3: &s3::S3Config,
+        aws: &crate::aws::SharedSdk,
+    ) -> Result<Artifacts, s3::S3SetupError> {
         match self {
             Self::Local => Ok(Artifacts {
                 store: Arc::new(local::LocalArtifactStore::new(root)),
@@ -75,10 +80,8 @@ impl ArtifactBackend {
             }),
             #[cfg(feature = "aws")]
             Self::S3 | Self::Minio => {
-                let sdk = aws_config::defaults(crate::aws::behavior_version())
-                    .load()
-                    .await;
-                let store = Arc::new(s3::S3ArtifactStore::connect(&sdk, s3.clone()).await?);
+                let sdk = aws.sdk().await;
+                let store = Arc::new(s3::S3ArtifactStore::connect(sdk, s3.clone()).await?);
                 Ok(Artifacts {
                     store: store.clone(),
                     signer: Some(store),
@@ -86,7 +89,7 @@ impl ArtifactBackend {
             }
             #[cfg(not(feature = "aws"))]
             Self::S3 | Self::Minio => {
-                let _ = s3;
+                let _ = (s3, aws);
                 Err(s3::S3SetupError::NotBuilt)
             }
         }

@@ -32,7 +32,9 @@ use crate::clock::Clock;
 use crate::domain::{JobId, JobRecord, QueueEntry};
 use crate::planner::{PlanError, Planner};
 use crate::queue::{LeaseQueue, QueueError};
-use crate::store::{AuditLog, DispatchOutbox, JobStore, StoreError, WebhookOutbox, WorkerStore};
+use crate::store::{
+    AuditLog, DispatchOutbox, JobStore, RunLocks, StoreError, WebhookOutbox, WorkerStore,
+};
 use rules::Effects;
 
 /// Engine tunables, with the defaults documented in the README.
@@ -121,6 +123,8 @@ pub struct Backends {
     pub audit: Arc<dyn AuditLog>,
     /// Webhook deliveries owed by terminal jobs (the same store as `jobs`, which writes them).
     pub webhooks: Arc<dyn WebhookOutbox>,
+    /// Named run locks (the scheduled sweeper's), in the same store.
+    pub locks: Arc<dyn RunLocks>,
 }
 
 /// What a rule did to one job, kept until its transaction commits.

@@ -26,6 +26,7 @@ mod audit;
 mod chunks;
 mod item;
 mod jobs;
+mod locks;
 mod outbox;
 mod table;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 mod audit;
 mod chunks;
+mod locks;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +35,8 @@ struct State {
     next_outbox: i64,
     webhooks: webhooks::Deliveries,
     chunks: chunks::Chunks,
+    /// Run locks: name to (holder, deadline).
+    locks: HashMap<String, (String, Timestamp)>,
 }
 
 impl State {

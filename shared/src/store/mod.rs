@@ -280,6 +280,26 @@ pub trait DispatchOutbox: Send + Sync {
     async fn mark_dispatched(&self, ids: &[i64]) -> Result<(), StoreError>;
 }
 
+/// Named locks with a deadline, so that work run on a schedule by many copies at once (the
+/// Lambda sweeper, started again every minute whether or not the last run ended) runs in one
+/// copy at a time. A holder that dies loses the lock when its deadline passes.
+#[async_trait]
+pub trait RunLocks: Send + Sync {
+    /// Takes the lock `name` for `holder` until `until` when it is free, its deadline passed
+    /// by `now`, or `holder` already has it; `false` (and nothing changed) when another
+    /// holder has it.
+    async fn try_lock(
+        &self,
+        name: &str,
+        holder: &str,
+        now: Timestamp,
+        until: Timestamp,
+    ) -> Result<bool, StoreError>;
+
+    /// Gives the lock up if `holder` still has it.
+    async fn unlock(&self, name: &str, holder: &str) -> Result<(), StoreError>;
+}
+
 /// What an attempt means for its delivery: the deliverer decides, the store records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AttemptOutcome {

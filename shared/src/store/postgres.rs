@@ -93,6 +93,7 @@ mod audit;
 mod chunks;
 mod db;
 mod jobs;
+mod locks;
 mod rows;
 #[cfg(test)]
 mod tests;

@@ -31,6 +31,7 @@ mod audit;
 mod chunks;
 mod db;
 mod jobs;
+mod locks;
 mod rows;
 #[cfg(test)]
 mod tests;

@@ -5,6 +5,7 @@ pub mod artifacts;
 pub mod audit;
 #[cfg(feature = "aws")]
 pub mod aws;
+pub mod locks;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod records;

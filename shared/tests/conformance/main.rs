@@ -40,7 +40,8 @@ mod sqlite {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -56,7 +57,8 @@ mod sqlite {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -93,7 +95,8 @@ mod redis_queue {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue: Arc::new(redis.queue(5).await),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -112,7 +115,8 @@ mod redis_queue {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue: Arc::new(redis.queue(5).await),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -140,7 +144,8 @@ mod dynamodb {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue: Arc::new(redis.queue(5).await),
             audit: Arc::new(DynamoAuditLog::new(db)),
         };
@@ -167,7 +172,8 @@ mod postgres {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -183,7 +189,8 @@ mod postgres {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue,
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };
@@ -216,7 +223,8 @@ async fn postgres_dispatch_wakes_long_polls_of_other_gateways() {
             jobs: store.clone(),
             workers: store.clone(),
             outbox: store.clone(),
-            webhooks: store,
+            webhooks: store.clone(),
+            locks: store,
             queue: Arc::new(PostgresLeaseQueue::new(db)),
             audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
         };

@@ -1,11 +1,12 @@
 //! SQS behind the store's outbox (`SPLAI_QUEUE=sqs`), against the AWS emulator: the engine
-//! suite, and the lease cases in real time.
+//! suite, and the lease cases in real time, on memory, SQLite, Postgres and DynamoDB state.
 //!
 //! SQS leases and backoffs run out in real time, not on the harness clock, so the suite cases
 //! that move the clock past a lease or a backoff and expect the queue to follow
 //! (`failed_attempt_is_retried_after_backoff`, `expired_lease_is_requeued_for_another_worker`,
 //! `lease_expiry_on_last_attempt_dead_letters`, `streamed_chunks_follow_the_current_lease`)
-//! are replaced here by real-time versions on a lease of a second or two; the two that lose
+//! are replaced here by real-time versions on a lease of a second or a few
+//! (`real_time_cases!`), run on SQLite, Postgres and DynamoDB state; the two that lose
 //! entries through `discard` (`lost_queue_entry_is_reconciled`, `lost_lease_is_reconciled`)
 //! do not apply, since SQS cannot drop a message by task (see `queue/sqs.rs`).
 
@@ -50,7 +51,8 @@ async fn sqlite_with(queue: Arc<dyn LeaseQueue>, tune: impl FnOnce(&mut EngineCo
         jobs: store.clone(),
         workers: store.clone(),
         outbox: store.clone(),
-        webhooks: store,
+        webhooks: store.clone(),
+        locks: store,
         queue,
         audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
     };
@@ -74,27 +76,47 @@ pub async fn sqlite_sqs() -> Option<Harness> {
 /// Postgres state relayed to SQS.
 #[cfg(feature = "postgres")]
 pub async fn postgres_sqs() -> Option<Harness> {
+    let q = test_queue("conformance postgres_sqs").await?;
+    postgres_with("conformance postgres_sqs", Arc::new(q), |_| {}).await
+}
+
+/// Postgres state (a fresh database) whose outbox relays to `queue`.
+#[cfg(feature = "postgres")]
+async fn postgres_with(
+    test: &str,
+    queue: Arc<dyn LeaseQueue>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Option<Harness> {
     use splai_shared::store::postgres::PostgresStore;
     use splai_shared::testing::postgres::TestDb;
-    let q = test_queue("conformance postgres_sqs").await?;
-    let t = TestDb::create("conformance postgres_sqs").await?;
+    let t = TestDb::create(test).await?;
     let store = Arc::new(PostgresStore::new(t.db.clone(), Dispatch::Outbox));
     let b = Backends {
         jobs: store.clone(),
         workers: store.clone(),
         outbox: store.clone(),
-        webhooks: store,
-        queue: Arc::new(q),
+        webhooks: store.clone(),
+        locks: store,
+        queue,
         audit: Arc::new(splai_shared::store::memory::MemoryAuditLog::new()),
     };
-    Some(Harness::new(b, Some(Box::new(t))))
+    Some(Harness::with_config(b, Some(Box::new(t)), tune))
 }
 
 /// DynamoDB state relayed to SQS: the all-AWS deployment.
 pub async fn dynamodb_sqs() -> Option<Harness> {
-    use splai_shared::store::dynamodb::{DynamoAuditLog, DynamoDb, DynamoStore};
-    let aws = TestAws::find("conformance dynamodb_sqs").await?;
     let q = test_queue("conformance dynamodb_sqs").await?;
+    dynamodb_with("conformance dynamodb_sqs", Arc::new(q), |_| {}).await
+}
+
+/// DynamoDB state (a fresh table) whose outbox relays to `queue`.
+async fn dynamodb_with(
+    test: &str,
+    queue: Arc<dyn LeaseQueue>,
+    tune: impl FnOnce(&mut EngineConfig),
+) -> Option<Harness> {
+    use splai_shared::store::dynamodb::{DynamoAuditLog, DynamoDb, DynamoStore};
+    let aws = TestAws::find(test).await?;
     let db = DynamoDb::open(&aws.sdk, &TestAws::unique("splai"), true)
         .await
         .expect("create the table");
@@ -103,11 +125,12 @@ pub async fn dynamodb_sqs() -> Option<Harness> {
         jobs: store.clone(),
         workers: store.clone(),
         outbox: store.clone(),
-        webhooks: store,
-        queue: Arc::new(q),
+        webhooks: store.clone(),
+        locks: store,
+        queue,
         audit: Arc::new(DynamoAuditLog::new(db)),
     };
-    Some(Harness::new(b, None))
+    Some(Harness::with_config(b, None, tune))
 }
 
 /// The suite's cases that hold on SQS as they are (the module docs say which are left out).
@@ -155,16 +178,35 @@ mod postgres_sqs_suite {
     sqs_suite!(super::postgres_sqs);
 }
 
-/// A harness on SQLite + SQS with a real-time lease, and the queue itself (to count requests).
-#[cfg(feature = "sqlite")]
-async fn timed(test: &str, lease: Duration) -> Option<(Harness, SqsLeaseQueue)> {
-    let q = test_queue(test).await?;
-    let h = sqlite_with(Arc::new(q.clone()), |c| {
+/// Engine settings for the real-time cases: a lease of `lease`, backoffs of one second.
+fn real_time(lease: Duration) -> impl FnOnce(&mut EngineConfig) {
+    move |c| {
         c.lease = lease;
         c.retry_base = Duration::from_secs(1);
         c.retry_max = Duration::from_secs(1);
-    })
-    .await;
+    }
+}
+
+/// A harness on SQLite + SQS with a real-time lease, and the queue itself (to count requests).
+#[cfg(feature = "sqlite")]
+async fn timed_sqlite(test: &str, lease: Duration) -> Option<(Harness, SqsLeaseQueue)> {
+    let q = test_queue(test).await?;
+    let h = sqlite_with(Arc::new(q.clone()), real_time(lease)).await;
+    Some((h, q))
+}
+
+/// The same on Postgres + SQS.
+#[cfg(feature = "postgres")]
+async fn timed_postgres(test: &str, lease: Duration) -> Option<(Harness, SqsLeaseQueue)> {
+    let q = test_queue(test).await?;
+    let h = postgres_with(test, Arc::new(q.clone()), real_time(lease)).await?;
+    Some((h, q))
+}
+
+/// The same on DynamoDB + SQS.
+async fn timed_dynamodb(test: &str, lease: Duration) -> Option<(Harness, SqsLeaseQueue)> {
+    let q = test_queue(test).await?;
+    let h = dynamodb_with(test, Arc::new(q.clone()), real_time(lease)).await?;
     Some((h, q))
 }
 
@@ -174,15 +216,44 @@ async fn pass(h: &Harness, d: Duration) {
     h.advance(d);
 }
 
+/// The real-time versions of the suite's lease, backoff, dead-letter and streaming cases, as
+/// tests on the state backend `$timed` builds.
+macro_rules! real_time_cases {
+    ($timed:path) => {
+        real_time_cases!(@case $timed, 1, expired_lease_is_redelivered_and_completed_once);
+        real_time_cases!(@case $timed, 5, retry_waits_out_its_backoff);
+        real_time_cases!(@case $timed, 1, poison_task_reaches_the_dead_letter_queue_and_is_requeued);
+        real_time_cases!(@case $timed, 1, streamed_chunks_follow_the_redelivered_lease);
+    };
+    (@case $timed:path, $lease_secs:literal, $case:ident) => {
+        #[tokio::test]
+        async fn $case() {
+            let lease = std::time::Duration::from_secs($lease_secs);
+            if let Some((h, q)) = $timed(stringify!($case), lease).await {
+                super::$case(h, q).await;
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+mod sqlite_sqs_real_time {
+    real_time_cases!(super::timed_sqlite);
+}
+
+#[cfg(feature = "postgres")]
+mod postgres_sqs_real_time {
+    real_time_cases!(super::timed_postgres);
+}
+
+mod dynamodb_sqs_real_time {
+    real_time_cases!(super::timed_dynamodb);
+}
+
 /// A worker that dies loses its lease when the visibility timeout runs out: SQS delivers the
 /// task again, another worker takes it over as attempt 2 and completes it, and the first
 /// worker's late report changes nothing: the task completes exactly once.
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn sqs_expired_lease_is_redelivered_and_completed_once() {
-    let Some((h, _q)) = timed("sqs_expired_lease", Duration::from_secs(1)).await else {
-        return;
-    };
+async fn expired_lease_is_redelivered_and_completed_once(h: Harness, _q: SqsLeaseQueue) {
     let (w1, w2) = (h.cpu_worker("w1").await, h.cpu_worker("w2").await);
     let job = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
     let lost = h.claim(&w1, 1).await.remove(0);
@@ -218,12 +289,7 @@ async fn sqs_expired_lease_is_redelivered_and_completed_once() {
 
 /// A retryable failure makes the message invisible for the backoff; it comes back after it,
 /// counted as attempt 2.
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn sqs_retry_waits_out_its_backoff() {
-    let Some((h, _q)) = timed("sqs_retry_backoff", Duration::from_secs(5)).await else {
-        return;
-    };
+async fn retry_waits_out_its_backoff(h: Harness, _q: SqsLeaseQueue) {
     let w = h.cpu_worker("w1").await;
     let job = h.engine.submit(a_retryable_job(2)).await.unwrap().job_id;
     let first = h.claim(&w, 1).await.remove(0);
@@ -239,12 +305,7 @@ async fn sqs_retry_waits_out_its_backoff() {
 /// A poison task whose lease runs out on every attempt reaches the SQS dead-letter queue; the
 /// reconciliation fails its job; requeuing the dead letter through the engine revives the job,
 /// which then completes.
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn sqs_poison_task_reaches_the_dead_letter_queue_and_is_requeued() {
-    let Some((h, q)) = timed("sqs_poison", Duration::from_secs(1)).await else {
-        return;
-    };
+async fn poison_task_reaches_the_dead_letter_queue_and_is_requeued(h: Harness, q: SqsLeaseQueue) {
     let w = h.cpu_worker("w1").await;
     let job = h.engine.submit(a_retryable_job(1)).await.unwrap().job_id;
     for attempt in 1..=2 {
@@ -278,12 +339,61 @@ async fn sqs_poison_task_reaches_the_dead_letter_queue_and_is_requeued() {
     assert_eq!(h.engine.job(&job).await.unwrap().status, Status::Completed);
 }
 
+/// A task's streamed chunks belong to its lease: once the first worker's lease ran out and SQS
+/// delivered the task again, the first worker's late chunks are refused and the new attempt's
+/// are kept apart; none are taken after completion.
+async fn streamed_chunks_follow_the_redelivered_lease(h: Harness, _q: SqsLeaseQueue) {
+    let (w1, w2) = (h.cpu_worker("w1").await, h.cpu_worker("w2").await);
+    h.engine.submit(a_single_task_job()).await.unwrap();
+    let first = h.claim(&w1, 1).await.remove(0);
+    let task = TaskRef {
+        job_id: first.job_id.clone(),
+        task_id: first.task_id.clone(),
+    };
+    let texts = |t: &[&str]| t.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let e = &h.engine;
+    assert!(
+        e.append_chunks(&task, &first.lease_id, 0, &texts(&["He", "llo"]))
+            .await
+            .unwrap()
+    );
+    pass(&h, Duration::from_millis(1500)).await;
+    let second = h.claim(&w2, 1).await.remove(0);
+    assert_eq!(second.attempt, 2);
+    assert!(
+        !e.append_chunks(&task, &first.lease_id, 2, &texts(&["late"]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        e.append_chunks(&task, &second.lease_id, 0, &texts(&["Hi"]))
+            .await
+            .unwrap()
+    );
+    let all = e.chunks_after(&task, 0, 100).await.unwrap();
+    let got: Vec<_> = all.iter().map(|c| (&c.lease_id, c.text.as_str())).collect();
+    assert_eq!(
+        got,
+        [
+            (&first.lease_id, "He"),
+            (&first.lease_id, "llo"),
+            (&second.lease_id, "Hi")
+        ]
+    );
+    h.complete(&second).await;
+    assert!(
+        !e.append_chunks(&task, &second.lease_id, 1, &texts(&["after"]))
+            .await
+            .unwrap()
+    );
+}
+
 /// An idle claim long-polls SQS (a handful of requests, not one per poll interval), and a task
 /// sent while it waits is handed out at once.
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqs_idle_claim_long_polls_and_wakes_for_new_work() {
-    let Some((h, q)) = timed("sqs_long_poll", Duration::from_secs(10)).await else {
+    let Some((h, q)) = timed_sqlite("sqs_long_poll", Duration::from_secs(10)).await else {
         return;
     };
     let w = h.cpu_worker("w1").await;
@@ -328,7 +438,7 @@ async fn sqs_idle_claim_long_polls_and_wakes_for_new_work() {
 #[cfg(feature = "sqlite")]
 #[tokio::test]
 async fn sqs_requests_per_task_stay_within_budget() {
-    let Some((h, q)) = timed("sqs_cost", Duration::from_secs(30)).await else {
+    let Some((h, q)) = timed_sqlite("sqs_cost", Duration::from_secs(30)).await else {
         return;
     };
     const JOBS: usize = 100;

@@ -166,10 +166,13 @@ pub(super) async fn transact(
     if items.is_empty() {
         return Ok(TxOutcome::Done);
     }
+    // The token makes the SDK's own retries of this request idempotent on DynamoDB: a retry
+    // of a transaction that committed succeeds instead of failing its conditions.
     let out = db
         .client
         .transact_write_items()
         .set_transact_items(Some(items))
+        .client_request_token(uuid::Uuid::now_v7().to_string())
         .send()
         .await;
     match out {

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::AttributeValue;
 use super::DynamoDb;
 use super::item::{
     ATTEMPTS, ITEM_MAX_BYTES, Item, TX_MAX_BYTES, TX_MAX_ITEMS, TxOutcome, get_n, get_s, json, key,
-    n, next_seq, pad, pause, put_new, s, sdk_err, size_of, to_json, transact,
+    n, next_seq, opt_s, pad, pause, put_new, s, sdk_err, size_of, to_json, transact,
 };
 use super::outbox;
 use crate::clock::to_millis;
@@ -25,7 +25,13 @@ pub(super) struct Stored {
     pub(super) record: JobRecord,
     pub(super) version: i64,
     pub(super) seq: String,
+    /// The token of the `update_jobs` attempt that wrote this version, if one did.
+    pub(super) writer: Option<String>,
 }
+
+/// The attribute naming the `update_jobs` attempt that wrote a job item's version, so that
+/// an attempt told its transaction failed can see that it committed after all.
+pub(super) const WRITER: &str = "writer";
 
 /// The key of a job's item.
 pub(super) fn job_key(id: &JobId) -> Item {
@@ -113,6 +119,7 @@ pub(super) fn decode(item: &Item) -> Result<Stored, StoreError> {
         },
         version: get_n(item, "version")?,
         seq: get_s(item, "seq")?.to_owned(),
+        writer: opt_s(item, WRITER)?.map(str::to_owned),
     })
 }
 

@@ -12,7 +12,7 @@ use crate::domain::{
     Heartbeat, Requirements, TaskId, Worker, WorkerHealth, WorkerId, WorkerRegistration,
 };
 use crate::store::{IdempotencyClaim, WorkerStore};
-use crate::testing::aws::TestAws;
+use crate::testing::aws::{SerialMoto, TestAws};
 use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 
 /// A fresh table on the emulator, or `None` (skipped) without one.
@@ -28,81 +28,6 @@ async fn table(test: &str) -> Option<DynamoDb> {
 
 async fn store(test: &str) -> Option<DynamoStore> {
     Some(DynamoStore::new(table(test).await?))
-}
-
-/// How a moto server that handles one request at a time is started.
-const SERIAL_MOTO: &str = "import sys
-from werkzeug.serving import run_simple
-from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
-from moto.server import MotoRequestHandler
-run_simple('127.0.0.1', int(sys.argv[1]), DomainDispatcherApplication(create_backend_app),
-           threaded=False, request_handler=MotoRequestHandler)";
-
-/// A moto server of the test's own that handles one request at a time, killed on drop.
-///
-/// The shared emulator is moto's threaded server, which checks a write's condition and applies
-/// the write without a lock, so two concurrent conditional writes can both succeed there
-/// (the `concurrent_*` tests below failed about one run in two against it).
-/// DynamoDB makes each conditional write atomic; the tests of concurrent writers need that.
-struct SerialMoto {
-    child: std::process::Child,
-    sdk: aws_config::SdkConfig,
-}
-
-impl SerialMoto {
-    /// Starts one with the Python beside `moto_server` on `PATH`; `None` (skipped, or failed
-    /// under `CI`) when there is no emulator or no such Python.
-    async fn start(test: &str) -> Option<Self> {
-        TestAws::find(test).await?;
-        let python = std::env::var_os("PATH").and_then(|path| {
-            std::env::split_paths(&path)
-                .find(|dir| dir.join("moto_server").is_file())
-                .map(|dir| dir.join("python3"))
-        });
-        let Some(python) = python.filter(|p| p.is_file()) else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "{test}: no moto_server on PATH to start a serial emulator"
-            );
-            eprintln!("{test}: skipped: no moto_server on PATH to start a serial emulator");
-            return None;
-        };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = std::process::Command::new(python)
-            .args(["-c", SERIAL_MOTO, &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start a serial moto");
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-        let sdk = aws_config::defaults(crate::aws::behavior_version())
-            .endpoint_url(format!("http://127.0.0.1:{port}"))
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-                "testing", "testing", None, None, "tests",
-            ))
-            .load()
-            .await;
-        Some(Self { child, sdk })
-    }
-}
-
-impl Drop for SerialMoto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 async fn pending(store: &DynamoStore) -> Vec<QueueEntry> {
@@ -415,6 +340,116 @@ async fn update_jobs_reapplies_repeated_ids_and_dispatches_in_order() {
         .map(|e| format!("{}/{}", e.job_id, e.task_id))
         .collect();
     assert_eq!(order, ["job-2/x1", "job-1/c", "job-2/x3"]);
+}
+
+/// Turns the answer to the next `TransactWriteItems` that succeeded into the one the SDK's
+/// retry of a committed transaction gets without an idempotency token: every condition
+/// failed. The write happened; its writer is told it did not.
+/// (The test is sequential: the operation under way is the one last begun.)
+#[derive(Debug, Clone, Default)]
+struct LoseNextCommitAnswer {
+    armed: Arc<std::sync::atomic::AtomicBool>,
+    transact: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl aws_sdk_dynamodb::config::Intercept for LoseNextCommitAnswer {
+    fn name(&self) -> &'static str {
+        "LoseNextCommitAnswer"
+    }
+
+    fn read_before_execution(
+        &self,
+        ctx: &aws_sdk_dynamodb::config::interceptors::BeforeSerializationInterceptorContextRef<'_>,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsInput;
+        let transact = ctx
+            .input()
+            .downcast_ref::<TransactWriteItemsInput>()
+            .is_some();
+        self.transact
+            .store(transact, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn modify_before_deserialization(
+        &self,
+        ctx: &mut aws_sdk_dynamodb::config::interceptors::BeforeDeserializationInterceptorContextMut<'_>,
+        _: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        if !self.transact.load(std::sync::atomic::Ordering::SeqCst)
+            || !ctx.response().status().is_success()
+            || !self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(());
+        }
+        let body = json!({
+            "__type": "com.amazonaws.dynamodb.v20120810#TransactionCanceledException",
+            "Message": "Transaction cancelled (injected: the commit's answer was lost)",
+            "CancellationReasons": [{"Code": "ConditionalCheckFailed", "Message": "The conditional request failed"}],
+        });
+        let response = ctx.response_mut();
+        *response.status_mut() = 400u16.try_into().expect("a status");
+        *response.body_mut() = body.to_string().into();
+        Ok(())
+    }
+}
+
+/// A change that committed but was answered as failed (its answer lost, the SDK's retry then
+/// failing against the write itself) is recognised by its writer token: the rule is not
+/// applied a second time, so the caller keeps the first application's result and effects.
+#[tokio::test]
+async fn update_committed_but_answered_failed_is_applied_once() {
+    let Some(aws) = TestAws::find("ddb update_committed_but_answered_failed").await else {
+        return;
+    };
+    let name = TestAws::unique("splai");
+    DynamoDb::open(&aws.sdk, &name, true)
+        .await
+        .expect("create the table");
+    let lose = LoseNextCommitAnswer::default();
+    let conf = aws_sdk_dynamodb::config::Builder::from(&aws.sdk)
+        .interceptor(lose.clone())
+        .build();
+    let store = DynamoStore::new(DynamoDb {
+        client: Client::from_conf(conf),
+        table: name,
+    });
+    store
+        .create_job(&a_record("job-1", &["a"]), &[], None)
+        .await
+        .unwrap();
+
+    lose.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut calls = 0;
+    store
+        .update_jobs(&[job_id("job-1")], &mut |r: &mut JobRecord| {
+            calls += 1;
+            r.job.message = format!("{} applied {calls}", r.job.message);
+            vec![entry_for(&r.tasks[0])]
+        })
+        .await
+        .unwrap();
+    assert!(
+        !lose.armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the answer was lost"
+    );
+    assert_eq!(calls, 1, "applied once, though told the write failed");
+    let loaded = store.load_job(&job_id("job-1")).await.unwrap().unwrap();
+    assert_eq!(loaded.job.message, " applied 1");
+    assert_eq!(pending(&store).await.len(), 1, "its entry dispatched once");
+
+    // A later change is applied normally on top of it.
+    store
+        .update_jobs(&[job_id("job-1")], &mut |r: &mut JobRecord| {
+            r.job.message.push_str(" and again");
+            Vec::new()
+        })
+        .await
+        .unwrap();
+    let loaded = store.load_job(&job_id("job-1")).await.unwrap().unwrap();
+    assert_eq!(loaded.job.message, " applied 1 and again");
 }
 
 /// Jobs list newest first, filter on status/tenant/type, and page with a cursor that is only
@@ -873,6 +908,15 @@ mod audit_contract {
         )
         .await;
     }
+}
+
+/// The run-lock contract.
+#[tokio::test]
+async fn run_locks_one_holder_at_a_time() {
+    let Some(s) = store("ddb run_locks_one_holder_at_a_time").await else {
+        return;
+    };
+    crate::testing::locks::one_holder_at_a_time(&s).await;
 }
 
 mod webhook_contract {

@@ -1,6 +1,13 @@
 //! Job updates: `update_jobs` and `renew_leases`, optimistic. Each job item carries a
 //! version; a write is conditioned on the version it read, so a concurrent writer is never
 //! overwritten: the loser reloads, applies the rule again to the fresh record, and retries.
+//!
+//! A transaction can commit and still be reported failed: the response is lost and the SDK's
+//! retry of the same request then fails its version check against the write it made itself.
+//! Each attempt therefore stamps its job items with a token of its own (`WRITER`), and a
+//! reload that finds that token at the version it wrote counts the job as committed instead
+//! of applying the rule a second time (which would find the change already made, and report
+//! nothing changed: a completed job would go uncounted and its effects would be lost).
 
 use std::collections::HashMap;
 
@@ -10,7 +17,7 @@ use super::DynamoDb;
 use super::item::{
     ATTEMPTS, TX_MAX_BYTES, TX_MAX_ITEMS, TxOutcome, check_at, n, pause, put_at, sdk_err, transact,
 };
-use super::jobs::{Stored, job_item, job_key, load};
+use super::jobs::{Stored, WRITER, job_item, job_key, load};
 use super::{outbox, webhooks};
 use crate::domain::{
     BeforeChange, JobId, JobRecord, QueueEntry, Status, Timestamp, owed_deliveries,
@@ -21,6 +28,8 @@ use crate::store::{ApplyFn, LeaseRenewal, StoreError};
 /// the entries its rule made ready, in apply order.
 struct JobWrite {
     id: JobId,
+    /// The version this write makes, when it puts the item (rather than only checking it).
+    writes_version: Option<i64>,
     items: Vec<TransactWriteItem>,
     bytes: usize,
     entries: Vec<QueueEntry>,
@@ -36,8 +45,11 @@ pub(super) async fn update_jobs(
     apply: &mut ApplyFn<'_>,
 ) -> Result<(), StoreError> {
     let mut remaining: Vec<JobId> = ids.to_vec();
+    // Per job whose transaction was reported lost: the version and token it tried to write.
+    let mut tried: HashMap<JobId, (i64, String)> = HashMap::new();
     for attempt in 1..=ATTEMPTS {
-        let (writes, in_order) = prepare(db, &remaining, apply).await?;
+        let token = uuid::Uuid::now_v7().to_string();
+        let (writes, in_order) = prepare(db, &remaining, apply, &tried, &token).await?;
         let count: usize = writes.iter().map(|w| w.items.len()).sum();
         let entries: usize = writes.iter().map(|w| w.entries.len()).sum();
         let bytes: usize = writes.iter().map(|w| w.bytes).sum();
@@ -59,6 +71,10 @@ pub(super) async fn update_jobs(
         let mut lost = Vec::new();
         for (group, ready) in groups {
             let ids: Vec<JobId> = group.iter().map(|w| w.id.clone()).collect();
+            let versions: Vec<(JobId, i64)> = group
+                .iter()
+                .filter_map(|w| Some((w.id.clone(), w.writes_version?)))
+                .collect();
             let mut items = Vec::new();
             for w in group {
                 items.extend(w.items);
@@ -73,7 +89,12 @@ pub(super) async fn update_jobs(
             }
             match transact(db, "update_jobs", items).await? {
                 TxOutcome::Done => {}
-                TxOutcome::Failed(_) | TxOutcome::Busy => lost.extend(ids),
+                TxOutcome::Failed(_) | TxOutcome::Busy => {
+                    for (id, version) in versions {
+                        tried.insert(id, (version, token.clone()));
+                    }
+                    lost.extend(ids);
+                }
             }
         }
         if lost.is_empty() {
@@ -88,12 +109,15 @@ pub(super) async fn update_jobs(
     )))
 }
 
-/// Loads the jobs among `ids`, applies the rule and builds each changed job's writes, in
-/// first-seen order, and returns them with every entry in apply order.
+/// Loads the jobs among `ids`, applies the rule and builds each changed job's writes (stamped
+/// with `token`), in first-seen order, and returns them with every entry in apply order. A job
+/// found as an earlier attempt in `tried` wrote it committed after all, and is left out.
 async fn prepare(
     db: &DynamoDb,
     ids: &[JobId],
     apply: &mut ApplyFn<'_>,
+    tried: &HashMap<JobId, (i64, String)>,
+    token: &str,
 ) -> Result<(Vec<JobWrite>, Vec<QueueEntry>), StoreError> {
     let mut order: Vec<&JobId> = Vec::new();
     for id in ids {
@@ -106,6 +130,12 @@ async fn prepare(
     let mut after: HashMap<&JobId, JobRecord> = HashMap::new();
     for (id, stored) in order.iter().zip(loaded) {
         if let Some(stored) = stored {
+            let ours = tried.get(*id).is_some_and(|(version, token)| {
+                stored.version == *version && stored.writer.as_deref() == Some(token)
+            });
+            if ours {
+                continue;
+            }
             after.insert(*id, stored.record.clone());
             before.insert(*id, stored);
         }
@@ -127,10 +157,13 @@ async fn prepare(
         let ready = entries.remove(id).unwrap_or_default();
         let mut items = Vec::new();
         let mut bytes = 0;
+        let mut writes_version = None;
         if *new != old.record {
-            let item = job_item(new, old.version + 1, &old.seq)?;
+            let mut item = job_item(new, old.version + 1, &old.seq)?;
+            item.insert(WRITER.to_owned(), super::item::s(token));
             bytes += super::item::size_of(&item);
             items.push(put_at(db, item, old.version)?);
+            writes_version = Some(old.version + 1);
         } else if !ready.is_empty() {
             // Unchanged, but its entries were derived from this version of it.
             items.push(check_at(db, job_key(id), old.version)?);
@@ -142,6 +175,7 @@ async fn prepare(
         items.extend(webhooks::writes(db, &owed)?);
         out.push(JobWrite {
             id: id.clone(),
+            writes_version,
             items,
             bytes,
             entries: ready,

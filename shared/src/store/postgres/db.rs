@@ -44,6 +44,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0004_task_chunks",
         include_str!("../../../../migrations/postgres/0004_task_chunks.sql"),
     ),
+    (
+        5,
+        "0005_run_locks",
+        include_str!("../../../../migrations/postgres/0005_run_locks.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations take, so that two processes starting together do not both

@@ -57,6 +57,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0007_task_chunks",
         include_str!("../../../../migrations/sqlite/0007_task_chunks.sql"),
     ),
+    (
+        8,
+        "0008_run_locks",
+        include_str!("../../../../migrations/sqlite/0008_run_locks.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;
