@@ -7,6 +7,10 @@ SAM generates from them: the functions' roles and policy statements (GetAtt targ
 the HTTP API routes, the schedule. Needs `aws-sam-translator` and `cfn-lint` (pip).
 
     python3 infra/check-template.py infra/template.yaml
+
+With `--shapes` it instead prints, as JSON, what the template declares for the table and the
+queues in the form the e2e test `localstack` reads from the emulator, so that test can hold
+the template to what the code creates.
 """
 
 import json
@@ -65,5 +69,64 @@ def main(path):
     return result.returncode
 
 
+def shapes(path):
+    """The table's keys, indexes, billing and TTL, and each queue's retention, visibility
+    timeout and redrive, named relative to NamePrefix."""
+    resources = plain(decode(path)[0])["Resources"]
+    table = resources["Table"]["Properties"]
+
+    def index(i):
+        projection = i["Projection"]
+        return {
+            "name": i["IndexName"],
+            "keys": i["KeySchema"],
+            "projection": projection["ProjectionType"],
+            "projected": sorted(projection.get("NonKeyAttributes", [])),
+        }
+
+    ttl = table["TimeToLiveSpecification"]
+    table_shape = {
+        "keys": table["KeySchema"],
+        "attributes": sorted(table["AttributeDefinitions"], key=lambda a: a["AttributeName"]),
+        "billing": table["BillingMode"],
+        "lsi": sorted((index(i) for i in table["LocalSecondaryIndexes"]), key=lambda i: i["name"]),
+        "gsi": sorted((index(i) for i in table["GlobalSecondaryIndexes"]), key=lambda i: i["name"]),
+        "ttl": {
+            "AttributeName": ttl["AttributeName"],
+            "TimeToLiveStatus": "ENABLED" if ttl["Enabled"] else "DISABLED",
+        },
+    }
+
+    def queue_name(resource):
+        return resources[resource]["Properties"]["QueueName"]["Fn::Sub"].replace(
+            "${NamePrefix}", "<prefix>"
+        )
+
+    queue_shapes = {}
+    for resource in resources.values():
+        if resource["Type"] != "AWS::SQS::Queue":
+            continue
+        q = resource["Properties"]
+        redrive = q.get("RedrivePolicy")
+        if redrive:
+            target = redrive["deadLetterTargetArn"]["Fn::GetAtt"][0]
+            redrive = {
+                "maxReceiveCount": str(redrive["maxReceiveCount"]),
+                "target": queue_name(target),
+            }
+        name = q["QueueName"]["Fn::Sub"].replace("${NamePrefix}-", "")
+        queue_shapes[name] = {
+            "retention": str(q.get("MessageRetentionPeriod", 345600)),
+            # SQS's default, as the code leaves it.
+            "visibility": str(q.get("VisibilityTimeout", 30)),
+            "redrive": redrive,
+        }
+    json.dump({"table": table_shape, "queues": queue_shapes}, sys.stdout, indent=1)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1] if len(sys.argv) > 1 else "infra/template.yaml"))
+    args = sys.argv[1:]
+    if args[:1] == ["--shapes"]:
+        sys.exit(shapes(args[1] if len(args) > 1 else "infra/template.yaml"))
+    sys.exit(main(args[0] if args else "infra/template.yaml"))

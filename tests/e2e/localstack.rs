@@ -1,6 +1,7 @@
 //! `localstack/init/ready.d/splai-init.sh` against the AWS emulator: it creates the queues,
-//! table and bucket exactly as the code itself would, and the real server runs jobs on them
-//! without creating anything (`SPLAI_AWS_CREATE_RESOURCES=false`, as deployed).
+//! table and bucket exactly as the code itself would (and as `infra/template.yaml` declares
+//! them), and the real server runs jobs on them without creating anything
+//! (`SPLAI_AWS_CREATE_RESOURCES=false`, as deployed).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -136,6 +137,35 @@ fn queue_shape(endpoint: &str, prefix: &str) -> Value {
     shape
 }
 
+/// What `infra/template.yaml` declares for the table and queues, in the shapes above (read by
+/// `infra/check-template.py --shapes`, which needs `python3` with `cfn-lint`); `None`, after
+/// saying why, when that cannot run outside CI.
+fn template_shapes(test: &str) -> Option<Value> {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new("python3")
+        .arg(root.join("infra/check-template.py"))
+        .arg("--shapes")
+        .arg(root.join("infra/template.yaml"))
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            Some(serde_json::from_slice(&o.stdout).expect("shapes as JSON"))
+        }
+        other => {
+            let why = match other {
+                Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+                Err(e) => e.to_string(),
+            };
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{test}: infra/check-template.py --shapes failed: {why}"
+            );
+            eprintln!("SKIPPED the template part of {test}: {why}");
+            None
+        }
+    }
+}
+
 /// The server's environment: DynamoDB, SQS and S3 (presigned uploads, nothing inline, so
 /// outputs land in the bucket) on the emulator, with the names under `base`.
 fn server_env(endpoint: &str, base: &str, create: bool) -> Vec<(&'static str, String)> {
@@ -175,9 +205,9 @@ fn borrowed<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str
     env.iter().map(|(k, v)| (*k, v.as_str())).collect()
 }
 
-/// The init script makes the same table (keys, indexes, projections, TTL), queues (retention,
-/// redrive to the dead-letter queue) and bucket as the server makes with
-/// `SPLAI_AWS_CREATE_RESOURCES=true`; a server that may not create anything then runs jobs on
+/// The init script makes, and the SAM template declares, the same table (keys, indexes,
+/// projections, TTL) and queues (retention, redrive to the dead-letter queue) as the server
+/// makes with `SPLAI_AWS_CREATE_RESOURCES=true`; a server that may not create anything then runs jobs on
 /// them through a worker, with every output stored in the script's bucket.
 #[tokio::test]
 async fn init_script_creates_what_the_aws_backends_expect() {
@@ -210,22 +240,38 @@ async fn init_script_creates_what_the_aws_backends_expect() {
         &endpoint, &reference, true,
     ))));
 
-    // Assert: the same shapes.
+    // Assert: the same shapes, from the script, the code and the SAM template.
+    let code_table = table_shape(&endpoint, &reference);
+    let code_queues = queue_shape(&endpoint, &reference);
     assert_same(
         &table_shape(&endpoint, &scripted),
-        &table_shape(&endpoint, &reference),
+        &code_table,
         "table the script made",
         "table table.rs made",
     );
     let queues = queue_shape(&endpoint, &scripted);
     assert_same(
         &queues,
-        &queue_shape(&endpoint, &reference),
+        &code_queues,
         "queues the script made",
         "queues setup.rs made",
     );
     let redrive = &queues["standard"]["redrive"];
     assert_eq!(redrive["target"], "<prefix>-dead", "{redrive}");
+    if let Some(template) = template_shapes(test) {
+        assert_same(
+            &template["table"],
+            &code_table,
+            "table in infra/template.yaml",
+            "table table.rs made",
+        );
+        assert_same(
+            &template["queues"],
+            &code_queues,
+            "queues in infra/template.yaml",
+            "queues setup.rs made",
+        );
+    }
 
     // Act: jobs through a server that must find everything in place.
     let fabric = Fabric::start(&borrowed(&server_env(&endpoint, &scripted, false)));
