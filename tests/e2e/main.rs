@@ -3,6 +3,7 @@
 mod auth;
 mod cli;
 mod durability;
+mod lambda;
 mod localstack;
 mod openai;
 mod openapi;

@@ -5,6 +5,7 @@
 //! to build the binary it needs (a no-op when it is fresh) and reads its path from cargo's
 //! JSON messages. Cargo releases its build lock before running tests, so this does not block.
 
+pub mod lambda;
 pub mod model_server;
 pub mod otlp_collector;
 pub mod worker;
