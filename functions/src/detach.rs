@@ -14,6 +14,7 @@
 use std::sync::Arc;
 
 use splai_shared::engine::{Engine, EngineError};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 
@@ -29,7 +30,9 @@ where
     T: Send + 'static,
     Fut: Future<Output = Result<T, EngineError>> + Send + 'static,
 {
-    match tokio::spawn(change(engine.clone())).await {
+    // Under the request's span, so the change stays part of the request's trace.
+    let change = change(engine.clone()).instrument(tracing::Span::current());
+    match tokio::spawn(change).await {
         Ok(done) => Ok(done?),
         Err(e) => Err(ApiError::internal(&format!("the change failed: {e}"))),
     }
