@@ -8,13 +8,15 @@ use super::rows::id as row_id;
 use crate::domain::JobId;
 
 /// Up to `$2` terminal jobs finished before `$1`, oldest first, without a pending webhook
-/// delivery, locked. Walks `jobs_by_finished`, which holds only finished jobs. `SKIP LOCKED`:
+/// delivery, locked. Walks `jobs_by_finished`, which holds only finished jobs: a job's
+/// `finished_at` is set exactly when its status becomes terminal (`rules::set_job_status`), so
+/// the column alone says "terminal", and a status condition here would lead the planner to
+/// `jobs_by_status`, visiting every terminal job ever kept. `SKIP LOCKED`:
 /// a job another transaction is changing (a retry, a late report) is left for the next pass
 /// rather than waited for; once locked here, no update can give it a delivery or reopen it
 /// before the delete commits.
 const CANDIDATES: &str = "SELECT job_id FROM jobs
     WHERE finished_at_ms < $1
-      AND status IN ('Completed', 'Failed', 'Canceled')
       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w
           WHERE w.job_id = jobs.job_id AND w.state = 'pending')
     ORDER BY finished_at_ms LIMIT $2
@@ -87,6 +89,31 @@ mod tests {
             return;
         };
         contract::keeps_open_recent_and_undelivered_jobs(&s).await;
+    }
+
+    /// The candidates come from the finished-time index (with sequential scans priced out,
+    /// as they would be on a table of many jobs), not a scan of every job.
+    #[tokio::test]
+    async fn prune_uses_the_finished_index() {
+        let Some((t, _s)) = store("prune_uses_the_finished_index").await else {
+            return;
+        };
+        let mut conn = t.db.pool().acquire().await.unwrap();
+        sqlx::query("SET enable_seqscan = off")
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let plan: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN {}",
+            super::CANDIDATES
+        )))
+        .bind(0_i64)
+        .bind(10_i64)
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+        let plan = plan.join("\n");
+        assert!(plan.contains("jobs_by_finished"), "{plan}");
     }
 
     #[tokio::test]

@@ -55,8 +55,8 @@ pub(super) fn prune_finished(
 
 #[cfg(test)]
 mod tests {
-    use crate::store::Dispatch;
     use crate::store::sqlite::{SqliteDb, SqliteStore};
+    use crate::store::{Dispatch, JobStore};
     use crate::testing::retention as contract;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -81,6 +81,44 @@ mod tests {
     async fn honours_the_limit_and_repeats_harmlessly() {
         let (_dir, s) = store().await;
         contract::honours_the_limit_and_repeats_harmlessly(&s).await;
+    }
+
+    /// With the queue in the same file (`Direct`), a pruned job's queue entries go too (the
+    /// contract sees only what the traits show; this looks at the table).
+    #[tokio::test]
+    async fn direct_queue_entries_go_with_their_job() {
+        use crate::engine::rules::{self, Effects};
+        use crate::testing::records::{a_record, at};
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
+        let s = SqliteStore::new(db, Dispatch::Direct);
+        let record = a_record("job-direct", &["a", "b"]);
+        let ready = rules::ready_entries(&record, at(0));
+        assert!(!ready.is_empty());
+        s.create_job(&record, &ready, None).await.unwrap();
+        let id = record.job.job_id.clone();
+        s.update_jobs(std::slice::from_ref(&id), &mut |r| {
+            rules::cancel(r, at(1_000), &mut Effects::default());
+            Vec::new()
+        })
+        .await
+        .unwrap();
+        let entries = |s: &SqliteStore| -> i64 {
+            s.db.read(|tx| {
+                tx.query_row(
+                    "SELECT COUNT(*) FROM queue_entries WHERE job_id = 'job-direct'",
+                    [],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap()
+        };
+        assert!(entries(&s) > 0, "the ready entries are queued");
+
+        let pruned = s.prune_finished(at(2_000), 10).await.unwrap();
+
+        assert_eq!(pruned, vec![id]);
+        assert_eq!(entries(&s), 0);
     }
 
     /// The candidates come from the finished-time index, not a scan of every job.
