@@ -52,6 +52,10 @@ pub struct Config {
     /// lock at most, so that a copy that died loses it (`SPLAI_SWEEP_LOCK_SECONDS`, default
     /// 60: the function's timeout).
     pub sweep_lock: Duration,
+    /// How long terminal jobs and their artifacts are kept after they finish (`SPLAI_JOB_TTL`:
+    /// seconds, or with a unit `s`, `m`, `h`, `d`, e.g. `720h`, `30d`); `None`, unset or `0`,
+    /// keeps them forever (the default). See [`crate::retention`].
+    pub job_ttl: Option<Duration>,
     /// Largest task output a report may carry inline (`SPLAI_MAX_INLINE_OUTPUT_BYTES`, default
     /// 65536); larger outputs go to the artifact store. Workers learn it at registration.
     pub max_inline_output_bytes: usize,
@@ -177,6 +181,11 @@ impl Config {
                     bail!("SPLAI_SWEEP_LOCK_SECONDS must be at least 1");
                 }
                 hold
+            },
+            job_ttl: match var("SPLAI_JOB_TTL") {
+                None => None,
+                Some(v) => crate::retention::parse_ttl(&v)
+                    .map_err(|e| anyhow::anyhow!("invalid SPLAI_JOB_TTL=`{v}`: {e}"))?,
             },
             max_inline_output_bytes: parse_or(&var, "SPLAI_MAX_INLINE_OUTPUT_BYTES", 65_536)?,
             auth: Tokens::from_vars(
@@ -343,6 +352,20 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    /// `SPLAI_JOB_TTL` is off unless set to a positive duration; a bad value fails start-up
+    /// naming the variable.
+    #[test]
+    fn job_ttl_is_off_by_default_and_a_bad_one_fails_start_up() {
+        assert_eq!(config(&[]).unwrap().job_ttl, None);
+        assert_eq!(config(&[("SPLAI_JOB_TTL", "0")]).unwrap().job_ttl, None);
+        assert_eq!(
+            config(&[("SPLAI_JOB_TTL", "30d")]).unwrap().job_ttl,
+            Some(Duration::from_secs(30 * 86_400))
+        );
+        let e = config(&[("SPLAI_JOB_TTL", "30 days")]).unwrap_err();
+        assert!(format!("{e:#}").contains("SPLAI_JOB_TTL"), "{e:#}");
     }
 
     /// A routing file is loaded at start-up; a bad one fails naming the variable, the file

@@ -23,6 +23,7 @@ use splai_telemetry::TelemetryConfig;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::retention::Retention;
 use crate::server::{self, Routes};
 use crate::sweeper::Sweeper;
 
@@ -111,11 +112,11 @@ pub async fn serve(routes: Routes) -> anyhow::Result<()> {
 pub async fn sweep() -> anyhow::Result<()> {
     let config = Config::from_env()?;
     let built = server::build(&config, Arc::new(SystemClock)).await?;
-    let sweeper = Arc::new(Sweeper::new(
-        built.engine,
-        built.deliverer,
-        config.sweep_lock,
-    ));
+    let mut sweeper = Sweeper::new(built.engine, built.deliverer, config.sweep_lock);
+    if let Some(ttl) = config.job_ttl {
+        sweeper = sweeper.with_retention(Retention::new(built.state.artifacts.clone(), ttl));
+    }
+    let sweeper = Arc::new(sweeper);
     if !in_lambda() {
         let outcome = sweeper.run_once().await?;
         println!("{}", serde_json::to_string(&outcome)?);

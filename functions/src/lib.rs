@@ -13,6 +13,7 @@
 //! - [`dev`]: `splai dev`, the server plus one in-process worker.
 //! - [`cli`]: the `splai` command line (server and client commands).
 //! - [`webhooks`]: signing, destination rules and the deliverer of job webhooks.
+//! - [`retention`]: `SPLAI_JOB_TTL`, pruning finished jobs and their artifacts.
 
 pub mod admin;
 pub mod auth;
@@ -28,6 +29,7 @@ pub mod lambda;
 pub mod openai;
 pub mod openapi;
 pub mod policy;
+pub mod retention;
 pub mod server;
 pub mod sweeper;
 pub mod webhooks;

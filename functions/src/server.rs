@@ -1,6 +1,7 @@
 //! The local all-in-one server: builds state once, nests the routers (gateway, admin, policy,
 //! and the OpenAI-compatible one when enabled) under the request-duration middleware, runs the
-//! sweeper and the webhook deliverer, and shuts down gracefully.
+//! sweeper, the webhook deliverer and (with `SPLAI_JOB_TTL`) retention, and shuts down
+//! gracefully.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use crate::gateway::{self, AppState};
 use crate::http_metrics::HttpMetrics;
 use crate::openai::{self, OpenAiState};
 use crate::policy::{self, PolicyState};
+use crate::retention::Retention;
 use crate::webhooks::deliver::Deliverer;
 
 /// Opens the backends (running migrations) and builds the engine; an AWS backend takes its
@@ -231,6 +233,17 @@ pub async fn sweep_once(engine: &Engine) {
     }
 }
 
+/// How often the local server prunes jobs past `SPLAI_JOB_TTL`: a TTL is hours or days, so a
+/// minute late is nothing, and each pass costs a query even when nothing is due.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(60);
+
+/// One retention pass; failures are retried next tick.
+pub async fn prune_once(engine: &Engine, retention: &Retention) {
+    if let Err(e) = retention.prune_once(engine).await {
+        tracing::warn!(error = %e, "pruning failed; retrying next tick");
+    }
+}
+
 /// A running server.
 pub struct Running {
     /// Where it listens.
@@ -261,6 +274,7 @@ pub async fn start(
         stop: stop_tx,
     } = build(&config, clock).await?;
     let stop_rx = state.shutdown.clone();
+    let state_artifacts = state.artifacts.clone();
     let app = app(Routes::All, state, &config);
     let listener = TcpListener::bind(config.listen)
         .await
@@ -276,6 +290,20 @@ pub async fn start(
                 async move { sweep_once(&engine).await }
             },
         )
+    });
+    let retention = config
+        .job_ttl
+        .map(|ttl| Arc::new(Retention::new(state_artifacts.clone(), ttl)));
+    let pruning = tokio::spawn({
+        let (engine, stop_rx) = (engine.clone(), stop_rx.clone());
+        async move {
+            let Some(retention) = retention else { return };
+            every(RETENTION_INTERVAL, wait_true(stop_rx), move || {
+                let (engine, retention) = (engine.clone(), retention.clone());
+                async move { prune_once(&engine, &retention).await }
+            })
+            .await;
+        }
     });
     // Webhooks go out on the sweeper's cadence; a delivery's own due time decides when.
     let delivering = tokio::spawn(every(
@@ -305,6 +333,7 @@ pub async fn start(
         }
         sweeper.await.context("sweeper task")?;
         delivering.await.context("webhook deliverer task")?;
+        pruning.await.context("retention task")?;
         Ok(())
     });
     Ok(Running {

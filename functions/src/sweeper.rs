@@ -1,9 +1,9 @@
 //! One sweeper pass under the store's run lock: the work the local server's background loops
-//! do every `SPLAI_SWEEP_INTERVAL_MS` (requeue expired leases, reconcile tasks the queue lost,
-//! relay the outbox, send due webhooks), for a deployment that runs it on a schedule instead:
-//! the Lambda `sweeper` function every minute, or cron. Copies started at once run one at a
-//! time: a pass takes the `sweeper` lock in the store, and a copy that finds it held does
-//! nothing. A copy that dies holding it loses it after `hold`.
+//! do (requeue expired leases, reconcile tasks the queue lost, relay the outbox, send due
+//! webhooks, and with `SPLAI_JOB_TTL` prune jobs past it), for a deployment that runs it on a
+//! schedule instead: the Lambda `sweeper` function every minute, or cron. Copies started at
+//! once run one at a time: a pass takes the `sweeper` lock in the store, and a copy that finds
+//! it held does nothing. A copy that dies holding it loses it after `hold`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Serialize;
 use splai_shared::engine::Engine;
 
+use crate::retention::Retention;
 use crate::webhooks::deliver::Deliverer;
 
 /// The name of the lock a pass holds.
@@ -36,6 +37,8 @@ pub enum SweepOutcome {
         webhooks_retrying: usize,
         /// Webhook deliveries that failed for the last time.
         webhooks_failed: usize,
+        /// Terminal jobs past `SPLAI_JOB_TTL` deleted, with their artifacts (0 without a TTL).
+        pruned: usize,
     },
     /// Another copy holds the lock; nothing was done.
     Skipped,
@@ -46,6 +49,7 @@ pub struct Sweeper {
     engine: Arc<Engine>,
     deliverer: Arc<Deliverer>,
     hold: Duration,
+    retention: Option<Retention>,
 }
 
 impl Sweeper {
@@ -56,7 +60,14 @@ impl Sweeper {
             engine,
             deliverer,
             hold,
+            retention: None,
         }
+    }
+
+    /// Also prunes jobs past their TTL on every pass (`SPLAI_JOB_TTL`).
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = Some(retention);
+        self
     }
 
     /// One pass, if no other copy is running one.
@@ -73,6 +84,10 @@ impl Sweeper {
         let pass = async {
             let swept = self.engine.sweep().await?;
             let hooks = self.deliverer.deliver_due().await?;
+            let pruned = match &self.retention {
+                Some(r) => r.prune_once(&self.engine).await?,
+                None => 0,
+            };
             anyhow::Ok(SweepOutcome::Swept {
                 requeued: swept.requeued,
                 dead_lettered: swept.dead_lettered,
@@ -81,6 +96,7 @@ impl Sweeper {
                 webhooks_delivered: hooks.delivered,
                 webhooks_retrying: hooks.retrying,
                 webhooks_failed: hooks.failed,
+                pruned,
             })
         }
         .await;

@@ -1,17 +1,20 @@
 //! The scheduled sweeper pass (`sweeper::Sweeper`, the work of the Lambda `sweeper` function):
 //! with no server loop running, a pass requeues an expired lease; copies started at once on
-//! one database requeue it once; a copy that finds the lock held does nothing.
+//! one database requeue it once; a copy that finds the lock held does nothing; with a TTL, a
+//! pass prunes old finished jobs and their artifacts.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use splai_functions::config::Config;
-use splai_functions::server::{self, Built};
+use splai_functions::retention::Retention;
+use splai_functions::server::{self, Built, Routes};
 use splai_functions::sweeper::{LOCK, SweepOutcome, Sweeper};
+use splai_shared::artifacts::ArtifactKey;
 use splai_shared::clock::ManualClock;
-use splai_shared::domain::{Status, WorkerId, WorkerRegistration};
-use splai_shared::testing::a_single_task_job;
+use splai_shared::domain::{JobId, Status, WorkerId, WorkerRegistration};
+use splai_shared::testing::{a_single_task_job, report_for};
 
 const LEASE: Duration = Duration::from_secs(10);
 const HOLD: Duration = Duration::from_secs(60);
@@ -36,16 +39,25 @@ fn requeued(outcome: &SweepOutcome) -> usize {
     }
 }
 
-/// A job whose only task is leased to a worker that then vanished, its lease run out.
-async fn expired_lease(b: &Built, clock: &ManualClock) -> WorkerId {
-    let e = &b.engine;
-    let worker = WorkerId::parse("w-gone").expect("worker id");
+/// Registers a CPU worker with the echo backend.
+async fn cpu_worker(b: &Built, id: &str) -> WorkerId {
+    let worker = WorkerId::parse(id).expect("worker id");
     let reg = WorkerRegistration {
         backends: vec!["echo".into()],
         cpu: 4.0,
         ..Default::default()
     };
-    e.register_worker(&worker, &reg).await.expect("register");
+    b.engine
+        .register_worker(&worker, &reg)
+        .await
+        .expect("register");
+    worker
+}
+
+/// A job whose only task is leased to a worker that then vanished, its lease run out.
+async fn expired_lease(b: &Built, clock: &ManualClock) -> WorkerId {
+    let e = &b.engine;
+    let worker = cpu_worker(b, "w-gone").await;
     e.submit(a_single_task_job()).await.expect("submit");
     let got = e.assign(&worker, 1, Duration::ZERO).await.expect("claim");
     assert_eq!(got.len(), 1);
@@ -122,4 +134,81 @@ async fn a_held_lock_skips_the_pass_until_it_lapses() {
         a.engine.job(&task[0].job_id).await.expect("job").status,
         Status::Running
     );
+}
+
+/// A one-task job run to completion by a worker that stored its output as an artifact file;
+/// returns the job and the file.
+async fn completed_job(b: &Built, dir: &Path) -> (JobId, std::path::PathBuf) {
+    let e = &b.engine;
+    let worker = cpu_worker(b, "w-done").await;
+    let job = e.submit(a_single_task_job()).await.expect("submit").job_id;
+    let got = e.assign(&worker, 1, Duration::ZERO).await.expect("claim");
+    let a = &got[0];
+    let key = ArtifactKey::output(a.job_id.clone(), a.task_id.clone());
+    let stored = b
+        .state
+        .artifacts
+        .put(
+            &key,
+            br#"{"text":"hi"}"#.to_vec().into(),
+            "application/json",
+        )
+        .await
+        .expect("put the output");
+    let report = report_for(a, Status::Completed, Some(stored.url), None, true);
+    e.report(&[report]).await.expect("report");
+    assert_eq!(e.job(&job).await.expect("job").status, Status::Completed);
+    let file = dir.join(format!("artifacts/{}/{}/output.json", a.job_id, a.task_id));
+    assert!(file.is_file(), "{}", file.display());
+    (job, file)
+}
+
+/// With `SPLAI_JOB_TTL`, a pass deletes a completed job that finished more than the TTL ago,
+/// and its artifact file, so the API answers 404 for it; a job finished since stays, whole.
+#[tokio::test]
+async fn a_pass_prunes_an_old_completed_job_and_its_artifacts() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let clock = Arc::new(ManualClock::new());
+    let b = cold_start(&dir.path().join("splai.db"), &clock).await;
+    let ttl = Duration::from_secs(30 * 86_400);
+    let (old, old_file) = completed_job(&b, dir.path()).await;
+    clock.advance(ttl + Duration::from_secs(1));
+    let (recent, recent_file) = completed_job(&b, dir.path()).await;
+    let s = sweeper(&b).with_retention(Retention::new(b.state.artifacts.clone(), ttl));
+
+    let outcome = s.run_once().await.expect("sweep");
+
+    assert!(
+        matches!(outcome, SweepOutcome::Swept { pruned: 1, .. }),
+        "{outcome:?}"
+    );
+    assert!(!old_file.exists(), "the old job's artifact is deleted");
+    assert!(
+        !old_file
+            .parent()
+            .and_then(Path::parent)
+            .expect("job folder")
+            .exists()
+    );
+    assert!(recent_file.is_file(), "the recent job's artifact stays");
+    let config = Config::from_lookup(|_| None).expect("config");
+    let app = server::app(Routes::All, b.state.clone(), &config);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let status = |id: JobId| async move {
+        reqwest::get(format!("http://{addr}/v1/jobs/{id}"))
+            .await
+            .expect("GET the job")
+            .status()
+    };
+    assert_eq!(status(old).await, reqwest::StatusCode::NOT_FOUND);
+    assert_eq!(status(recent).await, reqwest::StatusCode::OK);
+    // Nothing more is due: a second pass prunes nothing.
+    assert!(matches!(
+        s.run_once().await.expect("sweep"),
+        SweepOutcome::Swept { pruned: 0, .. }
+    ));
 }

@@ -8,8 +8,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::io::AsyncReadExt;
 
-use super::{ArtifactError, ArtifactKey, ArtifactStore, Download, local_path};
-use crate::domain::Artifact;
+use super::{ArtifactError, ArtifactKey, ArtifactStore, Download, job_folder, local_path};
+use crate::domain::{Artifact, JobId};
 
 /// An [`ArtifactStore`] on the local file system.
 #[derive(Debug, Clone)]
@@ -105,12 +105,21 @@ impl ArtifactStore for LocalArtifactStore {
             size,
         })
     }
+
+    /// Removes `<root>/<job>/`.
+    async fn delete_job(&self, job: &JobId) -> Result<(), ArtifactError> {
+        let dir = self.root.join(job_folder(job)?);
+        match tokio::fs::remove_dir_all(&dir).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err(&dir, e)),
+            _ => Ok(()),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{JobId, TaskId};
+    use crate::domain::TaskId;
 
     /// An artifact is one file at `<root>/<job>/<task>/<name>` (the contract itself is in
     /// `testing::artifacts`, run by the conformance tests).

@@ -24,8 +24,8 @@ pub mod local;
 pub mod s3;
 mod uri;
 
-pub(crate) use uri::relative_path;
 pub use uri::{ArtifactUriError, local_path};
+pub(crate) use uri::{job_folder, relative_path};
 
 /// Which artifact store holds outputs (`SPLAI_ARTIFACT_BACKEND`): read the same way by the
 /// gateway and the worker.
@@ -264,4 +264,8 @@ pub trait ArtifactStore: Send + Sync {
 
     /// Opens an artifact for a client download.
     async fn open(&self, uri: &str) -> Result<Download, ArtifactError>;
+
+    /// Deletes every artifact of `job` (everything under `artifact://<job>/`), for retention.
+    /// A job with none is fine, so a repeat is harmless.
+    async fn delete_job(&self, job: &JobId) -> Result<(), ArtifactError>;
 }

@@ -40,6 +40,18 @@ pub(crate) fn relative_path(uri: &str) -> Result<&str, ArtifactUriError> {
     Ok(rest)
 }
 
+/// The folder (or key prefix, without its trailing `/`) holding every artifact of `job`,
+/// checked as [`relative_path`] checks a URI: a job id may contain `/`, but never a segment
+/// that could leave the root.
+///
+/// # Errors
+/// A job id that is not plain path segments.
+pub(crate) fn job_folder(job: &crate::domain::JobId) -> Result<&str, ArtifactUriError> {
+    let uri = format!("artifact://{job}/t/n");
+    relative_path(&uri)?;
+    Ok(job.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,4 +1,5 @@
-//! Operator and client control: cancel, retry, dead letters, and the periodic sweep.
+//! Operator and client control: cancel, retry, dead letters, the periodic sweep, and
+//! retention.
 
 use std::collections::BTreeMap;
 
@@ -141,6 +142,18 @@ impl Engine {
             self.work_ready.notify_waiters();
         }
         Ok(report)
+    }
+
+    /// Retention: deletes up to `limit` terminal jobs that finished before `before`, with
+    /// their tasks and the rows that belong to them (a job still owing a webhook delivery is
+    /// kept), and returns their ids: the caller deletes their artifacts, which the engine
+    /// does not hold. The audit log is never pruned.
+    ///
+    /// # Errors
+    /// Store failures; nothing of a job is half deleted.
+    #[tracing::instrument(level = "debug", skip_all, name = "engine.prune")]
+    pub async fn prune(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, EngineError> {
+        Ok(self.backends.jobs.prune_finished(before, limit).await?)
     }
 
     /// Whether a reconciliation is due at `now`; if so, records it as done.

@@ -28,6 +28,7 @@ mod item;
 mod jobs;
 mod locks;
 mod outbox;
+mod prune;
 mod table;
 #[cfg(test)]
 mod tests;
@@ -143,6 +144,14 @@ impl JobStore for DynamoStore {
 
     async fn stale_jobs(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, StoreError> {
         jobs::stale(&self.db, to_millis(before), limit).await
+    }
+
+    async fn prune_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        prune::prune_finished(&self.db, to_millis(before), limit).await
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -6,6 +6,7 @@
 mod audit;
 mod chunks;
 mod locks;
+mod prune;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -262,6 +263,14 @@ impl JobStore for MemoryStore {
                 Some(task.status)
             })
             .collect())
+    }
+
+    async fn prune_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        Ok(prune::prune_finished(&mut self.lock(), before, limit))
     }
 
     async fn ping(&self) -> Result<(), StoreError> {

@@ -215,6 +215,17 @@ pub trait JobStore: Send + Sync {
     /// the queue.
     async fn stale_jobs(&self, before: Timestamp, limit: usize) -> Result<Vec<JobId>, StoreError>;
 
+    /// Deletes up to `limit` terminal jobs that finished before `before`, oldest first, with
+    /// everything that belongs to them: tasks, idempotency keys, streamed chunks, webhook
+    /// deliveries, and any outbox or queue entries left. A job with a webhook delivery still
+    /// pending is kept until it is delivered or fails. Returns the ids of the jobs deleted
+    /// (their artifacts are the caller's to delete). The audit log is never pruned.
+    async fn prune_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError>;
+
     /// Checks the backend answers.
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -94,6 +94,7 @@ mod chunks;
 mod db;
 mod jobs;
 mod locks;
+mod prune;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -357,6 +358,18 @@ impl JobStore for PostgresStore {
                 .fetch_all(conn)
                 .await?;
             rows.iter().map(|r| row_id(r, "job_id")).collect()
+        })
+        .map_err(store_err)
+    }
+
+    async fn prune_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        let (before, limit) = (to_millis(before), i64::try_from(limit).unwrap_or(i64::MAX));
+        in_tx!(self.db, "prune_finished", |conn| {
+            prune::prune_finished(conn, before, limit).await
         })
         .map_err(store_err)
     }

@@ -32,6 +32,7 @@ mod chunks;
 mod db;
 mod jobs;
 mod locks;
+mod prune;
 mod rows;
 #[cfg(test)]
 mod tests;
@@ -165,6 +166,17 @@ impl JobStore for SqliteStore {
         }
         self.db
             .write(|tx| update::renew_leases(tx, renewals, until))
+            .await
+            .map_err(store_err)
+    }
+
+    async fn prune_finished(
+        &self,
+        before: Timestamp,
+        limit: usize,
+    ) -> Result<Vec<JobId>, StoreError> {
+        self.db
+            .write(|tx| prune::prune_finished(tx, before, limit))
             .await
             .map_err(store_err)
     }

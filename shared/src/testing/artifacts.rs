@@ -27,6 +27,7 @@ macro_rules! artifact_suite {
             missing_and_escaping_artifacts_are_refused,
             open_serves_what_was_put,
             streamed_put_round_trips_its_chunks,
+            delete_job_removes_only_that_jobs_artifacts,
         );
     };
     (@cases $setup:path; $($case:ident),* $(,)?) => {
@@ -150,4 +151,40 @@ pub async fn streamed_put_round_trips_its_chunks(store: &dyn ArtifactStore) {
     let got = store.get(&a.url).await.expect("get");
     assert_eq!(got.len(), 50_000);
     assert!(got[..1000].iter().all(|b| *b == 0) && got[49_000..].iter().all(|b| *b == 49));
+}
+
+/// `delete_job` removes every artifact of the job, of every task, and nothing of another job
+/// whose id starts the same; deleting again, or a job with none, is fine.
+pub async fn delete_job_removes_only_that_jobs_artifacts(store: &dyn ArtifactStore) {
+    // Unique per run: S3 cases share a bucket.
+    let job = JobId::generate();
+    let neighbour = JobId::parse(format!("{job}-2")).expect("job id");
+    let at = |job: &JobId, task: &str| {
+        ArtifactKey::output(job.clone(), TaskId::parse(task).expect("task id"))
+    };
+    let body = || Bytes::from_static(b"{}");
+    let mut uris = Vec::new();
+    for key in [at(&job, "t1"), at(&job, "t2"), at(&neighbour, "t1")] {
+        let a = store
+            .put(&key, body(), "application/json")
+            .await
+            .expect("put");
+        uris.push(a.url);
+    }
+
+    store.delete_job(&job).await.expect("delete");
+
+    for uri in &uris[..2] {
+        assert!(
+            matches!(store.get(uri).await, Err(ArtifactError::NotFound(_))),
+            "{uri} deleted"
+        );
+    }
+    assert_eq!(store.get(&uris[2]).await.expect("kept"), body());
+    store.delete_job(&job).await.expect("deleting again");
+    store
+        .delete_job(&JobId::generate())
+        .await
+        .expect("a job with no artifacts");
+    store.delete_job(&neighbour).await.expect("clean up");
 }

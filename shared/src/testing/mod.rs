@@ -11,6 +11,7 @@ pub mod postgres;
 pub mod records;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod retention;
 pub mod services;
 pub mod suite;
 pub mod webhooks;

@@ -1,7 +1,9 @@
 //! Artifacts on S3 or an S3-compatible store (MinIO): settings in `config.rs`, the store in
-//! `store.rs` (built with the `aws` feature).
+//! `store.rs`, deleting a job's objects in `delete.rs` (built with the `aws` feature).
 
 mod config;
+#[cfg(feature = "aws")]
+mod delete;
 #[cfg(feature = "aws")]
 mod store;
 

@@ -22,9 +22,9 @@ use futures::{Stream, StreamExt};
 use super::{S3Config, S3SetupError};
 use crate::artifacts::{
     ArtifactError, ArtifactKey, ArtifactStore, ByteStream, Download, UploadSigner, UploadUrl,
-    relative_path,
+    job_folder, relative_path,
 };
-use crate::domain::Artifact;
+use crate::domain::{Artifact, JobId};
 
 /// An [`ArtifactStore`] over one S3 (or S3-compatible) bucket.
 #[derive(Debug, Clone)]
@@ -244,7 +244,7 @@ impl S3ArtifactStore {
     }
 }
 
-fn unavailable<E, R>(e: SdkError<E, R>) -> ArtifactError
+pub(super) fn unavailable<E, R>(e: SdkError<E, R>) -> ArtifactError
 where
     E: std::error::Error + 'static,
     R: std::fmt::Debug,
@@ -367,6 +367,12 @@ impl ArtifactStore for S3ArtifactStore {
             .await
             .map_err(unavailable)?;
         Ok(Download::Redirect(presigned.uri().to_owned()))
+    }
+
+    /// Deletes the objects under `<prefix><job>/`, batched.
+    async fn delete_job(&self, job: &JobId) -> Result<(), ArtifactError> {
+        let prefix = self.config.object_key(&format!("{}/", job_folder(job)?));
+        super::delete::delete_prefix(&self.client, &self.config.bucket, &prefix).await
     }
 }
 

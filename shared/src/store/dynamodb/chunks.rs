@@ -15,7 +15,8 @@ use super::table::LSI;
 use crate::domain::{LeaseId, TaskChunk, TaskRef};
 use crate::store::StoreError;
 
-fn partition(task: &TaskRef) -> String {
+/// The partition of `task`'s chunks and their counter.
+pub(super) fn partition(task: &TaskRef) -> String {
     format!("CHUNKS#{}#{}", task.job_id, task.task_id)
 }
 

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_sdk_dynamodb::config::http::HttpResponse;
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::operation::query::builders::QueryFluentBuilder;
 use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError;
 use aws_sdk_dynamodb::types::{AttributeValue, ConditionCheck, Put, TransactWriteItem};
 use serde::Serialize;
@@ -261,4 +262,27 @@ pub(super) fn check_at(
         .build()
         .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(TransactWriteItem::builder().condition_check(check).build())
+}
+
+/// Every item of a query, page by page; `shape` sets its key condition.
+pub(super) async fn query_all(
+    db: &DynamoDb,
+    shape: impl FnOnce(QueryFluentBuilder) -> QueryFluentBuilder,
+) -> Result<Vec<Item>, StoreError> {
+    let query = shape(db.client.query().table_name(&db.table));
+    let mut items = Vec::new();
+    let mut start = None;
+    loop {
+        let page = query
+            .clone()
+            .set_exclusive_start_key(start)
+            .send()
+            .await
+            .map_err(|e| sdk_err(db, "query", e))?;
+        items.extend(page.items().iter().cloned());
+        start = page.last_evaluated_key().cloned();
+        if start.is_none() {
+            return Ok(items);
+        }
+    }
 }

@@ -38,6 +38,10 @@ pub(super) fn job_key(id: &JobId) -> Item {
     key(format!("JOB#{id}"), "JOB")
 }
 
+/// The sort key of a job's idempotency link: an item in the job's partition naming the claim
+/// its submit made, so that retention can delete the claim with the job.
+pub(super) const IDEM_LINK: &str = "IDEM";
+
 /// The key of an idempotency claim's item.
 fn idempotency_key(tenant: &TenantId, k: &IdempotencyKey) -> Item {
     key(format!("IDEM#{tenant}"), format!("KEY#{k}"))
@@ -85,6 +89,14 @@ pub(super) fn job_item(record: &JobRecord, version: i64, seq: &str) -> Result<It
         put(
             "gsi5sk",
             s(format!("{}#{}", pad(to_millis(job.updated_at)), job.job_id)),
+        );
+    }
+    // Finished jobs, oldest first, for retention (`prune.rs`); a reopened job leaves it.
+    if let (true, Some(finished)) = (job.status.is_terminal(), job.finished_at) {
+        put("gsi5pk", s(super::prune::DONE));
+        put(
+            "gsi5sk",
+            s(format!("{}#{}", pad(to_millis(finished)), job.job_id)),
         );
     }
     if let Some(ms) = stale_ms(record) {
@@ -217,7 +229,7 @@ pub(super) async fn create(
     let (mut count, mut bytes, mut entries) = (0usize, 0usize, 0usize);
     for &i in &leaders {
         let (c, b) = (
-            1 + usize::from(jobs[i].idempotency.is_some()),
+            1 + 2 * usize::from(jobs[i].idempotency.is_some()),
             size_of(&items[i]) + 1_000,
         );
         let e = jobs[i].ready.len();
@@ -276,6 +288,10 @@ async fn create_group(
             if let Some(c) = jobs[i].idempotency {
                 writes.push(put_new(db, claim_item(c, &jobs[i].record.job.job_id))?);
                 roles.push(Role::Claim(i));
+                // Its key is the job's partition, new with the job: it conflicts only when
+                // the job item does.
+                writes.push(put_new(db, link_item(c, &jobs[i].record.job.job_id))?);
+                roles.push(Role::Job(i));
             }
         }
         let ready: Vec<_> = fresh
@@ -302,7 +318,7 @@ async fn create_group(
                         Some(Role::Claim(i)) => {
                             let c = jobs[*i].idempotency.expect("claims have a key");
                             // Taken by an earlier request: replay the job it created. (Gone
-                            // again by now is impossible: claims are never deleted.)
+                            // again by now is impossible: a claim goes only with its job, long finished.)
                             if let Some((job_id, request_hash)) =
                                 find_idempotency(db, &c.tenant, &c.key).await?
                             {
@@ -330,6 +346,14 @@ fn claim_item(c: &IdempotencyClaim, job_id: &JobId) -> Item {
     let mut item = idempotency_key(&c.tenant, &c.key);
     item.insert("job_id".into(), s(job_id.as_str()));
     item.insert("request_hash".into(), s(c.request_hash.as_str()));
+    item
+}
+
+/// The job's link to its idempotency claim.
+fn link_item(c: &IdempotencyClaim, job_id: &JobId) -> Item {
+    let mut item = key(format!("JOB#{job_id}"), IDEM_LINK);
+    item.insert("tenant".into(), s(c.tenant.as_str()));
+    item.insert("idem_key".into(), s(c.key.as_str()));
     item
 }
 

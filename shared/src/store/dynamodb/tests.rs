@@ -26,7 +26,7 @@ async fn table(test: &str) -> Option<DynamoDb> {
     )
 }
 
-async fn store(test: &str) -> Option<DynamoStore> {
+pub(super) async fn store(test: &str) -> Option<DynamoStore> {
     Some(DynamoStore::new(table(test).await?))
 }
 

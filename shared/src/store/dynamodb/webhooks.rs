@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_dynamodb::types::{ReturnValue, TransactWriteItem};
 
 use super::item::{
-    ATTEMPTS, Item, get_s, json, key, n, opt_n, opt_s, pad, put_new, s, sdk_err, to_json,
+    ATTEMPTS, Item, get_s, json, key, n, opt_n, opt_s, pad, put_new, query_all, s, sdk_err, to_json,
 };
 use super::{DynamoDb, DynamoStore};
 use crate::clock::to_millis;
@@ -199,31 +199,13 @@ impl WebhookOutbox for DynamoStore {
     }
 
     async fn job_webhooks(&self, job_id: &JobId) -> Result<Vec<WebhookDelivery>, StoreError> {
-        let db = &self.db;
-        let query = db
-            .client
-            .query()
-            .table_name(&db.table)
-            .index_name("gsi1")
-            .key_condition_expression("#pk = :j")
-            .expression_attribute_names("#pk", "gsi1pk")
-            .expression_attribute_values(":j", s(format!("HOOKS#{job_id}")));
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = query
-                .clone()
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_err(db, "query", e))?;
-            for item in page.items() {
-                out.push(decode(item)?);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(out);
-            }
-        }
+        let items = query_all(&self.db, |q| {
+            q.index_name("gsi1")
+                .key_condition_expression("#pk = :j")
+                .expression_attribute_names("#pk", "gsi1pk")
+                .expression_attribute_values(":j", s(format!("HOOKS#{job_id}")))
+        })
+        .await?;
+        items.iter().map(decode).collect()
     }
 }

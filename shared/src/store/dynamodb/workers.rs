@@ -4,7 +4,7 @@
 use async_trait::async_trait;
 
 use super::DynamoStore;
-use super::item::{Item, get_n, get_s, json, key, n, pad, s, sdk_err, to_json};
+use super::item::{Item, get_n, get_s, json, key, n, pad, query_all, s, sdk_err, to_json};
 use crate::clock::{from_millis, to_millis};
 use crate::domain::{Heartbeat, Timestamp, Worker, WorkerHealth, WorkerId, WorkerRegistration};
 use crate::store::{StoreError, WorkerStore};
@@ -115,31 +115,13 @@ impl WorkerStore for DynamoStore {
     }
 
     async fn list_workers(&self, stale_before: Timestamp) -> Result<Vec<Worker>, StoreError> {
-        let db = &self.db;
-        let query = db
-            .client
-            .query()
-            .table_name(&db.table)
-            .index_name("gsi1")
-            .key_condition_expression("#pk = :w")
-            .expression_attribute_names("#pk", "gsi1pk")
-            .expression_attribute_values(":w", s("WORKERS"));
-        let mut out = Vec::new();
-        let mut start = None;
-        loop {
-            let page = query
-                .clone()
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_err(db, "query", e))?;
-            for item in page.items() {
-                out.push(decode(item, stale_before)?);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                return Ok(out);
-            }
-        }
+        let items = query_all(&self.db, |q| {
+            q.index_name("gsi1")
+                .key_condition_expression("#pk = :w")
+                .expression_attribute_names("#pk", "gsi1pk")
+                .expression_attribute_values(":w", s("WORKERS"))
+        })
+        .await?;
+        items.iter().map(|i| decode(i, stale_before)).collect()
     }
 }

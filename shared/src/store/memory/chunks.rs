@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use crate::domain::{LeaseId, Status, TaskChunk, TaskRef};
+use crate::domain::{JobId, LeaseId, Status, TaskChunk, TaskRef};
 
 use super::State;
 
@@ -11,6 +11,13 @@ use super::State;
 pub(super) struct Chunks {
     by_task: HashMap<TaskRef, Vec<TaskChunk>>,
     last_id: i64,
+}
+
+impl Chunks {
+    /// Forgets the chunks of `job`'s tasks.
+    pub(super) fn remove_job(&mut self, job: &JobId) {
+        self.by_task.retain(|t, _| &t.job_id != job);
+    }
 }
 
 /// [`JobStore::append_chunks`](crate::store::JobStore::append_chunks) on the locked state.

@@ -22,6 +22,18 @@ impl Deliveries {
             self.0.insert(d.delivery_id.clone(), (d, None));
         }
     }
+
+    /// Whether `job` has a delivery still to send.
+    pub(super) fn any_pending(&self, job: &JobId) -> bool {
+        self.0
+            .values()
+            .any(|(d, _)| &d.job_id == job && d.state == DeliveryState::Pending)
+    }
+
+    /// Forgets `job`'s deliveries.
+    pub(super) fn remove_job(&mut self, job: &JobId) {
+        self.0.retain(|_, (d, _)| &d.job_id != job);
+    }
 }
 
 #[async_trait]

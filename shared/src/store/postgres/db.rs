@@ -49,6 +49,11 @@ pub(crate) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0005_run_locks",
         include_str!("../../../../migrations/postgres/0005_run_locks.sql"),
     ),
+    (
+        6,
+        "0006_job_retention",
+        include_str!("../../../../migrations/postgres/0006_job_retention.sql"),
+    ),
 ];
 
 /// The advisory lock key migrations take, so that two processes starting together do not both

@@ -14,10 +14,10 @@ use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
 /// Inserts job rows from arrays, in array order (so `seq` follows the batch).
 const INSERT_JOBS: &str = "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms,
-        updated_at_ms, body)
-    SELECT j, t, ty, s, c, u, b::json
+        updated_at_ms, body, finished_at_ms)
+    SELECT j, t, ty, s, c, u, b::json, f
     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::int8[], $6::int8[],
-                $7::text[]) WITH ORDINALITY AS r(j, t, ty, s, c, u, b, o)
+                $7::text[], $8::int8[]) WITH ORDINALITY AS r(j, t, ty, s, c, u, b, f, o)
     ORDER BY o";
 
 /// Inserts task rows from arrays: job, task, position, status, worker, lease, lease expiry,
@@ -142,6 +142,7 @@ pub(super) async fn insert_jobs(
     let mut ids = Vec::with_capacity(rows.len());
     let (mut tenants, mut types, mut statuses) = (Vec::new(), Vec::new(), Vec::new());
     let (mut created, mut updated, mut bodies) = (Vec::new(), Vec::new(), Vec::new());
+    let mut finished = Vec::with_capacity(rows.len());
     let mut tasks = TaskArrays::default();
     for r in rows {
         let job = &r.record.job;
@@ -152,6 +153,7 @@ pub(super) async fn insert_jobs(
         created.push(to_millis(job.created_at));
         updated.push(to_millis(job.updated_at));
         bodies.push(r.job_body.as_str());
+        finished.push(job.finished_at.map(to_millis));
         for (position, (task, body)) in r.record.tasks.iter().zip(&r.task_bodies).enumerate() {
             tasks.push(&job.job_id, position, task, body.clone());
         }
@@ -164,6 +166,7 @@ pub(super) async fn insert_jobs(
         .bind(created)
         .bind(updated)
         .bind(bodies)
+        .bind(finished)
         .execute(&mut *conn)
         .await?;
     tasks.execute(conn, INSERT_TASKS).await

@@ -18,10 +18,12 @@ use crate::domain::{
 };
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
-/// Rewrites job rows from arrays: job id, status, updated at (ms), body. A job's tenant and
-/// type never change, so their indexes are left alone.
-const UPDATE_JOBS: &str = "UPDATE jobs SET status = r.s, updated_at_ms = r.u, body = r.b::json
-    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[]) AS r(j, s, u, b)
+/// Rewrites job rows from arrays: job id, status, updated at (ms), body, finished at (ms). A
+/// job's tenant and type never change, so their indexes are left alone.
+const UPDATE_JOBS: &str = "UPDATE jobs SET status = r.s, updated_at_ms = r.u, body = r.b::json,
+        finished_at_ms = r.f
+    FROM UNNEST($1::text[], $2::text[], $3::int8[], $4::text[], $5::int8[])
+        AS r(j, s, u, b, f)
     WHERE jobs.job_id = r.j";
 
 /// Rewrites task rows in place, with [`INSERT_TASKS`]'s parameters. No indexed column changes,
@@ -121,6 +123,12 @@ impl<'a> Changes<'a> {
                         .collect::<Vec<_>>(),
                 )
                 .bind(bodies)
+                .bind(
+                    self.jobs
+                        .iter()
+                        .map(|j| j.finished_at.map(to_millis))
+                        .collect::<Vec<_>>(),
+                )
                 .execute(&mut *conn)
                 .await?;
         }

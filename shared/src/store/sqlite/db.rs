@@ -62,6 +62,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0008_run_locks",
         include_str!("../../../../migrations/sqlite/0008_run_locks.sql"),
     ),
+    (
+        9,
+        "0009_job_retention",
+        include_str!("../../../../migrations/sqlite/0009_job_retention.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;

@@ -32,8 +32,9 @@ impl<'a> NewRows<'a> {
 #[tracing::instrument(skip_all, fields(jobs = rows.len()))]
 pub(super) fn insert_jobs(conn: &Connection, rows: &[&NewRows<'_>]) -> rusqlite::Result<()> {
     let mut insert = conn.prepare_cached(
-        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT INTO jobs (job_id, tenant, job_type, status, created_at_ms, updated_at_ms, body,
+             finished_at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
     )?;
     for r in rows {
         let job = &r.record.job;
@@ -45,6 +46,7 @@ pub(super) fn insert_jobs(conn: &Connection, rows: &[&NewRows<'_>]) -> rusqlite:
             to_millis(job.created_at),
             to_millis(job.updated_at),
             &r.job_body,
+            job.finished_at.map(to_millis),
         ))?;
     }
     let mut insert = conn.prepare_cached(INSERT_TASK)?;

@@ -20,9 +20,10 @@ use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 // on a column named in SET, changed or not (a job's tenant and type never change; a task's
 // position rarely does).
 
-/// Rewrites a job row: job id, status, updated at (ms), body.
-const UPDATE_JOB: &str =
-    "UPDATE jobs SET status = ?2, updated_at_ms = ?3, body = ?4 WHERE job_id = ?1";
+/// Rewrites a job row: job id, status, updated at (ms), body, finished at (ms).
+const UPDATE_JOB: &str = "UPDATE jobs SET status = ?2, updated_at_ms = ?3, body = ?4,
+        finished_at_ms = ?5
+    WHERE job_id = ?1";
 
 /// Inserts a task row: job id, task id, position, status, worker, lease, lease expiry (ms),
 /// body.
@@ -128,6 +129,7 @@ impl<'a> Changes<'a> {
                     job.status.as_str(),
                     to_millis(job.updated_at),
                     to_json(job)?,
+                    job.finished_at.map(to_millis),
                 ))?;
             }
         }
