@@ -76,6 +76,18 @@ mod s3 {
         )
     }
 
+    /// Multipart uploads started in `bucket` and neither completed nor aborted.
+    async fn open_uploads(aws: &TestAws, bucket: &str) -> usize {
+        raw(aws)
+            .list_multipart_uploads()
+            .bucket(bucket)
+            .send()
+            .await
+            .expect("list uploads")
+            .uploads()
+            .len()
+    }
+
     /// A presigned PUT URL takes the output from a plain HTTP client with no credentials; the
     /// store then reads it, and its presigned GET redirect serves it with its type.
     #[tokio::test]
@@ -178,13 +190,11 @@ mod s3 {
             head.e_tag().unwrap_or_default().ends_with("-3\""),
             "{head:?}"
         );
-        let uploads = raw
-            .list_multipart_uploads()
-            .bucket(&config.bucket)
-            .send()
-            .await
-            .expect("list uploads");
-        assert!(uploads.uploads().is_empty(), "no upload left open");
+        assert_eq!(
+            open_uploads(&aws, &config.bucket).await,
+            0,
+            "no upload left open"
+        );
     }
 
     /// A failed streamed body aborts its multipart upload and leaves no object.
@@ -206,13 +216,11 @@ mod s3 {
             .unwrap_err();
         assert!(e.to_string().contains("producer died"), "{e}");
         assert!(store.get(&output_key().uri()).await.is_err());
-        let uploads = raw(&aws)
-            .list_multipart_uploads()
-            .bucket(&config.bucket)
-            .send()
-            .await
-            .expect("list uploads");
-        assert!(uploads.uploads().is_empty(), "the upload was aborted");
+        assert_eq!(
+            open_uploads(&aws, &config.bucket).await,
+            0,
+            "the upload was aborted"
+        );
     }
 
     /// Start-up fails naming what to fix: a missing bucket (unless it may be created), an

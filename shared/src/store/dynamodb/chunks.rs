@@ -7,8 +7,8 @@ use aws_sdk_dynamodb::types::{ConditionCheck, Put, TransactWriteItem};
 
 use super::DynamoDb;
 use super::item::{
-    ATTEMPTS, Item, TX_MAX_ITEMS, TxOutcome, get_n, get_s, key, n, opt_n, pad, pause, put_new, s,
-    sdk_err, transact,
+    ATTEMPTS, Item, TX_MAX_ITEMS, TxOutcome, get_n, get_s, key, n, opt_n, pad, pause, put_new,
+    query_all, s, sdk_err, transact,
 };
 use super::jobs::job_key;
 use super::table::LSI;
@@ -60,36 +60,22 @@ pub(super) async fn append(
     let part = partition(task);
     let last_seq = first_seq.saturating_add(u32::try_from(texts.len()).unwrap_or(u32::MAX));
     for attempt in 1..=ATTEMPTS {
-        let query = db
-            .client
-            .query()
-            .table_name(&db.table)
-            .key_condition_expression("#pk = :p AND #sk BETWEEN :a AND :b")
-            .projection_expression("#sq")
-            .expression_attribute_names("#pk", "pk")
-            .expression_attribute_names("#sk", "sk")
-            .expression_attribute_names("#sq", "seq")
-            .expression_attribute_values(":p", s(part.as_str()))
-            .expression_attribute_values(":a", s(chunk_sk(lease, first_seq)))
-            .expression_attribute_values(":b", s(chunk_sk(lease, last_seq)))
-            .consistent_read(true);
-        let mut stored = Vec::new();
-        let mut start = None;
-        loop {
-            let page = query
-                .clone()
-                .set_exclusive_start_key(start)
-                .send()
-                .await
-                .map_err(|e| sdk_err(db, "query", e))?;
-            for item in page.items() {
-                stored.push(get_n::<u32>(item, "seq")?);
-            }
-            start = page.last_evaluated_key().cloned();
-            if start.is_none() {
-                break;
-            }
-        }
+        let found = query_all(db, |q| {
+            q.key_condition_expression("#pk = :p AND #sk BETWEEN :a AND :b")
+                .projection_expression("#sq")
+                .expression_attribute_names("#pk", "pk")
+                .expression_attribute_names("#sk", "sk")
+                .expression_attribute_names("#sq", "seq")
+                .expression_attribute_values(":p", s(part.as_str()))
+                .expression_attribute_values(":a", s(chunk_sk(lease, first_seq)))
+                .expression_attribute_values(":b", s(chunk_sk(lease, last_seq)))
+                .consistent_read(true)
+        })
+        .await?;
+        let stored = found
+            .iter()
+            .map(|item| get_n::<u32>(item, "seq"))
+            .collect::<Result<Vec<_>, _>>()?;
         let todo: Vec<(u32, &String)> = (first_seq..)
             .zip(texts)
             .filter(|(seq, _)| !stored.contains(seq))
