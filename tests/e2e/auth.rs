@@ -57,7 +57,7 @@ async fn a_worker_with_its_token_completes_a_job_with_auth_on() {
 
 #[test]
 fn invalid_auth_variables_stop_the_server_at_start_up() {
-    let mut child = Command::new(binary("splai-functions", "splai"))
+    let mut child = Command::new(binary("splai"))
         .args(["serve", "--listen", "127.0.0.1:0"])
         .env("SPLAI_STORE", "memory")
         .env("SPLAI_QUEUE", "memory")

@@ -67,7 +67,7 @@ fn unknown_backend_fails_start_up_listing_supported_values() {
         ("SPLAI_STORE", "mongo", "sqlite, postgres, memory"),
         ("SPLAI_QUEUE", "kafka", "store, redis, sqs, memory"),
     ] {
-        let out = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"))
+        let out = std::process::Command::new(splai_e2e::binary("splai"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .env("SPLAI_SQLITE_PATH", dir.path().join("splai.db"))
             .env(var, value)
@@ -84,7 +84,7 @@ fn unknown_backend_fails_start_up_listing_supported_values() {
 #[test]
 fn postgres_store_fails_start_up_naming_its_dsn() {
     for dsn in [None, Some("postgres://postgres@127.0.0.1:1/splai")] {
-        let mut cmd = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"));
+        let mut cmd = std::process::Command::new(splai_e2e::binary("splai"));
         cmd.args(["migrate"]).env("SPLAI_STORE", "postgres");
         match dsn {
             Some(d) => cmd.env("SPLAI_POSTGRES_DSN", d),
@@ -135,8 +135,8 @@ fn submit_of_a_jsonl_file_reports_each_line() {
 #[test]
 fn bench_runs_end_to_end_on_a_small_load() {
     // Both binaries must sit side by side, as `cargo build --bins` leaves them.
-    splai_e2e::binary("splai-worker", "splai-worker");
-    let out = std::process::Command::new(splai_e2e::binary("splai-functions", "splai"))
+    splai_e2e::binary("splai-worker");
+    let out = std::process::Command::new(splai_e2e::binary("splai"))
         .args([
             "bench",
             "--tasks",

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-/// The longest a first request may wait: the watcher builds the function then (on a machine
-/// without a warm build cache, the whole workspace).
+/// The longest a first request may wait: the watcher builds the function then (a no-op after
+/// [`crate::binary`], unless its feature resolution differs).
 const FIRST_BUILD: Duration = Duration::from_secs(900);
 
 /// A running `cargo lambda watch`, with the functions it started. Killed, process group and
@@ -50,6 +50,9 @@ impl LambdaWatch {
             eprintln!("{test}: skipped: `cargo lambda` is not installed");
             return None;
         }
+        // The watcher builds the functions with the feature resolution `binary` uses: built
+        // here, alongside the other tests' binaries, its build is a no-op.
+        crate::binary("gateway");
         let dir = tempfile::tempdir().expect("a temporary directory");
         let env_file = dir.path().join("functions.env");
         let mut f = std::fs::File::create(&env_file).expect("create the env file");

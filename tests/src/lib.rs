@@ -2,8 +2,8 @@
 //! real processes.
 //!
 //! Cargo only exposes `CARGO_BIN_EXE_*` for a package's own binaries, so this crate asks cargo
-//! to build the binary it needs (a no-op when it is fresh) and reads its path from cargo's
-//! JSON messages. Cargo releases its build lock before running tests, so this does not block.
+//! to build the binaries (a no-op when they are fresh) and reads their paths from cargo's JSON
+//! messages. Cargo releases its build lock before running tests, so this does not block.
 
 pub mod lambda;
 pub mod model_server;
@@ -16,27 +16,39 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, OnceLock};
 
-/// The path of a workspace binary, built on first use: a release build when the caller is
-/// itself built with optimisations (a benchmark binary), else a debug build (the tests).
+/// The path of a workspace binary (`splai`, `splai-worker`, `gateway`, ...), built on first
+/// use: a release build when the caller is itself built with optimisations (a benchmark
+/// binary), else a debug build (the tests).
+///
+/// Every binary comes from one `cargo build --workspace --bins`: one feature resolution for
+/// all of them, the same one `cargo lambda watch` builds the functions with. Building each
+/// package on its own resolved features differently and rebuilt most dependencies once per
+/// binary, which on a cold cache cost CI tens of minutes.
 ///
 /// # Panics
-/// When cargo cannot build it; the test cannot run without it.
-pub fn binary(package: &str, bin: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<HashMap<String, PathBuf>>> = OnceLock::new();
-    let cache = BUILT.get_or_init(Default::default);
-    let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(p) = cache.get(bin) {
-        return p.clone();
-    }
+/// When cargo cannot build them, or builds no binary of that name; the test cannot run
+/// without it.
+pub fn binary(bin: &str) -> PathBuf {
+    static BUILT: OnceLock<Mutex<Option<HashMap<String, PathBuf>>>> = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let bins = built.get_or_insert_with(build_workspace_binaries);
+    bins.get(bin)
+        .cloned()
+        .unwrap_or_else(|| panic!("the workspace has no binary named {bin}"))
+}
+
+/// Builds every binary of the workspace; their paths by name.
+fn build_workspace_binaries() -> HashMap<String, PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.args([
         "build",
         "--quiet",
-        "-p",
-        package,
-        "--bin",
-        bin,
+        "--workspace",
+        "--bins",
         "--message-format=json",
     ]);
     if !cfg!(debug_assertions) {
@@ -48,16 +60,18 @@ pub fn binary(package: &str, bin: &str) -> PathBuf {
         .expect("run cargo build");
     assert!(
         out.status.success(),
-        "cargo build -p {package} --bin {bin} failed"
+        "cargo build --workspace --bins failed"
     );
-    let path = String::from_utf8_lossy(&out.stdout)
+    String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == bin)
-        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
-        .unwrap_or_else(|| panic!("cargo did not report the {bin} executable"));
-    cache.insert(bin.to_owned(), path.clone());
-    path
+        .filter(|m| m["reason"] == "compiler-artifact")
+        .filter_map(|m| {
+            let name = m["target"]["name"].as_str()?.to_owned();
+            let path = PathBuf::from(m["executable"].as_str()?);
+            Some((name, path))
+        })
+        .collect()
 }
 
 /// A `splai serve` process on an ephemeral port. Killed when dropped.
@@ -95,7 +109,7 @@ impl SplaiServer {
     }
 
     fn spawn(args: &[&str], db: &Path, env: &[(&str, &str)]) -> SplaiServer {
-        let mut cmd = Command::new(binary("splai-functions", "splai"));
+        let mut cmd = Command::new(binary("splai"));
         // A developer's own SPLAI_* settings must not leak into the process under test.
         for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("SPLAI_")) {
             cmd.env_remove(k);
@@ -138,7 +152,7 @@ impl SplaiServer {
 
     /// Runs a `splai` client command against this server; returns (success, stdout).
     pub fn cli(&self, args: &[&str]) -> (bool, String) {
-        let out = Command::new(binary("splai-functions", "splai"))
+        let out = Command::new(binary("splai"))
             .args(args)
             .env("SPLAI_SERVER_URL", &self.base)
             .output()

@@ -39,7 +39,7 @@ impl SplaiWorker {
     /// # Panics
     /// When the worker exits, or does not register, within 30 s; the message carries its log.
     pub async fn start(server_base: &str, id: &str, env: &[(&str, &str)]) -> SplaiWorker {
-        let mut cmd = Command::new(binary("splai-worker", "splai-worker"));
+        let mut cmd = Command::new(binary("splai-worker"));
         // Nor AWS_* ones: a worker reaches storage only as the test says (S3 tests show a
         // worker with no credentials of its own uploading through a presigned URL).
         for (k, _) in std::env::vars_os() {
