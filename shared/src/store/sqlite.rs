@@ -28,6 +28,7 @@ use crate::domain::{
 };
 
 mod audit;
+mod cache;
 mod chunks;
 mod db;
 mod jobs;
@@ -70,7 +71,7 @@ impl JobStore for SqliteStore {
             .map(|j| jobs::NewRows::encode(j.record))
             .collect::<Result<Vec<_>, _>>()?;
         self.db
-            .write(|tx| {
+            .write_cached(|tx, cache| {
                 let mut outcomes = Vec::with_capacity(jobs.len());
                 let mut fresh = Vec::with_capacity(jobs.len());
                 for (j, rows) in jobs.iter().zip(&encoded) {
@@ -95,6 +96,9 @@ impl JobStore for SqliteStore {
                     .flat_map(|(j, _)| j.ready.iter().cloned())
                     .collect();
                 update::dispatch(tx, self.dispatch, &ready)?;
+                for (j, _) in &fresh {
+                    cache.put(std::sync::Arc::new(j.record.clone()));
+                }
                 Ok(outcomes)
             })
             .await
@@ -151,7 +155,7 @@ impl JobStore for SqliteStore {
     /// where the throughput comes from.
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError> {
         self.db
-            .write(|tx| update::update_jobs(tx, self.dispatch, ids, apply))
+            .write_cached(|tx, cache| update::update_jobs(tx, cache, self.dispatch, ids, apply))
             .await
             .map_err(store_err)
     }
@@ -165,7 +169,7 @@ impl JobStore for SqliteStore {
             return Ok(Vec::new());
         }
         self.db
-            .write(|tx| update::renew_leases(tx, renewals, until))
+            .write_cached(|tx, cache| update::renew_leases(tx, cache, renewals, until))
             .await
             .map_err(store_err)
     }
@@ -176,7 +180,13 @@ impl JobStore for SqliteStore {
         limit: usize,
     ) -> Result<Vec<JobId>, StoreError> {
         self.db
-            .write(|tx| prune::prune_finished(tx, before, limit))
+            .write_cached(|tx, cache| {
+                let pruned = prune::prune_finished(tx, before, limit)?;
+                for id in &pruned {
+                    cache.forget(id.as_str());
+                }
+                Ok(pruned)
+            })
             .await
             .map_err(store_err)
     }

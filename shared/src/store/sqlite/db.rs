@@ -221,6 +221,14 @@ impl SqliteDb {
         self.inner.writer.write(f).await
     }
 
+    /// Like [`SqliteDb::write`], with the writer's cache of job records (`cache.rs`).
+    pub(crate) async fn write_cached<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Connection, &mut super::cache::Staged<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.inner.writer.write_cached(f).await
+    }
+
     /// Commits the writer has made so far.
     #[cfg(test)]
     pub(crate) fn writer_commits(&self) -> u64 {

@@ -463,3 +463,76 @@ async fn ping_answers() {
     queue.ping().await.unwrap();
     assert_eq!(queue.backend_name(), "sqlite");
 }
+
+/// The writer keeps the records it wrote (`cache.rs`), and a change must still start from
+/// what the file holds: after another connection's commit, after a write that failed, and
+/// after a lease renewal rewrote a task.
+#[tokio::test]
+async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
+    let (dir, store, _) = setup(Dispatch::Direct).await;
+    let other = SqliteStore::new(
+        SqliteDb::open(&dir.path().join("splai.db")).await.unwrap(),
+        Dispatch::Direct,
+    );
+    let id = job_id("job-1");
+    let ids = std::slice::from_ref(&id);
+    let mut record = a_record("job-1", &["a"]);
+    record.tasks[0].status = Status::Running;
+    record.tasks[0].lease_id = Some(LeaseId::parse("lease-a").unwrap());
+    record.tasks[0].lease_expires = Some(at(10));
+    store.create_job(&record, &[], None).await.unwrap();
+    let message = |s: &SqliteStore| {
+        let s = s.clone();
+        let id = id.clone();
+        async move {
+            let mut seen = None;
+            s.update_jobs(&[id], &mut |r: &mut JobRecord| {
+                seen = Some((
+                    r.job.message.clone(),
+                    r.tasks.len(),
+                    r.tasks[0].lease_expires,
+                ));
+                Vec::new()
+            })
+            .await
+            .unwrap();
+            seen.unwrap()
+        }
+    };
+
+    // Another connection (another process) changes the job that `store` created.
+    other
+        .update_jobs(ids, &mut |r: &mut JobRecord| {
+            r.job.message = "other".into();
+            Vec::new()
+        })
+        .await
+        .unwrap();
+    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(10))));
+
+    // A write that fails after its rule ran: two new tasks with one id break the task key.
+    let failed = store
+        .update_jobs(ids, &mut |r: &mut JobRecord| {
+            r.job.message = "lost".into();
+            let extra = a_task(&r.job, "dup");
+            r.tasks.push(extra.clone());
+            r.tasks.push(extra);
+            Vec::new()
+        })
+        .await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(10))));
+
+    // A heartbeat extends the lease in the task's row.
+    let renewal = LeaseRenewal {
+        task: TaskRef {
+            job_id: id.clone(),
+            task_id: TaskId::parse("a").unwrap(),
+        },
+        lease_id: LeaseId::parse("lease-a").unwrap(),
+    };
+    let renewed = store.renew_leases(&[renewal], at(99)).await.unwrap();
+    assert_eq!(renewed, [Some(Status::Running)]);
+    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(99))));
+    assert_eq!(message(&other).await, ("other".into(), 1, Some(at(99))));
+}

@@ -4,9 +4,11 @@
 
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
+use super::cache::Staged;
 use super::jobs::{load_job, load_tasks};
 use super::rows::{entry_columns, entry_params, entry_placeholders, json, text, to_json};
 use crate::clock::to_millis;
@@ -155,16 +157,23 @@ impl<'a> Changes<'a> {
     }
 }
 
-/// The records of the jobs among `ids` that exist, by job id, as seen by `conn`'s transaction.
-fn load_records(conn: &Connection, ids: &[JobId]) -> rusqlite::Result<HashMap<String, JobRecord>> {
+/// The records of the jobs among `ids` that exist, by job id, as seen by `conn`'s transaction:
+/// from the writer's cache when it holds them, else parsed from their rows.
+fn load_records(
+    conn: &Connection,
+    cache: &Staged<'_>,
+    ids: &[JobId],
+) -> rusqlite::Result<HashMap<String, Arc<JobRecord>>> {
     let mut records = HashMap::with_capacity(ids.len());
     for id in ids {
         if records.contains_key(id.as_str()) {
             continue;
         }
-        if let Some(job) = load_job(conn, id)? {
+        if let Some(kept) = cache.get(id.as_str()) {
+            records.insert(id.as_str().to_owned(), kept);
+        } else if let Some(job) = load_job(conn, id)? {
             let tasks = load_tasks(conn, id)?;
-            records.insert(id.as_str().to_owned(), JobRecord { job, tasks });
+            records.insert(id.as_str().to_owned(), Arc::new(JobRecord { job, tasks }));
         }
     }
     Ok(records)
@@ -176,6 +185,7 @@ fn load_records(conn: &Connection, ids: &[JobId]) -> rusqlite::Result<HashMap<St
 #[tracing::instrument(skip_all, fields(jobs = ids.len()))]
 pub(super) fn update_jobs(
     conn: &Connection,
+    cache: &mut Staged<'_>,
     mode: Dispatch,
     ids: &[JobId],
     apply: &mut ApplyFn<'_>,
@@ -183,7 +193,7 @@ pub(super) fn update_jobs(
     if ids.is_empty() {
         return Ok(());
     }
-    let loaded = load_records(conn, ids)?;
+    let loaded = load_records(conn, cache, ids)?;
     let mut after: HashMap<&str, JobRecord> = HashMap::with_capacity(loaded.len());
     // First-seen order, so that rows are written in the order the batch named them.
     let mut order = Vec::with_capacity(loaded.len());
@@ -194,7 +204,7 @@ pub(super) fn update_jobs(
             Entry::Vacant(e) => match loaded.get(id.as_str()) {
                 Some(before) => {
                     order.push(id.as_str());
-                    e.insert(before.clone())
+                    e.insert(JobRecord::clone(before))
                 }
                 None => continue,
             },
@@ -208,9 +218,18 @@ pub(super) fn update_jobs(
         hooks.extend(owed_deliveries(&BeforeChange::of(&loaded[id]), &after[id]));
     }
     changes.write(conn)?;
+    drop(changes);
     // Webhook deliveries commit with the change that owes them, or neither does.
     super::webhooks::insert(conn, &hooks)?;
-    dispatch(conn, mode, &ready)
+    dispatch(conn, mode, &ready)?;
+    // Every loaded record is now as this transaction left it: unchanged ones as loaded.
+    for (id, before) in loaded {
+        match after.remove(id.as_str()) {
+            Some(record) => cache.put(Arc::new(record)),
+            None => cache.put(before),
+        }
+    }
+    Ok(())
 }
 
 /// Per renewal, the task's status if the renewal names its current lease (and then, while it
@@ -218,6 +237,7 @@ pub(super) fn update_jobs(
 #[tracing::instrument(skip_all, fields(renewals = renewals.len()))]
 pub(super) fn renew_leases(
     conn: &Connection,
+    cache: &mut Staged<'_>,
     renewals: &[LeaseRenewal],
     until: Timestamp,
 ) -> rusqlite::Result<Vec<Option<Status>>> {
@@ -249,6 +269,8 @@ pub(super) fn renew_leases(
         if let Some(mut task) = body {
             task.lease_expires = Some(until);
             extend.execute((key.0, key.1, to_millis(until), to_json(&task)?))?;
+            // The kept record still has the old deadline.
+            cache.forget(key.0);
         }
         out.push(Some(status));
     }

@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rusqlite::Connection;
 
+use super::cache::{RecordCache, Staged};
+
 /// Most writes one transaction takes before it is committed even with writers queued, so
 /// that a steady stream of writers cannot hold back a commit (and the replies it releases).
 const MAX_GROUP: usize = 64;
@@ -40,6 +42,8 @@ struct State {
     writes: usize,
     /// Groups whose commit failed, with the error, for writers that come back to them.
     failed: BTreeMap<u64, String>,
+    /// Job records as this connection's commits left them.
+    cache: RecordCache,
 }
 
 /// Counts a writer as queued until it holds the connection (or gives up waiting).
@@ -60,6 +64,7 @@ impl Writer {
                 open: false,
                 writes: 0,
                 failed: BTreeMap::new(),
+                cache: RecordCache::default(),
             }),
             queued: AtomicUsize::new(0),
             commits: AtomicU64::new(0),
@@ -72,6 +77,15 @@ impl Writer {
         &self,
         f: impl FnOnce(&Connection) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.write_cached(|conn, _| f(conn)).await
+    }
+
+    /// Like [`Writer::write`], with the records cache: what `f` keeps there is kept only if
+    /// its savepoint is released and its transaction commits.
+    pub(super) async fn write_cached<T, E: From<rusqlite::Error>>(
+        &self,
+        f: impl FnOnce(&Connection, &mut Staged<'_>) -> Result<T, E>,
+    ) -> Result<T, E> {
         let mut state = {
             self.queued.fetch_add(1, Ordering::SeqCst);
             let _queued = Queued(&self.queued);
@@ -83,9 +97,20 @@ impl Writer {
             state.conn.execute_batch("BEGIN IMMEDIATE")?;
             state.open = true;
             state.writes = 0;
+            let State { conn, cache, .. } = &mut *state;
+            cache.begin(conn);
         }
         let group = state.group;
-        let out = run_in_savepoint(&state.conn, f);
+        let out = {
+            let State { conn, cache, .. } = &mut *state;
+            let mut staged = cache.stage();
+            let out = run_in_savepoint(conn, |c| f(c, &mut staged));
+            let changes = staged.into_changes();
+            if out.is_ok() {
+                cache.released(changes);
+            }
+            out
+        };
         state.writes += 1;
         if self.queued.load(Ordering::SeqCst) == 0 || state.writes >= MAX_GROUP {
             self.commits.fetch_add(1, Ordering::Relaxed);
@@ -131,10 +156,14 @@ impl State {
         self.group += 1;
         self.open = false;
         match self.conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.cache.committed();
+                Ok(())
+            }
             Err(e) => {
                 // A failed COMMIT may leave the transaction open; nothing of it may survive.
                 let _ = self.conn.execute_batch("ROLLBACK");
+                self.cache.rolled_back();
                 self.failed.insert(group, e.to_string());
                 self.failed = self.failed.split_off(&group.saturating_sub(FAILURES_KEPT));
                 Err(e)

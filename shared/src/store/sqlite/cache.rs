@@ -1,0 +1,125 @@
+//! The writer's cache of unfinished job records, as its own commits left them.
+//!
+//! Every change of a job loads its record, and parsing a job's and its tasks' JSON bodies was
+//! about an eighth of the writer's time under load; the writer runs one transaction at a time,
+//! so that time bounded throughput. Records the writer itself created or changed are kept
+//! parsed, and a change starts from the kept copy.
+//!
+//! Kept copies are only trusted while no other connection has written: at the start of every
+//! write transaction, `PRAGMA data_version` (which changes only when *another* connection
+//! commits) is compared with its value at the last one, and everything is forgotten when it
+//! moved (another `splai` process on the same file, `splai migrate`). A write's changes join
+//! the cache only if its savepoint was released, and only once the transaction holding them
+//! committed; a rolled-back transaction leaves the cache as it was. Finished jobs are not kept:
+//! nothing changes them on the hot path.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::domain::JobRecord;
+
+/// Most records kept; past it the cache starts over, refilling from the database.
+const MAX_RECORDS: usize = 100_000;
+
+/// The cache, owned by the writer connection's state.
+#[derive(Default)]
+pub(super) struct RecordCache {
+    /// `PRAGMA data_version` when the committed records were last known to match the file.
+    data_version: Option<i64>,
+    /// Records as of the writer's last commit, by job id.
+    committed: HashMap<String, Arc<JobRecord>>,
+    /// What the open transaction's released savepoints changed (`None`: forget the job).
+    group: HashMap<String, Option<Arc<JobRecord>>>,
+}
+
+/// One write's view of the cache: reads see its own changes, then the open transaction's,
+/// then the committed records; its changes are kept only if the write succeeds.
+pub(crate) struct Staged<'a> {
+    cache: &'a RecordCache,
+    changes: HashMap<String, Option<Arc<JobRecord>>>,
+}
+
+impl Staged<'_> {
+    /// The job's record as this transaction sees it, if kept.
+    pub(crate) fn get(&self, job_id: &str) -> Option<Arc<JobRecord>> {
+        match self
+            .changes
+            .get(job_id)
+            .or_else(|| self.cache.group.get(job_id))
+        {
+            Some(change) => change.clone(),
+            None => self.cache.committed.get(job_id).cloned(),
+        }
+    }
+
+    /// Keeps `record`, exactly as this transaction wrote it (finished jobs are forgotten).
+    pub(crate) fn put(&mut self, record: Arc<JobRecord>) {
+        let id = record.job.job_id.as_str().to_owned();
+        let keep = (!record.job.status.is_terminal()).then_some(record);
+        self.changes.insert(id, keep);
+    }
+
+    /// Forgets the job: this transaction wrote it some other way.
+    pub(crate) fn forget(&mut self, job_id: &str) {
+        self.changes.insert(job_id.to_owned(), None);
+    }
+}
+
+impl RecordCache {
+    /// At the start of a write transaction (holding the write lock): forgets every record
+    /// when another connection has committed since the last check.
+    pub(super) fn begin(&mut self, conn: &Connection) {
+        self.group.clear();
+        let version = conn
+            .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+            .ok();
+        if version.is_none() || version != self.data_version {
+            self.committed.clear();
+        }
+        self.data_version = version;
+    }
+
+    /// A view for one write.
+    pub(super) fn stage(&self) -> Staged<'_> {
+        Staged {
+            cache: self,
+            changes: HashMap::new(),
+        }
+    }
+
+    /// A write's savepoint was released: its changes join the open transaction's.
+    pub(super) fn released(&mut self, changes: HashMap<String, Option<Arc<JobRecord>>>) {
+        self.group.extend(changes);
+    }
+
+    /// The open transaction committed: its changes are now the file's.
+    pub(super) fn committed(&mut self) {
+        for (id, change) in self.group.drain() {
+            match change {
+                Some(record) => {
+                    self.committed.insert(id, record);
+                }
+                None => {
+                    self.committed.remove(&id);
+                }
+            }
+        }
+        if self.committed.len() > MAX_RECORDS {
+            self.committed.clear();
+        }
+    }
+
+    /// The open transaction rolled back: none of its changes happened.
+    pub(super) fn rolled_back(&mut self) {
+        self.group.clear();
+    }
+}
+
+impl<'a> Staged<'a> {
+    /// The changes this write made, for [`RecordCache::released`].
+    pub(super) fn into_changes(self) -> HashMap<String, Option<Arc<JobRecord>>> {
+        self.changes
+    }
+}
