@@ -53,21 +53,26 @@ async fn a_job_is_one_trace_from_submit_to_the_workers_execution() {
             .filter(|s| s.trace_id == TRACE_ID && s.name == name && s.service == service)
             .collect::<Vec<Span>>()
     };
+    let submits = || -> Vec<Span> {
+        in_trace("request", "splai")
+            .into_iter()
+            .filter(|s| s.parent_span_id == CALLER_SPAN)
+            .collect()
+    };
+    // Each process exports on its own schedule: wait for the last span of each (under a
+    // loaded machine the worker's have been seen to arrive first).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while in_trace("executor.run", "splai-worker").is_empty() {
+    while in_trace("executor.run", "splai-worker").is_empty() || submits().is_empty() {
         assert!(
             tokio::time::Instant::now() < deadline,
-            "the worker's spans were not exported within 15 s; received: {:#?}",
+            "the spans were not exported within 15 s; received: {:#?}",
             collector.spans()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // The submit request: a child of the caller's span.
-    let submits: Vec<Span> = in_trace("request", "splai")
-        .into_iter()
-        .filter(|s| s.parent_span_id == CALLER_SPAN)
-        .collect();
+    let submits = submits();
     assert_eq!(submits.len(), 1, "{:#?}", collector.spans());
     let submit = &submits[0];
     assert!(
