@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 
 /// The path of a workspace binary (`splai`, `splai-worker`, `gateway`, ...), built on first
 /// use: a release build when the caller is itself built with optimisations (a benchmark
@@ -29,13 +29,11 @@ use std::sync::{Mutex, OnceLock};
 /// When cargo cannot build them, or builds no binary of that name; the test cannot run
 /// without it.
 pub fn binary(bin: &str) -> PathBuf {
-    static BUILT: OnceLock<Mutex<Option<HashMap<String, PathBuf>>>> = OnceLock::new();
-    let mut built = BUILT
-        .get_or_init(Mutex::default)
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
-    let bins = built.get_or_insert_with(build_workspace_binaries);
-    bins.get(bin)
+    // Concurrent first callers wait for the one build.
+    static BUILT: OnceLock<HashMap<String, PathBuf>> = OnceLock::new();
+    BUILT
+        .get_or_init(build_workspace_binaries)
+        .get(bin)
         .cloned()
         .unwrap_or_else(|| panic!("the workspace has no binary named {bin}"))
 }

@@ -96,8 +96,8 @@ impl JobStore for SqliteStore {
                     .flat_map(|(j, _)| j.ready.iter().cloned())
                     .collect();
                 update::dispatch(tx, self.dispatch, &ready)?;
-                for (j, _) in &fresh {
-                    cache.put(std::sync::Arc::new(j.record.clone()));
+                for (_, rows) in &fresh {
+                    cache.put(rows.kept.clone());
                 }
                 Ok(outcomes)
             })

@@ -65,6 +65,11 @@ impl Staged<'_> {
     pub(crate) fn forget(&mut self, job_id: &str) {
         self.changes.insert(job_id.to_owned(), None);
     }
+
+    /// The changes this write made, for [`RecordCache::released`].
+    pub(super) fn into_changes(self) -> HashMap<String, Option<Arc<JobRecord>>> {
+        self.changes
+    }
 }
 
 impl RecordCache {
@@ -114,12 +119,5 @@ impl RecordCache {
     /// The open transaction rolled back: none of its changes happened.
     pub(super) fn rolled_back(&mut self) {
         self.group.clear();
-    }
-}
-
-impl<'a> Staged<'a> {
-    /// The changes this write made, for [`RecordCache::released`].
-    pub(super) fn into_changes(self) -> HashMap<String, Option<Arc<JobRecord>>> {
-        self.changes
     }
 }

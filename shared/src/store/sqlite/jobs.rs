@@ -1,6 +1,8 @@
 //! Single-job SQL for the job aggregate: writing new jobs, reading one, and listing jobs and
 //! tasks. Updates of many jobs are in `update`.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, params_from_iter};
 
 use super::rows::{json, to_json};
@@ -9,12 +11,13 @@ use crate::clock::to_millis;
 use crate::domain::{Job, JobId, JobRecord, Status, Task};
 use crate::store::{JobFilter, JobPage, StoreError, TaskFilter, TaskPage};
 
-/// A new job's rows with their JSON bodies, encoded before the writer connection is taken
-/// so that the encoding does not hold up other writers.
+/// A new job's rows with their JSON bodies, and its record's copy for the writer's cache,
+/// made before the writer connection is taken so that they do not hold up other writers.
 pub(super) struct NewRows<'a> {
     record: &'a JobRecord,
     job_body: String,
     task_bodies: Vec<String>,
+    pub(super) kept: Arc<JobRecord>,
 }
 
 impl<'a> NewRows<'a> {
@@ -23,6 +26,7 @@ impl<'a> NewRows<'a> {
             record,
             job_body: to_json(&record.job)?,
             task_bodies: record.tasks.iter().map(to_json).collect::<Result<_, _>>()?,
+            kept: Arc::new(record.clone()),
         })
     }
 }

@@ -481,7 +481,8 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
     record.tasks[0].lease_id = Some(LeaseId::parse("lease-a").unwrap());
     record.tasks[0].lease_expires = Some(at(10));
     store.create_job(&record, &[], None).await.unwrap();
-    let message = |s: &SqliteStore| {
+    // What a change through `s` starts from: the job's message, its task count, its lease.
+    let seen_by = |s: &SqliteStore| {
         let s = s.clone();
         let id = id.clone();
         async move {
@@ -508,7 +509,7 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
         })
         .await
         .unwrap();
-    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(10))));
+    assert_eq!(seen_by(&store).await, ("other".into(), 1, Some(at(10))));
 
     // A write that fails after its rule ran: two new tasks with one id break the task key.
     let failed = store
@@ -521,7 +522,7 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
         })
         .await;
     assert!(failed.is_err(), "{failed:?}");
-    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(10))));
+    assert_eq!(seen_by(&store).await, ("other".into(), 1, Some(at(10))));
 
     // A heartbeat extends the lease in the task's row.
     let renewal = LeaseRenewal {
@@ -533,6 +534,6 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
     };
     let renewed = store.renew_leases(&[renewal], at(99)).await.unwrap();
     assert_eq!(renewed, [Some(Status::Running)]);
-    assert_eq!(message(&store).await, ("other".into(), 1, Some(at(99))));
-    assert_eq!(message(&other).await, ("other".into(), 1, Some(at(99))));
+    assert_eq!(seen_by(&store).await, ("other".into(), 1, Some(at(99))));
+    assert_eq!(seen_by(&other).await, ("other".into(), 1, Some(at(99))));
 }

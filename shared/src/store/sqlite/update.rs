@@ -222,12 +222,9 @@ pub(super) fn update_jobs(
     // Webhook deliveries commit with the change that owes them, or neither does.
     super::webhooks::insert(conn, &hooks)?;
     dispatch(conn, mode, &ready)?;
-    // Every loaded record is now as this transaction left it: unchanged ones as loaded.
-    for (id, before) in loaded {
-        match after.remove(id.as_str()) {
-            Some(record) => cache.put(Arc::new(record)),
-            None => cache.put(before),
-        }
+    // Every loaded job is now as this transaction left it.
+    for record in after.into_values() {
+        cache.put(Arc::new(record));
     }
     Ok(())
 }

@@ -200,7 +200,42 @@ fn commit_failed(e: &str) -> rusqlite::Error {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use crate::store::sqlite::SqliteDb;
+    use crate::testing::records::a_record;
+
+    /// A record kept by a write that then failed is not kept: the next write does not see it
+    /// (and does see one kept by a write that succeeded).
+    #[tokio::test]
+    async fn a_failed_write_keeps_no_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
+        let record = Arc::new(a_record("job-1", &["a"]));
+        let kept = |db: &SqliteDb| {
+            let db = db.clone();
+            async move {
+                db.write_cached(|_, cache| Ok::<_, rusqlite::Error>(cache.get("job-1").is_some()))
+                    .await
+                    .unwrap()
+            }
+        };
+        let failed = db
+            .write_cached(|_, cache| {
+                cache.put(record.clone());
+                Err::<(), _>(rusqlite::Error::InvalidQuery)
+            })
+            .await;
+        assert!(failed.is_err());
+        assert!(!kept(&db).await, "kept by a failed write");
+        db.write_cached(|_, cache| {
+            cache.put(record.clone());
+            Ok::<_, rusqlite::Error>(())
+        })
+        .await
+        .unwrap();
+        assert!(kept(&db).await, "not kept by a successful write");
+    }
 
     /// Many writers queued at once, some failing: each successful write is visible to a
     /// reader as soon as it returns (no `Ok` before its commit), each failed one left
