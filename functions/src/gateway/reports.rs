@@ -4,10 +4,9 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use serde_json::value::RawValue;
 use splai_shared::artifacts::ArtifactKey;
-use splai_shared::domain::{Artifact, JobId, LeaseId, Status, TaskId, TaskRef};
+use splai_shared::domain::{Artifact, InlineOutput, JobId, LeaseId, Status, TaskId, TaskRef};
 use splai_shared::engine::{Report, ReportResult};
 use utoipa::ToSchema;
 
@@ -161,8 +160,6 @@ fn output_of(
              (SPLAI_MAX_INLINE_OUTPUT_BYTES) must be stored as artifacts"
         )));
     }
-    let value: Value = serde_json::from_str(raw.get())
-        .map_err(|e| ApiError::invalid(format!("{at}`output`: {e}")))?;
     let uri =
         uri.unwrap_or_else(|| ArtifactKey::output(task.job_id.clone(), task.task_id.clone()).uri());
     let artifact = artifact.unwrap_or_else(|| Artifact {
@@ -175,7 +172,8 @@ fn output_of(
     Ok(Output {
         uri: Some(uri),
         artifact: Some(artifact),
-        value: Some(value),
+        // Parsing the request checked it is one JSON value; it is kept as sent.
+        value: Some(InlineOutput::new(raw)),
     })
 }
 
@@ -183,7 +181,7 @@ fn output_of(
 struct Output {
     uri: Option<String>,
     artifact: Option<Artifact>,
-    value: Option<Value>,
+    value: Option<InlineOutput>,
 }
 
 /// Applies one report or a batch. Repeated and stale reports are accepted and change nothing.

@@ -109,7 +109,7 @@ pub async fn output_of(
         .task(&id)
         .ok_or_else(|| ApiError::internal(&format!("job has no task {task}")))?;
     if let Some(inline) = &t.output {
-        return Ok(inline.clone());
+        return Ok(inline.to_value());
     }
     let uri = t
         .output_artifact_uri

@@ -6,6 +6,7 @@ mod audit;
 mod chunk;
 mod ids;
 mod job;
+mod output;
 mod queue;
 mod status;
 mod task;
@@ -21,6 +22,7 @@ pub use ids::{
     IdError, IdempotencyKey, JobId, LeaseId, MAX_LEASE_ID_LEN, TaskId, TaskRef, TenantId, WorkerId,
 };
 pub use job::{Job, JobRecord, NewJob};
+pub use output::InlineOutput;
 pub use queue::{DeadLetter, Expired, ExpiryOutcome, Lease, QueueEntry, Requirements};
 pub use status::{PlannerMode, Priority, Status, TaskType};
 pub use task::{Constraints, Resources, Task, TaskSpec};

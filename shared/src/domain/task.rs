@@ -112,7 +112,8 @@ pub struct Task {
     /// The output itself, when it was small enough to travel inline in the report (the
     /// artifact's `type` is then `inline`); larger outputs live in the artifact store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output: Option<Value>,
+    #[schema(value_type = Option<serde_json::Value>)]
+    pub output: Option<super::InlineOutput>,
     /// The last failure.
     pub error: Option<String>,
     /// The idempotency key of the last applied report.

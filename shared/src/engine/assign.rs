@@ -307,7 +307,7 @@ impl Engine {
         leases: Vec<Lease>,
         now: Timestamp,
     ) -> Result<(Vec<Assignment>, usize), EngineError> {
-        let mut by_job: HashMap<JobId, Vec<&Lease>> = HashMap::new();
+        let mut by_job: HashMap<JobId, Vec<&Lease>> = HashMap::with_capacity(leases.len());
         for l in &leases {
             by_job.entry(l.entry.job_id.clone()).or_default().push(l);
         }
@@ -355,7 +355,7 @@ impl Engine {
                 (accepted, refused, decisions)
             })
             .await?;
-        let mut accepted = HashMap::new();
+        let mut accepted = HashMap::with_capacity(leases.len());
         let mut refused = std::collections::HashSet::new();
         let mut decisions = Vec::new();
         for (a, r, d) in started.into_values() {

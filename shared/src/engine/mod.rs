@@ -233,7 +233,7 @@ impl Engine {
         mut rule: impl FnMut(&mut JobRecord, &mut Effects) -> R + Send,
     ) -> Result<HashMap<JobId, R>, EngineError> {
         // Keyed by job so that a backend retrying a job's apply overwrites, not duplicates.
-        let mut results: HashMap<JobId, Applied<R>> = HashMap::new();
+        let mut results: HashMap<JobId, Applied<R>> = HashMap::with_capacity(ids.len());
         // Events are built only for live subscribers: diffing needs a copy of every record.
         let watched = self.events.receiver_count() > 0;
         let mut apply = |record: &mut JobRecord| -> Vec<QueueEntry> {
@@ -296,7 +296,7 @@ impl Engine {
         missing: O,
         mut rule: impl FnMut(&mut JobRecord, &T, &mut Effects) -> O + Send,
     ) -> Result<Vec<O>, EngineError> {
-        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::new();
+        let mut by_job: HashMap<JobId, Vec<usize>> = HashMap::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             by_job.entry(job_of(item).clone()).or_default().push(i);
         }

@@ -226,7 +226,7 @@ pub struct Report {
     /// What the output is (size, type), when the worker says.
     pub output_artifact: Option<Artifact>,
     /// The output itself, when it travels inline.
-    pub output: Option<Value>,
+    pub output: Option<crate::domain::InlineOutput>,
     /// What went wrong, on failure.
     pub error: Option<String>,
     /// `false` for failures that no retry can fix.

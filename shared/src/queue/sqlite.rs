@@ -84,7 +84,7 @@ const LIST_DEAD: &str = concat!(
     "SELECT ",
     entry_columns!(),
     ", dead_reason, dead_at_ms FROM queue_entries WHERE state = 'dead'
-     ORDER BY dead_seq LIMIT ?1"
+     ORDER BY dead_seq LIMIT (SELECT ?1)"
 );
 
 /// Whether a task (`?1` job, `?2` task) has an entry.

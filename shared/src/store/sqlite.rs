@@ -340,6 +340,13 @@ impl WorkerStore for SqliteStore {
     }
 }
 
+/// The oldest `?1` outbox entries.
+const PENDING_OUTBOX: &str = concat!(
+    "SELECT id, ",
+    entry_columns!(),
+    " FROM outbox ORDER BY id LIMIT (SELECT ?1)"
+);
+
 #[async_trait]
 impl DispatchOutbox for SqliteStore {
     async fn pending_dispatch(&self, limit: usize) -> Result<Vec<(i64, QueueEntry)>, StoreError> {
@@ -349,15 +356,11 @@ impl DispatchOutbox for SqliteStore {
         }
         self.db
             .read(|tx| {
-                tx.prepare_cached(concat!(
-                    "SELECT id, ",
-                    entry_columns!(),
-                    " FROM outbox ORDER BY id LIMIT ?1"
-                ))?
-                .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                    Ok((r.get("id")?, entry_from_row(r)?))
-                })?
-                .collect::<rusqlite::Result<_>>()
+                tx.prepare_cached(PENDING_OUTBOX)?
+                    .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+                        Ok((r.get("id")?, entry_from_row(r)?))
+                    })?
+                    .collect::<rusqlite::Result<_>>()
             })
             .map_err(store_err)
     }
@@ -380,6 +383,37 @@ impl DispatchOutbox for SqliteStore {
 }
 
 /// The query plan SQLite chooses for `sql`, one step per line.
+/// How many times SQLite prepared `sql` again over three runs, each binding every parameter
+/// to a different small integer, inside a write transaction that is rolled back.
+#[cfg(test)]
+pub(crate) async fn reprepares(db: &SqliteDb, sql: &str) -> i32 {
+    #[derive(Debug)]
+    struct Undo(i32);
+    impl From<rusqlite::Error> for Undo {
+        fn from(e: rusqlite::Error) -> Self {
+            panic!("{e}")
+        }
+    }
+    let undone = db
+        .write(|tx| {
+            let mut st = tx.prepare(sql)?;
+            for run in 1..=3_i64 {
+                for p in 1..=st.parameter_count() {
+                    st.raw_bind_parameter(p, run)?;
+                }
+                let mut rows = st.raw_query();
+                while rows.next()?.is_some() {}
+            }
+            // An error rolls the savepoint back: the runs change nothing.
+            Err::<(), _>(Undo(st.get_status(rusqlite::StatementStatus::RePrepare)))
+        })
+        .await;
+    match undone {
+        Err(Undo(n)) => n,
+        Ok(()) => unreachable!(),
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn query_plan(db: &SqliteDb, sql: &str) -> String {
     db.read(|tx| {

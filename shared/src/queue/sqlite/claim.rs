@@ -16,6 +16,9 @@ use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
 /// (`?5` gpu, `?6`/`?7` JSON arrays of the worker's backends and models); the test
 /// `claim_filter_agrees_with_admit` holds the two to the same answers.
 ///
+/// The limit is `(SELECT ?8)`, not `?8`: a bare bound `LIMIT` made SQLite prepare the
+/// statement again at every claim (see [`crate::store::sqlite`]'s module docs on `db.rs`).
+///
 /// Each row's lease id is the claim's fresh prefix `?1` (a time-ordered UUID) plus its rank and
 /// zero-padded `seq`: unique without a random id per row, never reused because the prefix is
 /// new for every claim, and, like one generated id per row in claim order, sorting in claim
@@ -32,7 +35,7 @@ pub(super) const CLAIM: &str = concat!(
            AND (model IS NULL OR EXISTS (SELECT 1 FROM json_each(?7) WHERE value IN (model, '*')))
            AND (target_worker IS NULL OR target_worker = ?2)
          ORDER BY priority_rank, seq
-         LIMIT ?8)
+         LIMIT (SELECT ?8))
      RETURNING seq, ",
     entry_columns!(),
     ", lease_id, leased_by, lease_expires_ms"

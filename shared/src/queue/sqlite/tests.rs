@@ -755,3 +755,29 @@ async fn expire_buries_in_deadline_order() {
     let dead: Vec<_> = dead.iter().map(|d| d.entry.task_id.as_str()).collect();
     assert_eq!(dead, ["old", "early", "late"]);
 }
+
+/// The queue's statements are prepared once: none uses a bound parameter's value in its plan
+/// (a bare `LIMIT ?` did, and every claim was parsed and planned again).
+#[tokio::test]
+async fn statements_are_not_prepared_again() {
+    let (_dir, q) = a_queue().await;
+    // Rows to walk, so that the statements run their plans.
+    q.enqueue(&[gpu_entry("a")]).await.unwrap();
+    for sql in [
+        claim::CLAIM,
+        claim::ANY_CLAIMABLE,
+        LIST_DEAD,
+        EXPIRED,
+        ACK,
+        NACK,
+    ] {
+        assert_eq!(
+            crate::store::sqlite::reprepares(&q.db, sql).await,
+            0,
+            "{sql}"
+        );
+    }
+    // The check itself finds a statement that is prepared again.
+    let bare = "SELECT seq FROM queue_entries LIMIT ?1";
+    assert!(crate::store::sqlite::reprepares(&q.db, bare).await > 0);
+}

@@ -48,7 +48,9 @@ async fn job_record_round_trips_exactly() {
     };
     let mut record = a_full_record();
     // Beyond the shared record: an inline output, which DynamoDB keeps in the job's item.
-    record.tasks[0].output = Some(json!({"text": "ok", "temperature": 0.7}));
+    record.tasks[0].output = Some(crate::domain::InlineOutput::of(
+        &json!({"text": "ok", "temperature": 0.7}),
+    ));
     store.create_job(&record, &[], None).await.unwrap();
     assert_eq!(
         store.load_job(&record.job.job_id).await.unwrap(),

@@ -80,7 +80,7 @@ impl AuditLog for SqliteAuditLog {
         self.db
             .read(|tx| {
                 let mut stmt = tx.prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM audit_events WHERE id > ?1 ORDER BY id LIMIT ?2"
+                    "SELECT {COLUMNS} FROM audit_events WHERE id > ?1 ORDER BY id LIMIT (SELECT ?2)"
                 ))?;
                 let rows = stmt.query_map((after, limit), event_from_row)?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()

@@ -14,8 +14,8 @@ const CURRENT_LEASE: &str = "SELECT EXISTS (SELECT 1 FROM tasks
 const INSERT: &str = "INSERT OR IGNORE INTO task_chunks (job_id, task_id, lease_id, seq, text)
     VALUES (?1, ?2, ?3, ?4, ?5)";
 
-const AFTER: &str = "SELECT id, lease_id, seq, text FROM task_chunks
-    WHERE job_id = ?1 AND task_id = ?2 AND id > ?3 ORDER BY id LIMIT ?4";
+pub(super) const AFTER: &str = "SELECT id, lease_id, seq, text FROM task_chunks
+    WHERE job_id = ?1 AND task_id = ?2 AND id > ?3 ORDER BY id LIMIT (SELECT ?4)";
 
 /// [`JobStore::append_chunks`](crate::store::JobStore::append_chunks).
 pub(super) async fn append(

@@ -7,6 +7,13 @@
 //! async mutex for the one writer connection, and readers take a connection from a small pool.
 //! Neither ever awaits while holding a connection, so a cancelled request cannot leave a
 //! transaction half done.
+//!
+//! Statements are prepared once and cached, and must stay so: a statement whose plan uses the
+//! value of a bound parameter is marked expired whenever that parameter is bound again, and
+//! SQLite then parses and plans it anew on its next step. A bare `LIMIT ?` (or `OFFSET ?`) is
+//! such a parameter (every claim was re-prepared, about a tenth of the server's time under a
+//! trickle of jobs), so limits are written `LIMIT (SELECT ?n)`, which SQLite evaluates when
+//! the statement runs. `statements_are_not_prepared_again` holds every statement to this.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

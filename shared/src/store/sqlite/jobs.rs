@@ -80,7 +80,7 @@ pub(super) const STALE_JOBS: &str = "SELECT job_id FROM jobs
       AND EXISTS (SELECT 1 FROM tasks WHERE tasks.job_id = jobs.job_id
           AND ((tasks.status = 'Queued' AND jobs.updated_at_ms < ?1)
             OR (tasks.status = 'Running' AND tasks.lease_expires_ms < ?1)))
-    ORDER BY updated_at_ms LIMIT ?2";
+    ORDER BY updated_at_ms LIMIT (SELECT ?2)";
 
 /// The job and its tasks in planning order, as seen by `conn`'s current transaction.
 pub(super) fn load_record(conn: &Connection, id: &JobId) -> rusqlite::Result<Option<JobRecord>> {
@@ -132,7 +132,7 @@ pub(super) fn list_jobs(conn: &Connection, filter: &JobFilter) -> Result<JobPage
         sql.push_str(" AND job_type = ?");
         args.push(t.clone().into());
     }
-    sql.push_str(" ORDER BY seq DESC LIMIT ?");
+    sql.push_str(" ORDER BY seq DESC LIMIT (SELECT ?)");
     args.push(i64::from(filter.limit).into());
     let page = || -> rusqlite::Result<(Vec<Job>, Option<i64>)> {
         let mut st = conn.prepare_cached(&sql)?;
@@ -178,7 +178,7 @@ pub(super) fn list_tasks(
         .prepare_cached(
             "SELECT body FROM tasks WHERE job_id = ?1
                  AND (?2 IS NULL OR status = ?2) AND (?3 IS NULL OR worker_id = ?3)
-             ORDER BY position LIMIT ?4 OFFSET ?5",
+             ORDER BY position LIMIT (SELECT ?4) OFFSET (SELECT ?5)",
         )?
         // A negative LIMIT means "no limit" to SQLite.
         .query_map(

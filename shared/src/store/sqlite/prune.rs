@@ -10,12 +10,12 @@ use crate::domain::{JobId, Timestamp};
 /// Up to `?2` terminal jobs finished before `?1`, oldest first, without a pending webhook
 /// delivery. Walks `jobs_by_finished`, which holds only finished jobs (the unary `+` keeps
 /// the planner off `jobs_by_status`, which would visit every terminal job ever kept).
-const CANDIDATES: &str = "SELECT job_id FROM jobs
+pub(super) const CANDIDATES: &str = "SELECT job_id FROM jobs
     WHERE finished_at_ms IS NOT NULL AND finished_at_ms < ?1
       AND +status IN ('Completed', 'Failed', 'Canceled')
       AND NOT EXISTS (SELECT 1 FROM webhook_deliveries w
           WHERE w.job_id = jobs.job_id AND w.state = 'pending')
-    ORDER BY finished_at_ms LIMIT ?2";
+    ORDER BY finished_at_ms LIMIT (SELECT ?2)";
 
 /// What belongs to a job, children first. Each walks an index on `job_id` except the outbox,
 /// which holds only entries not yet relayed (a handful, and none of a finished job's as a

@@ -537,3 +537,19 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
     assert_eq!(seen_by(&store).await, ("other".into(), 1, Some(at(99))));
     assert_eq!(seen_by(&other).await, ("other".into(), 1, Some(at(99))));
 }
+
+/// The store's statements with a limit are prepared once (a bare `LIMIT ?` made SQLite parse
+/// and plan them again whenever the limit was bound).
+#[tokio::test]
+async fn statements_are_not_prepared_again() {
+    let (_dir, store, _queue) = setup(Dispatch::Outbox).await;
+    for sql in [
+        PENDING_OUTBOX,
+        jobs::STALE_JOBS,
+        chunks::AFTER,
+        prune::CANDIDATES,
+        webhooks::CLAIM,
+    ] {
+        assert_eq!(reprepares(&store.db, sql).await, 0, "{sql}");
+    }
+}

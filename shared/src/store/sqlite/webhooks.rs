@@ -20,12 +20,12 @@ const INSERT: &str = "INSERT INTO webhook_deliveries (delivery_id, job_id, tenan
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 /// Leases due, unleased rows: now, lease until, token, limit.
-const CLAIM: &str = "UPDATE webhook_deliveries SET lease_token = ?3, lease_until_ms = ?2
+pub(super) const CLAIM: &str = "UPDATE webhook_deliveries SET lease_token = ?3, lease_until_ms = ?2
     WHERE delivery_id IN (
         SELECT delivery_id FROM webhook_deliveries
         WHERE state = 'pending' AND next_attempt_ms <= ?1
           AND (lease_until_ms IS NULL OR lease_until_ms <= ?1)
-        ORDER BY next_attempt_ms LIMIT ?4)
+        ORDER BY next_attempt_ms LIMIT (SELECT ?4))
     RETURNING delivery_id, job_id, tenant, event, url, body, state, attempts,
         next_attempt_ms, created_at_ms, attempt_log";
 
