@@ -766,6 +766,7 @@ async fn statements_are_not_prepared_again() {
     for sql in [
         claim::CLAIM,
         claim::ANY_CLAIMABLE,
+        enqueue::UPSERT_ENTRY,
         LIST_DEAD,
         EXPIRED,
         ACK,
