@@ -382,38 +382,30 @@ impl DispatchOutbox for SqliteStore {
     }
 }
 
-/// The query plan SQLite chooses for `sql`, one step per line.
 /// How many times SQLite prepared `sql` again over three runs, each binding every parameter
-/// to a different small integer, inside a write transaction that is rolled back.
+/// to a different small integer. The runs are rolled back, so they change nothing.
 #[cfg(test)]
 pub(crate) async fn reprepares(db: &SqliteDb, sql: &str) -> i32 {
-    #[derive(Debug)]
-    struct Undo(i32);
-    impl From<rusqlite::Error> for Undo {
-        fn from(e: rusqlite::Error) -> Self {
-            panic!("{e}")
-        }
-    }
-    let undone = db
-        .write(|tx| {
-            let mut st = tx.prepare(sql)?;
-            for run in 1..=3_i64 {
-                for p in 1..=st.parameter_count() {
-                    st.raw_bind_parameter(p, run)?;
-                }
-                let mut rows = st.raw_query();
-                while rows.next()?.is_some() {}
+    db.write(|tx| {
+        tx.execute_batch("SAVEPOINT probe")?;
+        let mut st = tx.prepare(sql)?;
+        for run in 1..=3_i64 {
+            for p in 1..=st.parameter_count() {
+                st.raw_bind_parameter(p, run)?;
             }
-            // An error rolls the savepoint back: the runs change nothing.
-            Err::<(), _>(Undo(st.get_status(rusqlite::StatementStatus::RePrepare)))
-        })
-        .await;
-    match undone {
-        Err(Undo(n)) => n,
-        Ok(()) => unreachable!(),
-    }
+            let mut rows = st.raw_query();
+            while rows.next()?.is_some() {}
+        }
+        let n = st.get_status(rusqlite::StatementStatus::RePrepare);
+        drop(st);
+        tx.execute_batch("ROLLBACK TO probe; RELEASE probe")?;
+        Ok::<_, rusqlite::Error>(n)
+    })
+    .await
+    .unwrap()
 }
 
+/// The query plan SQLite chooses for `sql`, one step per line.
 #[cfg(test)]
 pub(crate) fn query_plan(db: &SqliteDb, sql: &str) -> String {
     db.read(|tx| {

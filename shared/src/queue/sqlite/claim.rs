@@ -17,7 +17,7 @@ use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
 /// `claim_filter_agrees_with_admit` holds the two to the same answers.
 ///
 /// The limit is `(SELECT ?8)`, not `?8`: a bare bound `LIMIT` made SQLite prepare the
-/// statement again at every claim (see [`crate::store::sqlite`]'s module docs on `db.rs`).
+/// statement again at every claim (the module docs of `store/sqlite/db.rs` say why).
 ///
 /// Each row's lease id is the claim's fresh prefix `?1` (a time-ordered UUID) plus its rank and
 /// zero-padded `seq`: unique without a random id per row, never reused because the prefix is

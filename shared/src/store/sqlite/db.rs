@@ -13,7 +13,8 @@
 //! SQLite then parses and plans it anew on its next step. A bare `LIMIT ?` (or `OFFSET ?`) is
 //! such a parameter (every claim was re-prepared, about a tenth of the server's time under a
 //! trickle of jobs), so limits are written `LIMIT (SELECT ?n)`, which SQLite evaluates when
-//! the statement runs. `statements_are_not_prepared_again` holds every statement to this.
+//! the statement runs. The store's and the queue's `statements_are_not_prepared_again` hold
+//! every statement with a limit, and the claim and enqueue, to this.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
