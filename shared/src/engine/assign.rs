@@ -1,8 +1,8 @@
 //! Workers: registration, heartbeats with lease renewal, and claiming assignments.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 

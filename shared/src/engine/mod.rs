@@ -15,10 +15,10 @@ mod report;
 pub mod rules;
 mod submit;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use foldhash::{HashMap, HashMapExt};
 use tokio::sync::{Mutex, Notify, broadcast};
 
 pub use assign::{Assignment, HeartbeatReply};

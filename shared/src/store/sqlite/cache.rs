@@ -13,9 +13,9 @@
 //! committed; a rolled-back transaction leaves the cache as it was. Finished jobs are not kept:
 //! nothing changes them on the hot path.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use foldhash::HashMap;
 use rusqlite::Connection;
 
 use crate::domain::JobRecord;
@@ -90,7 +90,7 @@ impl RecordCache {
     pub(super) fn stage(&self) -> Staged<'_> {
         Staged {
             cache: self,
-            changes: HashMap::new(),
+            changes: HashMap::default(),
         }
     }
 
@@ -99,21 +99,22 @@ impl RecordCache {
         self.group.extend(changes);
     }
 
-    /// The open transaction committed: its changes are now the file's.
-    pub(super) fn committed(&mut self) {
+    /// The open transaction committed: its changes are now the file's. Returns the records
+    /// they displaced, for the caller to drop once it has let go of the writer (freeing a
+    /// job's tasks is work no other writer needs to wait for).
+    pub(super) fn committed(&mut self) -> Vec<Arc<JobRecord>> {
+        let mut displaced = Vec::with_capacity(self.group.len());
         for (id, change) in self.group.drain() {
-            match change {
-                Some(record) => {
-                    self.committed.insert(id, record);
-                }
-                None => {
-                    self.committed.remove(&id);
-                }
-            }
+            let old = match change {
+                Some(record) => self.committed.insert(id, record),
+                None => self.committed.remove(&id),
+            };
+            displaced.extend(old);
         }
         if self.committed.len() > MAX_RECORDS {
-            self.committed.clear();
+            displaced.extend(self.committed.drain().map(|(_, r)| r));
         }
+        displaced
     }
 
     /// The open transaction rolled back: none of its changes happened.

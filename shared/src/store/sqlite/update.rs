@@ -2,10 +2,10 @@
 //! transaction. Each row is one execution of a cached prepared statement: in process, that
 //! costs a few microseconds, so there is nothing to gain from multi-row statements.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::sync::Arc;
 
+use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, OptionalExtension};
 
 use super::cache::Staged;

@@ -11,11 +11,13 @@
 //! that a crash could still take back.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rusqlite::Connection;
 
 use super::cache::{RecordCache, Staged};
+use crate::domain::JobRecord;
 
 /// Most writes one transaction takes before it is committed even with writers queued, so
 /// that a steady stream of writers cannot hold back a commit (and the replies it releases).
@@ -114,7 +116,10 @@ impl Writer {
         state.writes += 1;
         if self.queued.load(Ordering::SeqCst) == 0 || state.writes >= MAX_GROUP {
             self.commits.fetch_add(1, Ordering::Relaxed);
-            state.commit()?;
+            let committed = state.commit();
+            drop(state);
+            // The displaced records are freed here, with the writer already free.
+            committed?;
             return out;
         }
         // On an error there is nothing of ours to wait for; the writers behind us commit the
@@ -126,7 +131,9 @@ impl Writer {
         let mut state = self.state.lock().await;
         if state.open && state.group == group {
             self.commits.fetch_add(1, Ordering::Relaxed);
-            state.commit()?;
+            let committed = state.commit();
+            drop(state);
+            committed?;
         } else if let Some(e) = state.failed.get(&group) {
             return Err(commit_failed(e).into());
         }
@@ -150,16 +157,14 @@ impl Writer {
 
 impl State {
     /// Commits the open group; on failure rolls it back and remembers the error for its
-    /// other writers.
-    fn commit(&mut self) -> rusqlite::Result<()> {
+    /// other writers. Returns the cached records the commit replaced, to be dropped once the
+    /// connection is released.
+    fn commit(&mut self) -> rusqlite::Result<Vec<Arc<JobRecord>>> {
         let group = self.group;
         self.group += 1;
         self.open = false;
         match self.conn.execute_batch("COMMIT") {
-            Ok(()) => {
-                self.cache.committed();
-                Ok(())
-            }
+            Ok(()) => Ok(self.cache.committed()),
             Err(e) => {
                 // A failed COMMIT may leave the transaction open; nothing of it may survive.
                 let _ = self.conn.execute_batch("ROLLBACK");
