@@ -9,7 +9,7 @@
 //! write transaction, `PRAGMA data_version` (which changes only when *another* connection
 //! commits) is compared with its value at the last one, and everything is forgotten when it
 //! moved (another `splai` process on the same file, `splai migrate`). A write's changes join
-//! the cache only if its savepoint was released, and only once the transaction holding them
+//! the cache only if the write succeeded, and only once the transaction holding them
 //! committed; a rolled-back transaction leaves the cache as it was. Finished jobs are not kept:
 //! nothing changes them on the hot path.
 
@@ -30,7 +30,7 @@ pub(super) struct RecordCache {
     data_version: Option<i64>,
     /// Records as of the writer's last commit, by job id.
     committed: HashMap<String, Arc<JobRecord>>,
-    /// What the open transaction's released savepoints changed (`None`: forget the job).
+    /// What the open transaction's successful writes changed (`None`: forget the job).
     group: HashMap<String, Option<Arc<JobRecord>>>,
 }
 
@@ -94,7 +94,7 @@ impl RecordCache {
         }
     }
 
-    /// A write's savepoint was released: its changes join the open transaction's.
+    /// A write succeeded: its changes join the open transaction's.
     pub(super) fn released(&mut self, changes: HashMap<String, Option<Arc<JobRecord>>>) {
         self.group.extend(changes);
     }

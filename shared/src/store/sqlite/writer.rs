@@ -1,11 +1,12 @@
 //! The one writer connection, with group commit.
 //!
-//! Every write runs synchronously on the task that asked for it, inside a savepoint of a
-//! shared write transaction. A writer that finds others queued behind it does not commit:
-//! it lets them add their work to the same transaction and queues up again; whichever writer
-//! comes back to a still-open transaction commits it for everyone in it. A writer that finds
-//! no one queued commits at once, so an idle database pays no latency for this. Under load one
-//! commit (its WAL frames, its page writes) serves many requests.
+//! Every write runs synchronously on the task that asked for it, inside a shared write
+//! transaction: the write that opens it directly, every later one inside a savepoint of its
+//! own, so that a failed write undoes only itself. A writer that finds others queued behind
+//! it does not commit: it lets them add their work to the same transaction and queues up
+//! again; whichever writer comes back to a still-open transaction commits it for everyone in
+//! it. A writer that finds no one queued commits at once, so an idle database pays no latency
+//! for this. Under load one commit (its WAL frames, its page writes) serves many requests.
 //!
 //! No caller sees `Ok` before the commit that holds its work: a reply is never sent for work
 //! that a crash could still take back.
@@ -73,7 +74,7 @@ impl Writer {
         }
     }
 
-    /// Runs `f` atomically (in a savepoint: an error from `f` undoes all of it) and returns
+    /// Runs `f` atomically (an error from `f` undoes all of it, and only it) and returns
     /// once its work is committed.
     pub(super) async fn write<T, E: From<rusqlite::Error>>(
         &self,
@@ -83,7 +84,7 @@ impl Writer {
     }
 
     /// Like [`Writer::write`], with the records cache: what `f` keeps there is kept only if
-    /// its savepoint is released and its transaction commits.
+    /// `f` succeeds and its transaction commits.
     pub(super) async fn write_cached<T, E: From<rusqlite::Error>>(
         &self,
         f: impl FnOnce(&Connection, &mut Staged<'_>) -> Result<T, E>,
@@ -93,7 +94,8 @@ impl Writer {
             let _queued = Queued(&self.queued);
             self.state.lock().await
         };
-        if !state.open {
+        let opens = !state.open;
+        if opens {
             // IMMEDIATE takes the write lock up front: a transaction that read first and then
             // found another process holding the lock could not wait for it.
             state.conn.execute_batch("BEGIN IMMEDIATE")?;
@@ -106,13 +108,24 @@ impl Writer {
         let out = {
             let State { conn, cache, .. } = &mut *state;
             let mut staged = cache.stage();
-            let out = run_in_savepoint(conn, |c| f(c, &mut staged));
+            // The write that opens the transaction runs without a savepoint: the transaction
+            // holds nothing else, so rolling it all back undoes exactly this write, and a
+            // savepoint would first copy aside every page the write changes.
+            let out = if opens {
+                f(conn, &mut staged)
+            } else {
+                run_in_savepoint(conn, |c| f(c, &mut staged))
+            };
             let changes = staged.into_changes();
             if out.is_ok() {
                 cache.released(changes);
             }
             out
         };
+        if opens && out.is_err() {
+            state.roll_back();
+            return out;
+        }
         state.writes += 1;
         if self.queued.load(Ordering::SeqCst) == 0 || state.writes >= MAX_GROUP {
             self.commits.fetch_add(1, Ordering::Relaxed);
@@ -156,6 +169,16 @@ impl Writer {
 }
 
 impl State {
+    /// Rolls the open transaction back; it held only the failed write that opened it, so no
+    /// other writer is waiting on its group.
+    fn roll_back(&mut self) {
+        // A failed ROLLBACK leaves nothing open that the next BEGIN would not report.
+        let _ = self.conn.execute_batch("ROLLBACK");
+        self.group += 1;
+        self.open = false;
+        self.cache.rolled_back();
+    }
+
     /// Commits the open group; on failure rolls it back and remembers the error for its
     /// other writers. Returns the cached records the commit replaced, to be dropped once the
     /// connection is released.
@@ -240,6 +263,64 @@ mod tests {
         .await
         .unwrap();
         assert!(kept(&db).await, "not kept by a successful write");
+    }
+
+    /// The write that opens a transaction runs without a savepoint: when it fails with
+    /// writers queued behind it, it undoes exactly itself (its row and its cached record are
+    /// gone) and the writers behind it commit theirs in a transaction of their own.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn a_failed_opening_write_undoes_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
+        let insert = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
+        let keys = |db: &SqliteDb| -> Vec<String> {
+            db.read(|tx| {
+                tx.prepare("SELECT idem_key FROM idempotency_keys ORDER BY idem_key")?
+                    .query_map([], |r| r.get(0))?
+                    .collect()
+            })
+            .unwrap()
+        };
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let opener = tokio::spawn({
+            let db = db.clone();
+            async move {
+                db.write_cached(move |c, cache| {
+                    started.send(()).unwrap();
+                    released.recv().unwrap();
+                    c.execute(insert, ["opener"])?;
+                    cache.put(Arc::new(a_record("job-1", &["a"])));
+                    // A duplicate key: the write fails after changing a row.
+                    c.execute(insert, ["opener"])
+                })
+                .await
+            }
+        });
+        has_started.await.unwrap();
+        let behind: Vec<_> = (0..3)
+            .map(|i| {
+                let db = db.clone();
+                tokio::spawn(async move {
+                    db.write(move |c| c.execute(insert, [format!("k{i}")]))
+                        .await
+                })
+            })
+            .collect();
+        while db.writers_queued() < 3 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        release.send(()).unwrap();
+        assert!(opener.await.unwrap().is_err());
+        for w in behind {
+            assert_eq!(w.await.unwrap().unwrap(), 1);
+        }
+        assert_eq!(keys(&db), ["k0", "k1", "k2"]);
+        let kept = db
+            .write_cached(|_, cache| Ok::<_, rusqlite::Error>(cache.get("job-1").is_some()))
+            .await
+            .unwrap();
+        assert!(!kept, "kept by the failed opening write");
     }
 
     /// Many writers queued at once, some failing: each successful write is visible to a
