@@ -21,7 +21,9 @@ use crate::domain::{
     DeadLetter, Expired, ExpiryOutcome, Lease, LeaseId, Priority, QueueEntry, TaskRef, Timestamp,
     WorkerCaps,
 };
-use crate::store::sqlite::{SqliteDb, entry_columns, entry_from_row, opt_id, row_id, ts};
+use crate::store::sqlite::{
+    ENTRY_COLUMNS, SqliteDb, entry_at, entry_columns, entry_from_row, opt_id, row_id, ts,
+};
 
 pub(crate) use self::enqueue::upsert_entries;
 
@@ -138,11 +140,23 @@ impl SqliteLeaseQueue {
 }
 
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
+    lease_at(row, row.as_ref().column_index("job_id")?)
+}
+
+/// Reads a lease from a row holding [`entry_columns!`] from position `at`, then `lease_id`,
+/// `leased_by` and `lease_expires_ms`; by position, like [`entry_at`].
+fn lease_at(row: &Row<'_>, at: usize) -> rusqlite::Result<Lease> {
+    let lease = at + ENTRY_COLUMNS;
+    debug_assert_eq!(row.as_ref().column_name(lease).ok(), Some("lease_id"));
+    debug_assert_eq!(
+        row.as_ref().column_name(lease + 2).ok(),
+        Some("lease_expires_ms")
+    );
     Ok(Lease {
-        entry: entry_from_row(row)?,
-        lease_id: row_id(row, "lease_id")?,
-        worker_id: opt_id(row, "leased_by")?,
-        expires_at: ts(row, "lease_expires_ms")?,
+        entry: entry_at(row, at)?,
+        lease_id: row_id(row, lease)?,
+        worker_id: opt_id(row, lease + 1)?,
+        expires_at: ts(row, lease + 2)?,
     })
 }
 

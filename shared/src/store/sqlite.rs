@@ -15,7 +15,8 @@ pub(crate) use self::db::store_err;
 pub(crate) use self::rows::id as row_id;
 use self::rows::worker_from_row;
 pub(crate) use self::rows::{
-    entry_columns, entry_from_row, entry_params, entry_placeholders, opt_id, to_json, ts,
+    ENTRY_COLUMNS, entry_at, entry_columns, entry_from_row, entry_params, entry_placeholders,
+    opt_id, to_json, ts,
 };
 use super::{
     ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::lease_from_row;
+use super::lease_at;
 use crate::clock::{to_millis, truncate_millis};
 use crate::domain::{Lease, LeaseId, Timestamp, WorkerCaps};
 use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
@@ -89,8 +89,11 @@ pub(super) async fn claim(
                         i64::try_from(max).unwrap_or(i64::MAX),
                     ),
                     |r| {
-                        let order: (i64, i64) = (r.get("priority_rank")?, r.get("seq")?);
-                        Ok((order, lease_from_row(r)?))
+                        // RETURNING `seq`, then the lease's columns (`priority_rank` the
+                        // fourth of them); read by position, as `lease_at` says why.
+                        debug_assert_eq!(r.as_ref().column_name(0).ok(), Some("seq"));
+                        let order: (i64, i64) = (r.get(4)?, r.get(0)?);
+                        Ok((order, lease_at(r, 1)?))
                     },
                 )?
                 .collect::<rusqlite::Result<Vec<_>>>()

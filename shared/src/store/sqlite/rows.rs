@@ -1,8 +1,8 @@
 //! Row <-> domain mapping. Decoding failures surface as `FromSqlConversionFailure`, so that
 //! every error takes the one mapping path at the trait boundary (and ends up as `Corrupt`).
 
-use rusqlite::Row;
 use rusqlite::types::Type;
+use rusqlite::{Row, RowIndex};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -62,22 +62,41 @@ pub(crate) fn entry_params(e: &QueueEntry) -> EntryParams<'_> {
     )
 }
 
-/// Reads an entry from a row holding [`entry_columns!`].
+/// How many columns [`entry_columns!`] names.
+pub(crate) const ENTRY_COLUMNS: usize = 11;
+
+/// Reads an entry from a row holding [`entry_columns!`]: `job_id` is found by name, and the
+/// others by their position after it (finding a column by name scans the statement's column
+/// names, and doing it for every column of every claimed row was 1.5 % of the server's time
+/// under load).
 pub(crate) fn entry_from_row(row: &Row<'_>) -> rusqlite::Result<QueueEntry> {
+    entry_at(row, row.as_ref().column_index("job_id")?)
+}
+
+/// Reads an entry whose [`entry_columns!`] start at position `at` of the row.
+pub(crate) fn entry_at(row: &Row<'_>, at: usize) -> rusqlite::Result<QueueEntry> {
+    debug_assert!(
+        entry_columns!().split(", ").enumerate().all(|(i, name)| row
+            .as_ref()
+            .column_name(at + i)
+            .ok()
+            == Some(name)),
+        "the entry columns do not start at position {at}"
+    );
     Ok(QueueEntry {
-        job_id: id(row, "job_id")?,
-        task_id: id(row, "task_id")?,
-        tenant: id(row, "tenant")?,
-        priority: Priority::from_rank(row.get("priority_rank")?),
+        job_id: id(row, at)?,
+        task_id: id(row, at + 1)?,
+        tenant: id(row, at + 2)?,
+        priority: Priority::from_rank(row.get(at + 3)?),
         requirements: Requirements {
-            gpu: row.get("requires_gpu")?,
-            backend: row.get("backend")?,
-            model: row.get("model")?,
-            worker_id: opt_id(row, "target_worker")?,
+            gpu: row.get(at + 4)?,
+            backend: row.get(at + 5)?,
+            model: row.get(at + 6)?,
+            worker_id: opt_id(row, at + 7)?,
         },
-        attempt: row.get("attempt")?,
-        max_attempts: row.get("max_attempts")?,
-        not_before: ts(row, "not_before_ms")?,
+        attempt: row.get(at + 8)?,
+        max_attempts: row.get(at + 9)?,
+        not_before: ts(row, at + 10)?,
     })
 }
 
@@ -100,28 +119,48 @@ pub(crate) fn worker_from_row(row: &Row<'_>, stale_before: Timestamp) -> rusqlit
     })
 }
 
+/// A column found by name or by position; a decoding error names it either way.
+pub(crate) trait Column: RowIndex + Copy {
+    /// The column's name, for an error message.
+    fn name(self, row: &Row<'_>) -> String;
+}
+
+impl Column for &str {
+    fn name(self, _: &Row<'_>) -> String {
+        self.to_owned()
+    }
+}
+
+impl Column for usize {
+    fn name(self, row: &Row<'_>) -> String {
+        row.as_ref()
+            .column_name(self)
+            .map_or_else(|_| self.to_string(), str::to_owned)
+    }
+}
+
 /// A validated identifier column.
-pub(crate) fn id<T>(row: &Row<'_>, col: &str) -> rusqlite::Result<T>
+pub(crate) fn id<T>(row: &Row<'_>, col: impl Column) -> rusqlite::Result<T>
 where
     T: TryFrom<String, Error = IdError>,
 {
     let s: String = row.get(col)?;
-    T::try_from(s).map_err(|e| decode_err(col, e))
+    T::try_from(s).map_err(|e| decode_err(&col.name(row), e))
 }
 
 /// A nullable identifier column.
-pub(crate) fn opt_id<T>(row: &Row<'_>, col: &str) -> rusqlite::Result<Option<T>>
+pub(crate) fn opt_id<T>(row: &Row<'_>, col: impl Column) -> rusqlite::Result<Option<T>>
 where
     T: TryFrom<String, Error = IdError>,
 {
     let s: Option<String> = row.get(col)?;
     s.map(T::try_from)
         .transpose()
-        .map_err(|e| decode_err(col, e))
+        .map_err(|e| decode_err(&col.name(row), e))
 }
 
 /// A unix-milliseconds column.
-pub(crate) fn ts(row: &Row<'_>, col: &str) -> rusqlite::Result<Timestamp> {
+pub(crate) fn ts(row: &Row<'_>, col: impl Column) -> rusqlite::Result<Timestamp> {
     Ok(from_millis(row.get(col)?))
 }
 
