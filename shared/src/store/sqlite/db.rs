@@ -307,7 +307,7 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     // split a b-tree page walks the whole cache's hash table (SQLite renumbers pages through
     // a temporary page number past the end of the file, and the commit then drops every
     // cached page past the end), and with 64 MiB that walk was 3 % of the server's time
-    // under load, for no fewer reads. No checkpoints on commit:
+    // under load, while the larger cache saved no reads. No checkpoints on commit:
     // copying the WAL back into the file (and its fsync) was half the cost of a commit, on
     // the one path every write waits for; the `Checkpointer` does it beside the writer.
     conn.execute_batch("PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 0;")?;

@@ -63,7 +63,20 @@ pub(crate) fn entry_params(e: &QueueEntry) -> EntryParams<'_> {
 }
 
 /// How many columns [`entry_columns!`] names.
-pub(crate) const ENTRY_COLUMNS: usize = 11;
+pub(crate) const ENTRY_COLUMNS: usize = column_count(entry_columns!());
+
+/// The number of names in a comma-separated column list.
+const fn column_count(list: &str) -> usize {
+    let bytes = list.as_bytes();
+    let (mut n, mut i) = (1, 0);
+    while i < bytes.len() {
+        if bytes[i] == b',' {
+            n += 1;
+        }
+        i += 1;
+    }
+    n
+}
 
 /// Reads an entry from a row holding [`entry_columns!`]: `job_id` is found by name, and the
 /// others by their position after it (finding a column by name scans the statement's column

@@ -230,8 +230,46 @@ fn commit_failed(e: &str) -> rusqlite::Error {
 mod tests {
     use std::sync::Arc;
 
+    use rusqlite::Connection;
+
+    use super::Staged;
     use crate::store::sqlite::SqliteDb;
     use crate::testing::records::a_record;
+
+    /// Inserts an idempotency key `?1`: a row each write can add, or fail to add twice.
+    const INSERT_KEY: &str = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
+
+    /// Starts a write that holds the writer connection, so that writers started meanwhile
+    /// queue up behind it, until `release` is sent; then it runs `f`. Returns once it holds
+    /// the connection.
+    async fn holding_write<T: Send + 'static>(
+        db: &SqliteDb,
+        f: impl FnOnce(&Connection, &mut Staged<'_>) -> rusqlite::Result<T> + Send + 'static,
+    ) -> (
+        tokio::task::JoinHandle<rusqlite::Result<T>>,
+        std::sync::mpsc::Sender<()>,
+    ) {
+        let (started, has_started) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let db = db.clone();
+        let write = tokio::spawn(async move {
+            db.write_cached(move |c, cache| {
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                f(c, cache)
+            })
+            .await
+        });
+        has_started.await.unwrap();
+        (write, release)
+    }
+
+    /// Waits until `n` writers are queued for the connection.
+    async fn until_queued(db: &SqliteDb, n: usize) {
+        while db.writers_queued() < n {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
 
     /// A record kept by a write that then failed is not kept: the next write does not see it
     /// (and does see one kept by a write that succeeded).
@@ -272,7 +310,6 @@ mod tests {
     async fn a_failed_opening_write_undoes_only_itself() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
-        let insert = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
         let keys = |db: &SqliteDb| -> Vec<String> {
             db.read(|tx| {
                 tx.prepare("SELECT idem_key FROM idempotency_keys ORDER BY idem_key")?
@@ -281,35 +318,23 @@ mod tests {
             })
             .unwrap()
         };
-        let (started, has_started) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let opener = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.write_cached(move |c, cache| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    c.execute(insert, ["opener"])?;
-                    cache.put(Arc::new(a_record("job-1", &["a"])));
-                    // A duplicate key: the write fails after changing a row.
-                    c.execute(insert, ["opener"])
-                })
-                .await
-            }
-        });
-        has_started.await.unwrap();
+        let (opener, release) = holding_write(&db, |c, cache| {
+            c.execute(INSERT_KEY, ["opener"])?;
+            cache.put(Arc::new(a_record("job-1", &["a"])));
+            // A duplicate key: the write fails after changing a row.
+            c.execute(INSERT_KEY, ["opener"])
+        })
+        .await;
         let behind: Vec<_> = (0..3)
             .map(|i| {
                 let db = db.clone();
                 tokio::spawn(async move {
-                    db.write(move |c| c.execute(insert, [format!("k{i}")]))
+                    db.write(move |c| c.execute(INSERT_KEY, [format!("k{i}")]))
                         .await
                 })
             })
             .collect();
-        while db.writers_queued() < 3 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        until_queued(&db, 3).await;
         release.send(()).unwrap();
         assert!(opener.await.unwrap().is_err());
         for w in behind {
@@ -330,7 +355,6 @@ mod tests {
     async fn queued_writes_share_commits_and_fail_alone() {
         let dir = tempfile::tempdir().unwrap();
         let db = SqliteDb::open(&dir.path().join("splai.db")).await.unwrap();
-        let insert = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
         let count = |db: &SqliteDb, key: &str| -> i64 {
             db.read(|tx| {
                 tx.query_row(
@@ -342,20 +366,7 @@ mod tests {
             .unwrap()
         };
         // A first writer holds the connection until every other writer is queued behind it.
-        let (started, has_started) = tokio::sync::oneshot::channel();
-        let (release, released) = std::sync::mpsc::channel::<()>();
-        let blocker = tokio::spawn({
-            let db = db.clone();
-            async move {
-                db.write(move |c| {
-                    started.send(()).unwrap();
-                    released.recv().unwrap();
-                    c.execute(insert, ["first"])
-                })
-                .await
-            }
-        });
-        has_started.await.unwrap();
+        let (blocker, release) = holding_write(&db, |c, _| c.execute(INSERT_KEY, ["first"])).await;
         let before = db.writer_commits();
         let writers: Vec<_> = (0..400)
             .map(|i| {
@@ -366,9 +377,9 @@ mod tests {
                     let fails = i % 5 == 0;
                     let out = db
                         .write(|c| {
-                            c.execute(insert, [&key])?;
+                            c.execute(INSERT_KEY, [&key])?;
                             if fails {
-                                c.execute(insert, [&key])?;
+                                c.execute(INSERT_KEY, [&key])?;
                             }
                             Ok::<_, rusqlite::Error>(())
                         })
@@ -378,9 +389,7 @@ mod tests {
                 })
             })
             .collect();
-        while db.writers_queued() < 400 {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        until_queued(&db, 400).await;
         release.send(()).unwrap();
         blocker.await.unwrap().unwrap();
         for w in writers {
