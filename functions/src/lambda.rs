@@ -49,6 +49,7 @@ pub fn in_lambda() -> bool {
 /// stops it; a start-up failure is printed and fails the process (Lambda logs it and reports
 /// the init error).
 pub async fn main(name: &'static str, function: Function) -> ExitCode {
+    splai_shared::process::disable_transparent_huge_pages();
     let _telemetry = match TelemetryConfig::from_env().and_then(|c| splai_telemetry::init(name, &c))
     {
         Ok(t) => t,

@@ -19,6 +19,7 @@ pub mod engine;
 pub mod metrics;
 pub mod planner;
 pub mod policy;
+pub mod process;
 pub mod queue;
 pub mod routing;
 pub mod store;

@@ -10,6 +10,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
+    splai_shared::process::disable_transparent_huge_pages();
     // Dropped at the end of main: spans still buffered are exported then.
     let _telemetry =
         match TelemetryConfig::from_env().and_then(|c| splai_telemetry::init("splai", &c)) {

@@ -15,6 +15,7 @@ use crate::domain::{
     Timestamp, WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
 };
 
+pub(crate) mod diff;
 #[cfg(feature = "aws")]
 pub mod dynamodb;
 pub mod memory;

@@ -154,9 +154,25 @@ impl JobStore for SqliteStore {
 
     /// The whole batch is one transaction: reports for many jobs commit together, which is
     /// where the throughput comes from.
+    ///
+    /// When the writer's cache holds every job's committed record, the rules run and the rows
+    /// are encoded before the writer is taken, beside other writes; under the writer the
+    /// change is written as prepared if none of its jobs changed meanwhile, and otherwise
+    /// applied afresh (rules may run more than once, see [`ApplyFn`]).
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let prepared = match self.db.committed_records(ids) {
+            Some(loaded) => Some(update::Prepared::new(&loaded, ids, apply).map_err(store_err)?),
+            None => None,
+        };
+        let mode = self.dispatch;
         self.db
-            .write_cached(|tx, cache| update::update_jobs(tx, cache, self.dispatch, ids, apply))
+            .write_cached(move |tx, cache| match prepared {
+                Some(p) if p.is_current(cache) => p.write(tx, cache, mode),
+                _ => update::update_jobs(tx, cache, mode, ids, apply),
+            })
             .await
             .map_err(store_err)
     }

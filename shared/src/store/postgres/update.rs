@@ -16,6 +16,7 @@ use crate::domain::{
     BeforeChange, Job, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp,
     owed_deliveries,
 };
+use crate::store::diff::{TaskChange, task_changes};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
 
 /// Rewrites job rows from arrays: job id, status, updated at (ms), body, finished at (ms). A
@@ -76,24 +77,16 @@ impl<'a> Changes<'a> {
         if before.job != after.job {
             self.jobs.push(&after.job);
         }
-        let old: HashMap<&TaskId, (usize, &Task)> = before
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (&t.task_id, (i, t)))
-            .collect();
-        for (position, task) in after.tasks.iter().enumerate() {
-            match old.get(&task.task_id) {
-                None => self.inserted.push((job_id, position, task)),
-                Some(&(p, t)) if p == position && t == task => {}
-                Some(_) => self.updated.push((job_id, position, task)),
+        let (changed, gone) = task_changes(before, after);
+        for (position, task, change) in changed {
+            match change {
+                TaskChange::Added => self.inserted.push((job_id, position, task)),
+                TaskChange::Changed | TaskChange::Moved => {
+                    self.updated.push((job_id, position, task));
+                }
             }
         }
-        let gone = before
-            .tasks
-            .iter()
-            .filter(|t| after.task(&t.task_id).is_none());
-        self.gone.extend(gone.map(|t| (job_id, &t.task_id)));
+        self.gone.extend(gone.into_iter().map(|t| (job_id, t)));
     }
 
     /// Writes the rows: at most one statement per kind of change.

@@ -13,7 +13,7 @@
 //! committed; a rolled-back transaction leaves the cache as it was. Finished jobs are not kept:
 //! nothing changes them on the hot path.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use foldhash::HashMap;
 use rusqlite::Connection;
@@ -28,8 +28,9 @@ const MAX_RECORDS: usize = 100_000;
 pub(super) struct RecordCache {
     /// `PRAGMA data_version` when the committed records were last known to match the file.
     data_version: Option<i64>,
-    /// Records as of the writer's last commit, by job id.
-    committed: HashMap<String, Arc<JobRecord>>,
+    /// Records as of the writer's last commit, by job id; changed only by the writer, and
+    /// read without it through [`Committed`].
+    committed: Committed,
     /// What the open transaction's successful writes changed (`None`: forget the job).
     group: HashMap<String, Option<Arc<JobRecord>>>,
 }
@@ -50,7 +51,7 @@ impl Staged<'_> {
             .or_else(|| self.cache.group.get(job_id))
         {
             Some(change) => change.clone(),
-            None => self.cache.committed.get(job_id).cloned(),
+            None => self.cache.committed.lock().get(job_id).cloned(),
         }
     }
 
@@ -81,7 +82,7 @@ impl RecordCache {
             .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
             .ok();
         if version.is_none() || version != self.data_version {
-            self.committed.clear();
+            self.committed.lock().clear();
         }
         self.data_version = version;
     }
@@ -104,21 +105,53 @@ impl RecordCache {
     /// job's tasks is work no other writer needs to wait for).
     pub(super) fn committed(&mut self) -> Vec<Arc<JobRecord>> {
         let mut displaced = Vec::with_capacity(self.group.len());
+        let mut committed = self.committed.lock();
         for (id, change) in self.group.drain() {
             let old = match change {
-                Some(record) => self.committed.insert(id, record),
-                None => self.committed.remove(&id),
+                Some(record) => committed.insert(id, record),
+                None => committed.remove(&id),
             };
             displaced.extend(old);
         }
-        if self.committed.len() > MAX_RECORDS {
-            displaced.extend(self.committed.drain().map(|(_, r)| r));
+        if committed.len() > MAX_RECORDS {
+            displaced.extend(committed.drain().map(|(_, r)| r));
         }
         displaced
+    }
+
+    /// The committed records, for reading without the writer.
+    pub(super) fn shared(&self) -> Committed {
+        self.committed.clone()
     }
 
     /// The open transaction rolled back: none of its changes happened.
     pub(super) fn rolled_back(&mut self) {
         self.group.clear();
+    }
+}
+
+/// The records as of the writer's last commit, shared with readers that do not hold the
+/// writer: a change can be prepared from them ahead of its turn (`update::Prepared`), and is
+/// written only if, by then, its records are still the transaction's.
+#[derive(Clone, Default)]
+pub(super) struct Committed(Arc<Mutex<HashMap<String, Arc<JobRecord>>>>);
+
+impl Committed {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<JobRecord>>> {
+        // The map is never left half-changed: a panic mid-update loses at most records.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed records of every job in `ids`, or `None` if any is not kept.
+    pub(super) fn all_of(
+        &self,
+        ids: &[crate::domain::JobId],
+    ) -> Option<HashMap<String, Arc<JobRecord>>> {
+        let committed = self.lock();
+        let mut out = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
+        for id in ids {
+            out.insert(id.as_str().to_owned(), committed.get(id.as_str())?.clone());
+        }
+        Some(out)
     }
 }

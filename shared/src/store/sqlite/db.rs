@@ -237,6 +237,15 @@ impl SqliteDb {
         self.inner.writer.write_cached(f).await
     }
 
+    /// The writer's cached records of every job in `ids` as of its last commit, if it holds
+    /// them all (`cache.rs`); read without waiting for the writer.
+    pub(crate) fn committed_records(
+        &self,
+        ids: &[crate::domain::JobId],
+    ) -> Option<foldhash::HashMap<String, std::sync::Arc<crate::domain::JobRecord>>> {
+        self.inner.writer.committed_records(ids)
+    }
+
     /// Commits the writer has made so far.
     #[cfg(test)]
     pub(crate) fn writer_commits(&self) -> u64 {

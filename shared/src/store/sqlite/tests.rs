@@ -553,3 +553,73 @@ async fn statements_are_not_prepared_again() {
         assert_eq!(reprepares(&store.db, sql).await, 0, "{sql}");
     }
 }
+
+/// A change is prepared from the writer's committed records before it takes the writer
+/// (`update::Prepared`): written as prepared when its job did not change meanwhile (the rule
+/// runs once), and applied afresh to the job as it now is when another write changed it
+/// while the change waited for the writer (the rule runs again; nothing is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_prepared_ahead_is_applied_afresh_when_its_job_changed_meanwhile() {
+    let (_dir, store, _) = setup(Dispatch::Direct).await;
+    let id = job_id("job-1");
+    store
+        .create_job(&a_record("job-1", &["a"]), &[], None)
+        .await
+        .unwrap();
+    let append = |s: &SqliteStore, word: &'static str| {
+        let (s, id) = (s.clone(), id.clone());
+        async move {
+            let mut calls = 0;
+            s.update_jobs(&[id], &mut |r: &mut JobRecord| {
+                calls += 1;
+                r.job.message.push_str(word);
+                Vec::new()
+            })
+            .await
+            .unwrap();
+            calls
+        }
+    };
+    assert_eq!(
+        append(&store, "a").await,
+        1,
+        "nothing changed the job meanwhile"
+    );
+
+    // A write holds the writer; the change prepares from "a" and queues behind it.
+    let (started, has_started) = tokio::sync::oneshot::channel();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let holder = tokio::spawn({
+        let (db, id) = (store.db.clone(), id.clone());
+        async move {
+            db.write_cached(move |c, cache| {
+                started.send(()).unwrap();
+                released.recv().unwrap();
+                update::update_jobs(c, cache, Dispatch::Direct, &[id], &mut |r| {
+                    r.job.message.push('h');
+                    Vec::new()
+                })
+            })
+            .await
+        }
+    });
+    has_started.await.unwrap();
+    let change = tokio::spawn(append(&store, "u"));
+    while store.db.writers_queued() < 1 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    release.send(()).unwrap();
+    holder.await.unwrap().unwrap();
+    assert_eq!(
+        change.await.unwrap(),
+        2,
+        "prepared from a stale record, applied again"
+    );
+    let job = store.load_job(&id).await.unwrap().unwrap().job;
+    assert_eq!(job.message, "ahu");
+    assert_eq!(append(&store, "!").await, 1);
+    assert_eq!(
+        store.load_job(&id).await.unwrap().unwrap().job.message,
+        "ahu!"
+    );
+}

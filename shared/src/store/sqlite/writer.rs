@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use rusqlite::Connection;
 
-use super::cache::{RecordCache, Staged};
+use super::cache::{Committed, RecordCache, Staged};
 use crate::domain::JobRecord;
 
 /// Most writes one transaction takes before it is committed even with writers queued, so
@@ -34,6 +34,8 @@ pub(super) struct Writer {
     queued: AtomicUsize,
     /// Commits so far, for tests.
     commits: AtomicU64,
+    /// The cache's committed records, readable without the connection.
+    committed: Committed,
 }
 
 struct State {
@@ -60,18 +62,29 @@ impl Drop for Queued<'_> {
 
 impl Writer {
     pub(super) fn new(conn: Connection) -> Writer {
+        let cache = RecordCache::default();
         Writer {
+            committed: cache.shared(),
             state: tokio::sync::Mutex::new(State {
                 conn,
                 group: 0,
                 open: false,
                 writes: 0,
                 failed: BTreeMap::new(),
-                cache: RecordCache::default(),
+                cache,
             }),
             queued: AtomicUsize::new(0),
             commits: AtomicU64::new(0),
         }
+    }
+
+    /// The records of every job in `ids` as of the last commit, if the cache holds them all;
+    /// read without waiting for the connection.
+    pub(super) fn committed_records(
+        &self,
+        ids: &[crate::domain::JobId],
+    ) -> Option<foldhash::HashMap<String, Arc<JobRecord>>> {
+        self.committed.all_of(ids)
     }
 
     /// Runs `f` atomically (an error from `f` undoes all of it, and only it) and returns
