@@ -306,6 +306,11 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
     )?;
+    // 16 KiB pages for a new file (an existing one keeps its size): a commit writes every
+    // page it changed as a WAL frame, with two write(2) calls each, and a task's rows
+    // change together in claim order, so larger pages carry the same bytes in a quarter of
+    // the frames, over b-trees a level shallower. Must precede the switch to WAL.
+    conn.execute_batch(&format!("PRAGMA page_size = {PAGE_SIZE}"))?;
     // journal_mode answers with the mode it set.
     let mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
@@ -322,6 +327,9 @@ fn open_writer(path: &Path) -> rusqlite::Result<Connection> {
     conn.execute_batch("PRAGMA cache_size = -8192; PRAGMA wal_autocheckpoint = 0;")?;
     Ok(conn)
 }
+
+/// The page size of a new database file, in bytes.
+const PAGE_SIZE: u32 = 16384;
 
 /// How often the checkpointer looks at the WAL.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -674,8 +682,8 @@ mod tests {
         );
     }
 
-    /// The writer runs in WAL mode with NORMAL sync and enforces foreign keys; readers refuse
-    /// writes.
+    /// The writer runs in WAL mode with NORMAL sync and enforces foreign keys; a new file has
+    /// 16 KiB pages; readers refuse writes.
     #[tokio::test]
     async fn pragmas_are_applied() {
         let dir = tempfile::tempdir().unwrap();
@@ -688,11 +696,12 @@ mod tests {
                     mode,
                     one("PRAGMA synchronous")?,
                     one("PRAGMA foreign_keys")?,
+                    one("PRAGMA page_size")?,
                 ))
             })
             .await
             .unwrap();
-        assert_eq!(pragmas, ("wal".to_owned(), 1, 1));
+        assert_eq!(pragmas, ("wal".to_owned(), 1, 1, i64::from(PAGE_SIZE)));
         let write = db.read(|tx| tx.execute("DELETE FROM jobs", []));
         assert!(write.is_err(), "readers are query_only");
     }
