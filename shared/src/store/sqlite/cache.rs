@@ -12,6 +12,11 @@
 //! the cache only if the write succeeded, and only once the transaction holding them
 //! committed; a rolled-back transaction leaves the cache as it was. Finished jobs are not kept:
 //! nothing changes them on the hot path.
+//!
+//! The committed records can also be read without the writer ([`Committed`]), to prepare a
+//! change ahead of its turn; such a change is written only if, under the writer, its records
+//! are still the ones the transaction sees, so a copy gone stale meanwhile costs a redo, never
+//! a lost change.
 
 use std::sync::{Arc, Mutex, MutexGuard};
 

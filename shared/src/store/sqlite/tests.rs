@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 
+use super::writer::test_support::{holding_write, until_queued};
 use super::*;
 use crate::domain::{LeaseId, Requirements, TaskId, TaskRef, WorkerCaps, WorkerHealth};
 use crate::queue::LeaseQueue;
@@ -587,27 +588,15 @@ async fn a_change_prepared_ahead_is_applied_afresh_when_its_job_changed_meanwhil
     );
 
     // A write holds the writer; the change prepares from "a" and queues behind it.
-    let (started, has_started) = tokio::sync::oneshot::channel();
-    let (release, released) = std::sync::mpsc::channel::<()>();
-    let holder = tokio::spawn({
-        let (db, id) = (store.db.clone(), id.clone());
-        async move {
-            db.write_cached(move |c, cache| {
-                started.send(()).unwrap();
-                released.recv().unwrap();
-                update::update_jobs(c, cache, Dispatch::Direct, &[id], &mut |r| {
-                    r.job.message.push('h');
-                    Vec::new()
-                })
-            })
-            .await
-        }
-    });
-    has_started.await.unwrap();
+    let (holder, release) = holding_write(&store.db, move |c, cache| {
+        update::update_jobs(c, cache, Dispatch::Direct, &[job_id("job-1")], &mut |r| {
+            r.job.message.push('h');
+            Vec::new()
+        })
+    })
+    .await;
     let change = tokio::spawn(append(&store, "u"));
-    while store.db.writers_queued() < 1 {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
+    until_queued(&store.db, 1).await;
     release.send(()).unwrap();
     holder.await.unwrap().unwrap();
     assert_eq!(

@@ -111,11 +111,17 @@ pub(super) struct Prepared {
     before: Vec<Arc<JobRecord>>,
     /// The same jobs, as the changes left them.
     after: Vec<JobRecord>,
+    rows: Rows,
+    hooks: Vec<WebhookDelivery>,
+    ready: Vec<QueueEntry>,
+}
+
+/// The rows a batch writes, each naming its record by its place in [`Prepared::after`].
+#[derive(Default)]
+struct Rows {
     jobs: Vec<JobRow>,
     tasks: Vec<TaskRow>,
     gone: Vec<(usize, TaskId)>,
-    hooks: Vec<WebhookDelivery>,
-    ready: Vec<QueueEntry>,
 }
 
 impl Prepared {
@@ -145,28 +151,19 @@ impl Prepared {
             };
             ready.extend(apply(&mut after[slot]));
         }
-        let mut out = Prepared {
+        let mut rows = Rows::default();
+        let mut hooks = Vec::new();
+        for (i, (before, after)) in before.iter().zip(&after).enumerate() {
+            rows.add(i, before, after)?;
+            hooks.extend(owed_deliveries(&BeforeChange::of(before), after));
+        }
+        Ok(Prepared {
             before,
             after,
-            jobs: Vec::new(),
-            tasks: Vec::new(),
-            gone: Vec::new(),
-            hooks: Vec::new(),
+            rows,
+            hooks,
             ready,
-        };
-        for (i, (before, after)) in out.before.iter().zip(&out.after).enumerate() {
-            diff(
-                i,
-                before,
-                after,
-                &mut out.jobs,
-                &mut out.tasks,
-                &mut out.gone,
-            )?;
-            out.hooks
-                .extend(owed_deliveries(&BeforeChange::of(before), after));
-        }
-        Ok(out)
+        })
     }
 
     /// Whether every record the batch started from is still the one the transaction sees:
@@ -189,9 +186,10 @@ impl Prepared {
         cache: &mut Staged<'_>,
         mode: Dispatch,
     ) -> rusqlite::Result<()> {
-        if !self.jobs.is_empty() {
+        let Rows { jobs, tasks, gone } = &self.rows;
+        if !jobs.is_empty() {
             let mut update = conn.prepare_cached(UPDATE_JOB)?;
-            for row in &self.jobs {
+            for row in jobs {
                 let job = &self.after[row.record].job;
                 update.execute((
                     job.job_id.as_str(),
@@ -202,7 +200,7 @@ impl Prepared {
                 ))?;
             }
         }
-        for row in &self.tasks {
+        for row in tasks {
             let record = &self.after[row.record];
             let task = &record.tasks[row.position];
             conn.prepare_cached(row.write.sql())?.execute((
@@ -216,9 +214,9 @@ impl Prepared {
                 &row.body,
             ))?;
         }
-        if !self.gone.is_empty() {
+        if !gone.is_empty() {
             let mut delete = conn.prepare_cached(DELETE_TASK)?;
-            for (record, task_id) in &self.gone {
+            for (record, task_id) in gone {
                 let job_id = self.after[*record].job.job_id.as_str();
                 delete.execute((job_id, task_id.as_str()))?;
             }
@@ -234,38 +232,39 @@ impl Prepared {
     }
 }
 
-/// Adds the job row if the job changed, and only the task rows that changed, moved,
-/// appeared or disappeared, each encoded.
-fn diff(
-    record: usize,
-    before: &JobRecord,
-    after: &JobRecord,
-    jobs: &mut Vec<JobRow>,
-    tasks: &mut Vec<TaskRow>,
-    gone: &mut Vec<(usize, TaskId)>,
-) -> rusqlite::Result<()> {
-    if before.job != after.job {
-        jobs.push(JobRow {
-            record,
-            body: to_json(&after.job)?,
-        });
+impl Rows {
+    /// Adds the job row of record `record` if the job changed, and only the task rows that
+    /// changed, moved, appeared or disappeared, each encoded.
+    fn add(
+        &mut self,
+        record: usize,
+        before: &JobRecord,
+        after: &JobRecord,
+    ) -> rusqlite::Result<()> {
+        if before.job != after.job {
+            self.jobs.push(JobRow {
+                record,
+                body: to_json(&after.job)?,
+            });
+        }
+        let (changed, removed) = task_changes(before, after);
+        for (position, task, change) in changed {
+            let write = match change {
+                TaskChange::Added => TaskWrite::Insert,
+                TaskChange::Changed => TaskWrite::Update,
+                TaskChange::Moved => TaskWrite::Move,
+            };
+            self.tasks.push(TaskRow {
+                record,
+                position,
+                write,
+                body: to_json(task)?,
+            });
+        }
+        self.gone
+            .extend(removed.into_iter().map(|t| (record, t.clone())));
+        Ok(())
     }
-    let (changed, removed) = task_changes(before, after);
-    for (position, task, change) in changed {
-        let write = match change {
-            TaskChange::Added => TaskWrite::Insert,
-            TaskChange::Changed => TaskWrite::Update,
-            TaskChange::Moved => TaskWrite::Move,
-        };
-        tasks.push(TaskRow {
-            record,
-            position,
-            write,
-            body: to_json(task)?,
-        });
-    }
-    gone.extend(removed.into_iter().map(|t| (record, t.clone())));
-    Ok(())
 }
 
 /// The records of the jobs among `ids` that exist, by job id, as seen by `conn`'s transaction:

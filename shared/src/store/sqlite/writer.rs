@@ -239,23 +239,18 @@ fn commit_failed(e: &str) -> rusqlite::Error {
     )
 }
 
+/// Helpers for tests that need writers queued behind one another.
 #[cfg(test)]
-mod tests {
-    use std::sync::Arc;
-
+pub(super) mod test_support {
     use rusqlite::Connection;
 
     use super::Staged;
     use crate::store::sqlite::SqliteDb;
-    use crate::testing::records::a_record;
-
-    /// Inserts an idempotency key `?1`: a row each write can add, or fail to add twice.
-    const INSERT_KEY: &str = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
 
     /// Starts a write that holds the writer connection, so that writers started meanwhile
     /// queue up behind it, until `release` is sent; then it runs `f`. Returns once it holds
-    /// the connection.
-    async fn holding_write<T: Send + 'static>(
+    /// the connection. Needs a multi-thread runtime: the held write blocks its thread.
+    pub(in crate::store::sqlite) async fn holding_write<T: Send + 'static>(
         db: &SqliteDb,
         f: impl FnOnce(&Connection, &mut Staged<'_>) -> rusqlite::Result<T> + Send + 'static,
     ) -> (
@@ -278,11 +273,23 @@ mod tests {
     }
 
     /// Waits until `n` writers are queued for the connection.
-    async fn until_queued(db: &SqliteDb, n: usize) {
+    pub(in crate::store::sqlite) async fn until_queued(db: &SqliteDb, n: usize) {
         while db.writers_queued() < n {
             tokio::time::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::test_support::{holding_write, until_queued};
+    use crate::store::sqlite::SqliteDb;
+    use crate::testing::records::a_record;
+
+    /// Inserts an idempotency key `?1`: a row each write can add, or fail to add twice.
+    const INSERT_KEY: &str = "INSERT INTO idempotency_keys VALUES ('t', ?1, 'j', 'h', 0)";
 
     /// A record kept by a write that then failed is not kept: the next write does not see it
     /// (and does see one kept by a write that succeeded).
