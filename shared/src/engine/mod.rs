@@ -1,7 +1,8 @@
 //! The execution engine: submit, assign under leases, report, retry, cancel, sweep.
 //!
 //! Decisions live in [`rules`] as pure functions on a [`JobRecord`]; this module only loads,
-//! applies, commits through the store, then carries out the queue effects and publishes events.
+//! applies, commits through the store, then carries out the queue effects (acks commit with the
+//! change instead when the queue shares the store's database) and publishes events.
 //! Every queue effect is safe to lose or repeat: the store is the truth, and a claim of an entry
 //! the store no longer considers runnable is simply acked away.
 
@@ -33,7 +34,8 @@ use crate::domain::{JobId, JobRecord, QueueEntry};
 use crate::planner::{PlanError, Planner};
 use crate::queue::{LeaseQueue, QueueError};
 use crate::store::{
-    AuditLog, DispatchOutbox, JobStore, RunLocks, StoreError, WebhookOutbox, WorkerStore,
+    AuditLog, DispatchOutbox, JobStore, QueueWrites, RunLocks, StoreError, WebhookOutbox,
+    WorkerStore,
 };
 use rules::Effects;
 
@@ -236,7 +238,9 @@ impl Engine {
         let mut results: HashMap<JobId, Applied<R>> = HashMap::with_capacity(ids.len());
         // Events are built only for live subscribers: diffing needs a copy of every record.
         let watched = self.events.receiver_count() > 0;
-        let mut apply = |record: &mut JobRecord| -> Vec<QueueEntry> {
+        // Acks commit with the change when the queue shares the store's database.
+        let acks_with_changes = self.backends.jobs.acks_with_changes();
+        let mut apply = |record: &mut JobRecord| -> QueueWrites {
             let before = watched.then(|| record.clone());
             let status_before = record.job.status;
             let mut fx = Effects::default();
@@ -250,6 +254,11 @@ impl Engine {
                 (j.status, j.job_type.clone(), j.tenant.clone())
             });
             let enqueue = std::mem::take(&mut fx.enqueue);
+            let ack = if acks_with_changes {
+                std::mem::take(&mut fx.ack)
+            } else {
+                Vec::new()
+            };
             let applied = Applied {
                 result: r,
                 effects: fx,
@@ -258,7 +267,7 @@ impl Engine {
                 dispatched: !enqueue.is_empty(),
             };
             results.insert(record.job.job_id.clone(), applied);
-            enqueue
+            QueueWrites { enqueue, ack }
         };
         self.backends.jobs.update_jobs(ids, &mut apply).await?;
 

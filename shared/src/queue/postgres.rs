@@ -286,6 +286,19 @@ pub(crate) async fn upsert_entries(
     Ok(())
 }
 
+/// Removes the leased entries of `leases`: the queue's `ack`, and, inside the caller's
+/// transaction, the store's acks that commit with a change (`Dispatch::Direct`).
+pub(crate) async fn ack_entries(
+    conn: &mut PgConnection,
+    leases: &[LeaseId],
+) -> Result<(), PgError> {
+    sqlx::query(ACK)
+        .bind(lease_strs(leases))
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Moves leased entries to the dead letters, numbered after every existing dead letter in
 /// input order (one listing per lease).
 async fn bury(
@@ -427,12 +440,7 @@ impl LeaseQueue for PostgresLeaseQueue {
         if leases.is_empty() {
             return Ok(());
         }
-        let ids = lease_strs(leases);
-        on_conn!(self.db, "ack", |conn| {
-            sqlx::query(ACK).bind(&ids).execute(conn).await?;
-            Ok(())
-        })
-        .map_err(queue_err)
+        on_conn!(self.db, "ack", |conn| { ack_entries(conn, leases).await }).map_err(queue_err)
     }
 
     async fn nack(&self, leases: &[(LeaseId, Timestamp)]) -> Result<(), QueueError> {

@@ -5,10 +5,9 @@
 //! transaction that runs a cached prepared statement once per item, in input order.
 //!
 //! Each state's rows sit in a partial index of their own (`queue_pending`, `queue_leased`,
-//! `queue_dead`), so a transition moves a row between two small indexes. Statements that look
-//! rows up by lease id write the state test as `+state`: the unary plus keeps SQLite from
-//! walking the `queue_leased` index (every leased row) instead of seeking `queue_lease` once
-//! per item.
+//! `queue_dead`), so a transition moves a row between two small indexes. A lease is found by
+//! the `seq` its id ends with ([`lease_seq`]), a rowid seek, then matched on the whole id: no
+//! index of lease ids to write at every claim and ack.
 
 use std::time::Duration;
 
@@ -32,37 +31,40 @@ mod enqueue;
 #[cfg(test)]
 mod tests;
 
-/// Extends a held lease (`?1`) to `?2`.
+// Every statement on a lease takes its id as `?1` and the `seq` it names ([`lease_seq`]) as
+// its last parameter.
+
+/// Extends a held lease (`?1`, `?3`) to `?2`.
 const RENEW: &str = "UPDATE queue_entries SET lease_expires_ms = ?2
-    WHERE lease_id = ?1 AND +state = 'leased'";
+    WHERE seq = ?3 AND lease_id = ?1 AND state = 'leased'";
 
-/// Removes a leased entry (`?1` its lease id).
-const ACK: &str = "DELETE FROM queue_entries WHERE lease_id = ?1 AND +state = 'leased'";
+/// Removes a leased entry (`?1` its lease id, `?2`).
+const ACK: &str = "DELETE FROM queue_entries WHERE seq = ?2 AND lease_id = ?1 AND state = 'leased'";
 
-/// Returns a leased entry (`?1`) to pending from `?2`. The attempt count stays: the delivery
-/// happened.
+/// Returns a leased entry (`?1`, `?3`) to pending from `?2`. The attempt count stays: the
+/// delivery happened.
 const NACK: &str = "UPDATE queue_entries SET state = 'pending', not_before_ms = ?2,
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE lease_id = ?1 AND +state = 'leased'";
+    WHERE seq = ?3 AND lease_id = ?1 AND state = 'leased'";
 
-/// Returns a leased entry (`?1`) to pending, taking back the attempt its claim counted.
+/// Returns a leased entry (`?1`, `?2`) to pending, taking back the attempt its claim counted.
 const RELEASE: &str = "UPDATE queue_entries SET state = 'pending', attempt = MAX(attempt - 1, 0),
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE lease_id = ?1 AND +state = 'leased'";
+    WHERE seq = ?2 AND lease_id = ?1 AND state = 'leased'";
 
-/// Moves a leased entry (`?1`) to the dead letters, for reason `?2` at `?3`, after every
+/// Moves a leased entry (`?1`, `?4`) to the dead letters, for reason `?2` at `?3`, after every
 /// existing dead letter (`queue_dead` holds the newest `dead_seq` at its end).
 const BURY: &str = "UPDATE queue_entries SET state = 'dead', dead_reason = ?2,
         dead_at_ms = ?3,
         dead_seq = (SELECT COALESCE(MAX(dead_seq), 0) + 1 FROM queue_entries
                     WHERE state = 'dead'),
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE lease_id = ?1 AND +state = 'leased'";
+    WHERE seq = ?4 AND lease_id = ?1 AND state = 'leased'";
 
-/// Returns an expired lease (`?1`) to pending.
+/// Returns an expired lease (`?1`, `?2`) to pending.
 const REQUEUE: &str = "UPDATE queue_entries SET state = 'pending',
         lease_id = NULL, leased_by = NULL, lease_expires_ms = NULL
-    WHERE lease_id = ?1 AND +state = 'leased'";
+    WHERE seq = ?2 AND lease_id = ?1 AND state = 'leased'";
 
 /// Drops a task's entry (`?1` job, `?2` task) in any state.
 const DISCARD: &str = "DELETE FROM queue_entries WHERE job_id = ?1 AND task_id = ?2";
@@ -139,6 +141,27 @@ impl SqliteLeaseQueue {
     }
 }
 
+/// Removes the leased entries of `leases`, inside the caller's transaction: the queue's
+/// `ack`, and the store's acks that commit with a change (`Dispatch::Direct`).
+pub(crate) fn ack_entries(conn: &rusqlite::Connection, leases: &[LeaseId]) -> rusqlite::Result<()> {
+    let mut ack = conn.prepare_cached(ACK)?;
+    for l in leases {
+        ack.execute((l.as_str(), lease_seq(l)))?;
+    }
+    Ok(())
+}
+
+/// The `seq` of the entry a lease id names: the claim ends every id with the entry's `seq`,
+/// zero-padded, after its last `-` (`claim::CLAIM`). An id this queue did not make names no
+/// entry (-1: `seq`s start at 1).
+fn lease_seq(lease: &LeaseId) -> i64 {
+    lease
+        .as_str()
+        .rsplit_once('-')
+        .and_then(|(_, seq)| seq.parse().ok())
+        .unwrap_or(-1)
+}
+
 fn lease_from_row(row: &Row<'_>) -> rusqlite::Result<Lease> {
     lease_at(row, row.as_ref().column_index("job_id")?)
 }
@@ -197,7 +220,7 @@ impl LeaseQueue for SqliteLeaseQueue {
     ) -> Result<Vec<LeaseId>, QueueError> {
         let until = to_millis(until);
         let changed = self
-            .per_item(RENEW, leases, |l| (l.as_str(), until))
+            .per_item(RENEW, leases, |l| (l.as_str(), until, lease_seq(l)))
             .await?;
         // A renewal leaves the lease held, so a lease listed twice is reported twice.
         Ok(leases
@@ -209,18 +232,24 @@ impl LeaseQueue for SqliteLeaseQueue {
     }
 
     async fn ack(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
-        self.per_item(ACK, leases, |l| [l.as_str()]).await?;
+        if leases.is_empty() {
+            return Ok(());
+        }
+        self.db.write(|tx| ack_entries(tx, leases)).await?;
         Ok(())
     }
 
     async fn nack(&self, leases: &[(LeaseId, Timestamp)]) -> Result<(), QueueError> {
-        self.per_item(NACK, leases, |(l, at)| (l.as_str(), to_millis(*at)))
-            .await?;
+        self.per_item(NACK, leases, |(l, at)| {
+            (l.as_str(), to_millis(*at), lease_seq(l))
+        })
+        .await?;
         Ok(())
     }
 
     async fn release(&self, leases: &[LeaseId]) -> Result<(), QueueError> {
-        self.per_item(RELEASE, leases, |l| [l.as_str()]).await?;
+        self.per_item(RELEASE, leases, |l| (l.as_str(), lease_seq(l)))
+            .await?;
         Ok(())
     }
 
@@ -231,7 +260,7 @@ impl LeaseQueue for SqliteLeaseQueue {
     ) -> Result<(), QueueError> {
         let now = to_millis(now);
         self.per_item(BURY, leases, |(l, reason)| {
-            (l.as_str(), reason.as_str(), now)
+            (l.as_str(), reason.as_str(), now, lease_seq(l))
         })
         .await?;
         Ok(())
@@ -252,12 +281,12 @@ impl LeaseQueue for SqliteLeaseQueue {
                 let mut out = Vec::with_capacity(leases.len());
                 // In deadline order, which is also the order the dead letters get.
                 for lease in leases {
-                    let id = lease.lease_id.as_str();
+                    let (id, seq) = (lease.lease_id.as_str(), lease_seq(&lease.lease_id));
                     let outcome = if lease.entry.attempt >= lease.entry.max_attempts {
-                        bury.execute((id, "lease expired", now))?;
+                        bury.execute((id, "lease expired", now, seq))?;
                         ExpiryOutcome::DeadLettered
                     } else {
-                        requeue.execute([id])?;
+                        requeue.execute((id, seq))?;
                         ExpiryOutcome::Requeued
                     };
                     out.push(Expired { lease, outcome });

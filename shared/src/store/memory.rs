@@ -235,7 +235,7 @@ impl JobStore for MemoryStore {
                 continue;
             };
             let before = crate::domain::BeforeChange::of(record);
-            let ready = apply(record);
+            let ready = apply(record).enqueue;
             let owed = crate::domain::owed_deliveries(&before, record);
             s.push_outbox(&ready);
             s.webhooks.insert(owed);

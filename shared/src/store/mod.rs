@@ -143,11 +143,33 @@ pub struct LeaseRenewal {
     pub lease_id: LeaseId,
 }
 
-/// A job-update rule: changes the record in place and returns the entries it made ready.
+/// A job-update rule: changes the record in place and returns what the change asks of the
+/// queue.
 ///
 /// Backends may call it more than once for the same job (an optimistic backend retries on a
 /// write conflict with a freshly loaded record), so it must derive everything from the record.
-pub type ApplyFn<'a> = dyn FnMut(&mut JobRecord) -> Vec<QueueEntry> + Send + 'a;
+pub type ApplyFn<'a> = dyn FnMut(&mut JobRecord) -> QueueWrites + Send + 'a;
+
+/// What a job change asks of the queue, written with the change.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct QueueWrites {
+    /// Entries the change made ready: dispatched as the store's [`Dispatch`] says.
+    pub enqueue: Vec<QueueEntry>,
+    /// Leases whose entries are done with, removed in the change's transaction. Only for a
+    /// store whose [`JobStore::acks_with_changes`] is true; other stores get none (the engine
+    /// acks those through the queue after the commit).
+    pub ack: Vec<LeaseId>,
+}
+
+impl From<Vec<QueueEntry>> for QueueWrites {
+    /// Entries to enqueue, nothing to ack.
+    fn from(enqueue: Vec<QueueEntry>) -> Self {
+        QueueWrites {
+            enqueue,
+            ack: Vec::new(),
+        }
+    }
+}
 
 /// Jobs and their tasks.
 #[async_trait]
@@ -201,6 +223,13 @@ pub trait JobStore: Send + Sync {
     /// plus the entries it returned, atomically per job (backends may batch jobs in one
     /// transaction). Missing jobs are skipped.
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError>;
+
+    /// Whether `update_jobs` takes [`QueueWrites::ack`]: the queue lives in this store's
+    /// database ([`Dispatch::Direct`] on SQLite), so a change and the acks it decides commit
+    /// together, with no write of their own.
+    fn acks_with_changes(&self) -> bool {
+        false
+    }
 
     /// Extends `lease_expires` of running tasks whose lease matches. Returns, per renewal, the
     /// task's status when the lease is still the task's current lease, or `None` when it is not.

@@ -177,6 +177,12 @@ impl JobStore for SqliteStore {
             .map_err(store_err)
     }
 
+    /// With `Direct` dispatch the queue table is in this database: acks are deletes in the
+    /// change's own transaction.
+    fn acks_with_changes(&self) -> bool {
+        self.dispatch == Dispatch::Direct
+    }
+
     async fn renew_leases(
         &self,
         renewals: &[LeaseRenewal],

@@ -11,7 +11,8 @@ use crate::domain::{
 use crate::engine::TaskDefaults;
 use crate::engine::rules::{self, Effects};
 use crate::store::{
-    AttemptOutcome, DispatchOutbox, IdempotencyClaim, JobStore, TaskFilter, WebhookOutbox,
+    AttemptOutcome, DispatchOutbox, IdempotencyClaim, JobStore, QueueWrites, TaskFilter,
+    WebhookOutbox,
 };
 
 /// 2026-01-01T00:00:00Z plus `ms`.
@@ -62,7 +63,7 @@ async fn finish<S: RetentionStore + ?Sized>(store: &S, id: &JobId, status: Statu
         .update_jobs(std::slice::from_ref(id), &mut |r| {
             if status == Status::Canceled {
                 rules::cancel(r, at(ms), &mut Effects::default());
-                return Vec::new();
+                return QueueWrites::default();
             }
             for t in &mut r.tasks {
                 t.status = status;
@@ -72,7 +73,7 @@ async fn finish<S: RetentionStore + ?Sized>(store: &S, id: &JobId, status: Statu
             r.job.status = status;
             r.job.updated_at = at(ms);
             r.job.finished_at = Some(at(ms));
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .expect("finish");
@@ -96,7 +97,7 @@ async fn run_with_chunks<S: RetentionStore + ?Sized>(store: &S, id: &JobId, ms: 
                 expires_at: at(ms + 60_000),
             };
             assert!(rules::start(r, &lease, at(ms)));
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .expect("start");

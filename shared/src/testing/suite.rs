@@ -25,6 +25,7 @@ macro_rules! engine_suite {
             heartbeat_keeps_a_lease_alive,
             lease_expiry_on_last_attempt_dead_letters,
             duplicate_report_changes_nothing_twice,
+            finished_tasks_leave_nothing_queued,
             cancel_stops_queued_tasks,
             cancel_reaches_running_worker_on_heartbeat,
             cancel_of_finished_job_conflicts_and_repeat_cancel_is_accepted,
@@ -249,6 +250,29 @@ pub async fn duplicate_report_changes_nothing_twice(h: Harness) {
     assert_eq!((again.outcome, again.applied), ("duplicate", false));
     assert_eq!(tasks_of(&h, &job).await, before);
     assert_eq!(h.claim(&w, 10).await.len(), 1, "b is released exactly once");
+}
+
+/// A job run to the end, a report repeated on the way, leaves nothing in the queue: every
+/// lease is acked, whether the ack commits with the report (a queue in the store's
+/// database) or follows it.
+pub async fn finished_tasks_leave_nothing_queued(h: Harness) {
+    let w = h.cpu_worker("w1").await;
+    let job = h.engine.submit(a_chain_job()).await.unwrap().job_id;
+    let a = h.claim(&w, 1).await.remove(0);
+    assert_eq!(h.complete(&a).await.outcome, "completed");
+    assert_eq!(h.complete(&a).await.outcome, "duplicate");
+    loop {
+        let next = h.claim(&w, 10).await;
+        if next.is_empty() {
+            break;
+        }
+        for n in &next {
+            assert_eq!(h.complete(n).await.outcome, "completed");
+        }
+    }
+    assert_eq!(status_of(&h, &job).await, Status::Completed);
+    let depth = h.engine.backends().queue.depth().await.expect("depth");
+    assert_eq!(depth, crate::queue::QueueDepth::default());
 }
 
 /// Canceling a queued job cancels its tasks; nothing is claimable afterwards.

@@ -15,7 +15,7 @@ use crate::domain::{
 };
 use crate::engine::TaskDefaults;
 use crate::engine::rules::{self, Effects};
-use crate::store::{AttemptOutcome, JobStore, WebhookOutbox};
+use crate::store::{AttemptOutcome, JobStore, QueueWrites, WebhookOutbox};
 
 /// 2026-01-01T00:00:00Z plus `ms`.
 fn at(ms: i64) -> Timestamp {
@@ -49,7 +49,7 @@ async fn cancel<S: JobStore + ?Sized>(store: &S, id: &JobId, ms: i64) {
     store
         .update_jobs(std::slice::from_ref(id), &mut |r| {
             rules::cancel(r, at(ms), &mut Effects::default());
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .expect("update");
@@ -83,7 +83,7 @@ pub async fn terminal_change_writes_one_delivery<S: JobStore + WebhookOutbox + ?
     store
         .update_jobs(std::slice::from_ref(&hooked), &mut |r| {
             r.job.message = "still queued".into();
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .expect("update");
@@ -247,7 +247,7 @@ async fn set<S: JobStore + ?Sized>(
             if let Some(j) = job {
                 r.job.status = j;
             }
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .expect("update");

@@ -22,7 +22,9 @@ use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
 /// Each row's lease id is the claim's fresh prefix `?1` (a time-ordered UUID) plus its rank and
 /// zero-padded `seq`: unique without a random id per row, never reused because the prefix is
 /// new for every claim, and, like one generated id per row in claim order, sorting in claim
-/// order, which is how `expire` breaks ties between leases with the same deadline.
+/// order, which is how `expire` breaks ties between leases with the same deadline. Ending
+/// with `seq` also lets every later statement on the lease find its row by rowid
+/// (`lease_seq`), so no index of lease ids is kept.
 pub(super) const CLAIM: &str = concat!(
     "UPDATE queue_entries SET state = 'leased', attempt = attempt + 1,
          lease_id = ?1 || printf('%d-%019d', priority_rank, seq),

@@ -181,7 +181,7 @@ async fn claim_uses_the_claim_index() {
 #[tokio::test]
 async fn batch_statements_seek_per_item() {
     let (_dir, q) = a_queue().await;
-    let by_lease = "USING INDEX queue_lease (lease_id=?)";
+    let by_lease = "USING INTEGER PRIMARY KEY (rowid=?)";
     let by_task = "(job_id=? AND task_id=?)";
     for (sql, seek) in [
         (RENEW, by_lease),

@@ -11,7 +11,7 @@ use super::*;
 use crate::domain::{
     Heartbeat, Requirements, TaskId, Worker, WorkerHealth, WorkerId, WorkerRegistration,
 };
-use crate::store::{IdempotencyClaim, WorkerStore};
+use crate::store::{IdempotencyClaim, QueueWrites, WorkerStore};
 use crate::testing::aws::{SerialMoto, TestAws};
 use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 
@@ -276,7 +276,7 @@ async fn update_jobs_writes_changes_and_dispatches() {
             let t = r.task_mut(&TaskId::parse("b").unwrap()).unwrap();
             t.status = Status::Completed;
             t.output_artifact_uri = Some("artifact://b".into());
-            vec![entry_for(&r.tasks[2])]
+            vec![entry_for(&r.tasks[2])].into()
         })
         .await
         .unwrap();
@@ -326,7 +326,7 @@ async fn update_jobs_reapplies_repeated_ids_and_dispatches_in_order() {
                 let extra = a_task(&r.job, &format!("x{calls}"));
                 r.tasks.push(extra);
             }
-            vec![entry_for(r.tasks.last().unwrap())]
+            vec![entry_for(r.tasks.last().unwrap())].into()
         })
         .await
         .unwrap();
@@ -429,7 +429,7 @@ async fn update_committed_but_answered_failed_is_applied_once() {
         .update_jobs(&[job_id("job-1")], &mut |r: &mut JobRecord| {
             calls += 1;
             r.job.message = format!("{} applied {calls}", r.job.message);
-            vec![entry_for(&r.tasks[0])]
+            vec![entry_for(&r.tasks[0])].into()
         })
         .await
         .unwrap();
@@ -446,7 +446,7 @@ async fn update_committed_but_answered_failed_is_applied_once() {
     store
         .update_jobs(&[job_id("job-1")], &mut |r: &mut JobRecord| {
             r.job.message.push_str(" and again");
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .unwrap();
@@ -819,7 +819,7 @@ async fn concurrent_updates_from_many_processes_lose_nothing() {
                     .update_jobs(&ids, &mut |r: &mut JobRecord| {
                         r.job.message.push('.');
                         r.tasks[0].attempt += 1;
-                        vec![entry_for(&r.tasks[0])]
+                        vec![entry_for(&r.tasks[0])].into()
                     })
                     .await
                     .unwrap();

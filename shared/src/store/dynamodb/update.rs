@@ -144,7 +144,7 @@ async fn prepare(
     let mut in_order = Vec::new();
     for id in ids {
         if let Some(record) = after.get_mut(id) {
-            let ready = apply(record);
+            let ready = apply(record).enqueue;
             in_order.extend(ready.iter().cloned());
             entries.entry(id).or_default().extend(ready);
         }

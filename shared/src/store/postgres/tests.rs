@@ -7,7 +7,7 @@ use super::*;
 use crate::domain::{LeaseId, Requirements, TaskId, TaskRef, WorkerCaps, WorkerHealth};
 use crate::queue::LeaseQueue;
 use crate::queue::postgres::PostgresLeaseQueue;
-use crate::store::IdempotencyClaim;
+use crate::store::{IdempotencyClaim, QueueWrites};
 use crate::testing::postgres::TestDb;
 use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 use serde_json::json;
@@ -209,7 +209,7 @@ async fn update_jobs_writes_changes_and_dispatches() {
             let t = r.task_mut(&TaskId::parse("b").unwrap()).unwrap();
             t.status = Status::Completed;
             t.output_artifact_uri = Some("artifact://b".into());
-            vec![entry_for(&r.tasks[2])]
+            vec![entry_for(&r.tasks[2])].into()
         })
         .await
         .unwrap();
@@ -264,7 +264,7 @@ async fn update_jobs_reapplies_repeated_ids_and_dispatches_in_order() {
                 let extra = a_task(&r.job, &format!("x{calls}"));
                 r.tasks.push(extra);
             }
-            vec![entry_for(r.tasks.last().unwrap())]
+            vec![entry_for(r.tasks.last().unwrap())].into()
         })
         .await
         .unwrap();
@@ -623,7 +623,7 @@ async fn concurrent_updates_from_many_processes_lose_nothing() {
                     .update_jobs(&ids, &mut |r: &mut JobRecord| {
                         r.job.message.push('.');
                         r.tasks[0].attempt += 1;
-                        Vec::new()
+                        QueueWrites::default()
                     })
                     .await
                     .unwrap();
@@ -668,7 +668,7 @@ async fn store_survives_terminated_connections() {
                 std::slice::from_ref(&record.job.job_id),
                 &mut |r: &mut JobRecord| {
                     r.job.message = "touched".into();
-                    Vec::new()
+                    QueueWrites::default()
                 },
             )
             .await

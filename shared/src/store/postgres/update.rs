@@ -157,7 +157,7 @@ impl<'a> Changes<'a> {
 }
 
 /// Applies `apply` to each existing job among `ids`, in order, and writes back what changed
-/// plus the entries it returned, inside the caller's transaction. The job rows stay locked
+/// plus the entries and acks it returned, inside the caller's transaction. The job rows stay locked
 /// until it ends, so concurrent writers of the same job (other gateway processes) take turns.
 /// A job listed twice is applied twice, the second time to the result of the first.
 pub(super) async fn update_jobs(
@@ -175,6 +175,7 @@ pub(super) async fn update_jobs(
     // First-seen order, so that rows are written in the order the batch named them.
     let mut order = Vec::with_capacity(loaded.len());
     let mut ready = Vec::new();
+    let mut acks = Vec::new();
     for id in ids {
         let record = match after.entry(id.as_str()) {
             Entry::Occupied(e) => e.into_mut(),
@@ -186,7 +187,9 @@ pub(super) async fn update_jobs(
                 None => continue,
             },
         };
-        ready.extend(apply(record));
+        let writes = apply(record);
+        ready.extend(writes.enqueue);
+        acks.extend(writes.ack);
     }
     let mut changes = Changes::default();
     let mut hooks = Vec::new();
@@ -197,7 +200,18 @@ pub(super) async fn update_jobs(
     changes.write(&mut *conn).await?;
     // Webhook deliveries commit with the change that owes them, or neither does.
     super::webhooks::insert(&mut *conn, &hooks).await?;
-    dispatch(conn, mode, &ready).await
+    dispatch(&mut *conn, mode, &ready).await?;
+    // After the entries, as the engine would ack after the commit: a task both acked and
+    // made ready again keeps its fresh entry.
+    if !acks.is_empty() {
+        debug_assert_eq!(
+            mode,
+            Dispatch::Direct,
+            "acks come only with Direct dispatch"
+        );
+        crate::queue::postgres::ack_entries(conn, &acks).await?;
+    }
+    Ok(())
 }
 
 /// Per renewal, the task's status if the renewal names its current lease (and then, while it

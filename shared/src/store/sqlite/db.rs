@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "0009_job_retention",
         include_str!("../../../../migrations/sqlite/0009_job_retention.sql"),
     ),
+    (
+        10,
+        "0010_drop_queue_lease_index",
+        include_str!("../../../../migrations/sqlite/0010_drop_queue_lease_index.sql"),
+    ),
 ];
 
 /// Reader connections kept open between reads. Readers never block the writer in WAL mode;

@@ -56,7 +56,7 @@ pub(super) fn prune_finished(
 #[cfg(test)]
 mod tests {
     use crate::store::sqlite::{SqliteDb, SqliteStore};
-    use crate::store::{Dispatch, JobStore};
+    use crate::store::{Dispatch, JobStore, QueueWrites};
     use crate::testing::retention as contract;
 
     async fn store() -> (tempfile::TempDir, SqliteStore) {
@@ -99,7 +99,7 @@ mod tests {
         let id = record.job.job_id.clone();
         s.update_jobs(std::slice::from_ref(&id), &mut |r| {
             rules::cancel(r, at(1_000), &mut Effects::default());
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .unwrap();

@@ -9,7 +9,7 @@ use super::*;
 use crate::domain::{LeaseId, Requirements, TaskId, TaskRef, WorkerCaps, WorkerHealth};
 use crate::queue::LeaseQueue;
 use crate::queue::sqlite::SqliteLeaseQueue;
-use crate::store::IdempotencyClaim;
+use crate::store::{IdempotencyClaim, QueueWrites};
 use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 
 async fn setup(dispatch: Dispatch) -> (TempDir, SqliteStore, SqliteLeaseQueue) {
@@ -178,7 +178,7 @@ async fn update_jobs_writes_changes_and_dispatches() {
             let t = r.task_mut(&TaskId::parse("b").unwrap()).unwrap();
             t.status = Status::Completed;
             t.output_artifact_uri = Some("artifact://b".into());
-            vec![entry_for(&r.tasks[2])]
+            vec![entry_for(&r.tasks[2])].into()
         })
         .await
         .unwrap();
@@ -226,7 +226,7 @@ async fn update_jobs_reapplies_repeated_ids_and_dispatches_in_order() {
                 let extra = a_task(&r.job, &format!("x{calls}"));
                 r.tasks.push(extra);
             }
-            vec![entry_for(r.tasks.last().unwrap())]
+            vec![entry_for(r.tasks.last().unwrap())].into()
         })
         .await
         .unwrap();
@@ -494,7 +494,7 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
                     r.tasks.len(),
                     r.tasks[0].lease_expires,
                 ));
-                Vec::new()
+                QueueWrites::default()
             })
             .await
             .unwrap();
@@ -506,7 +506,7 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
     other
         .update_jobs(ids, &mut |r: &mut JobRecord| {
             r.job.message = "other".into();
-            Vec::new()
+            QueueWrites::default()
         })
         .await
         .unwrap();
@@ -519,7 +519,7 @@ async fn changes_start_from_the_file_not_from_a_stale_kept_record() {
             let extra = a_task(&r.job, "dup");
             r.tasks.push(extra.clone());
             r.tasks.push(extra);
-            Vec::new()
+            QueueWrites::default()
         })
         .await;
     assert!(failed.is_err(), "{failed:?}");
@@ -574,7 +574,7 @@ async fn a_change_prepared_ahead_is_applied_afresh_when_its_job_changed_meanwhil
             s.update_jobs(&[id], &mut |r: &mut JobRecord| {
                 calls += 1;
                 r.job.message.push_str(word);
-                Vec::new()
+                QueueWrites::default()
             })
             .await
             .unwrap();
@@ -591,7 +591,7 @@ async fn a_change_prepared_ahead_is_applied_afresh_when_its_job_changed_meanwhil
     let (holder, release) = holding_write(&store.db, move |c, cache| {
         update::update_jobs(c, cache, Dispatch::Direct, &[job_id("job-1")], &mut |r| {
             r.job.message.push('h');
-            Vec::new()
+            QueueWrites::default()
         })
     })
     .await;
@@ -611,4 +611,60 @@ async fn a_change_prepared_ahead_is_applied_afresh_when_its_job_changed_meanwhil
         store.load_job(&id).await.unwrap().unwrap().job.message,
         "ahu!"
     );
+}
+
+/// With Direct dispatch a change's acks are deletes in its own transaction: one commit, after
+/// which the acked entry is gone and an entry the same change made ready again is kept.
+#[tokio::test]
+async fn acks_commit_with_the_change_that_decides_them() {
+    let (_dir, store, queue) = setup(Dispatch::Direct).await;
+    assert!(store.acks_with_changes());
+    let record = a_record("job-1", &["a", "b"]);
+    let ready: Vec<_> = record.tasks.iter().map(entry_for).collect();
+    store.create_job(&record, &ready, None).await.unwrap();
+    let leases = queue
+        .claim(&WorkerCaps::default(), 10, Duration::from_secs(60), at(0))
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    let (done, again) = (&leases[0], &leases[1]);
+
+    let commits = store.db.writer_commits();
+    store
+        .update_jobs(&[job_id("job-1")], &mut |r: &mut JobRecord| {
+            r.job.message = "changed".into();
+            QueueWrites {
+                enqueue: vec![again.entry.clone()],
+                ack: vec![done.lease_id.clone(), again.lease_id.clone()],
+            }
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.db.writer_commits(), commits + 1, "one transaction");
+    let d = queue.depth().await.unwrap();
+    assert_eq!((d.leased, pending(&queue).await), (0, 1), "{d:?}");
+    let left = queue
+        .claim(&WorkerCaps::default(), 10, Duration::from_secs(60), at(1))
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].entry.task_id, again.entry.task_id);
+    assert_eq!(
+        store
+            .load_job(&job_id("job-1"))
+            .await
+            .unwrap()
+            .unwrap()
+            .job
+            .message,
+        "changed"
+    );
+}
+
+/// A store dispatching to an outbox cannot reach the queue in its transaction: it takes no
+/// acks, and the engine acks through the queue after the commit.
+#[tokio::test]
+async fn outbox_dispatch_takes_no_acks() {
+    let (_dir, store, _) = setup(Dispatch::Outbox).await;
+    assert!(!store.acks_with_changes());
 }

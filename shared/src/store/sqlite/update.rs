@@ -13,8 +13,8 @@ use super::jobs::{load_job, load_tasks};
 use super::rows::{entry_columns, entry_params, entry_placeholders, json, text, to_json};
 use crate::clock::to_millis;
 use crate::domain::{
-    BeforeChange, JobId, JobRecord, QueueEntry, Status, Task, TaskId, Timestamp, WebhookDelivery,
-    owed_deliveries,
+    BeforeChange, JobId, JobRecord, LeaseId, QueueEntry, Status, Task, TaskId, Timestamp,
+    WebhookDelivery, owed_deliveries,
 };
 use crate::store::diff::{TaskChange, task_changes};
 use crate::store::{ApplyFn, Dispatch, LeaseRenewal};
@@ -99,8 +99,8 @@ struct TaskRow {
 }
 
 /// A batch of job changes, applied and encoded, ready to write: only the rows that differ
-/// between the records as loaded and as left, the webhook deliveries the changes owe and the
-/// entries they made ready.
+/// between the records as loaded and as left, the webhook deliveries the changes owe, the
+/// entries they made ready and the leases they ack.
 ///
 /// It can be made from the writer cache's committed records without holding the writer
 /// ([`Prepared::is_current`] then decides, under the writer, whether it still applies): the
@@ -114,6 +114,8 @@ pub(super) struct Prepared {
     rows: Rows,
     hooks: Vec<WebhookDelivery>,
     ready: Vec<QueueEntry>,
+    /// Leases whose entries the changes are done with (only with `Dispatch::Direct`).
+    acks: Vec<LeaseId>,
 }
 
 /// The rows a batch writes, each naming its record by its place in [`Prepared::after`].
@@ -137,6 +139,7 @@ impl Prepared {
         let mut before = Vec::with_capacity(loaded.len());
         let mut after: Vec<JobRecord> = Vec::with_capacity(loaded.len());
         let mut ready = Vec::new();
+        let mut acks = Vec::new();
         for id in ids {
             let slot = match slots.entry(id.as_str()) {
                 Entry::Occupied(e) => *e.get(),
@@ -149,7 +152,9 @@ impl Prepared {
                     None => continue,
                 },
             };
-            ready.extend(apply(&mut after[slot]));
+            let writes = apply(&mut after[slot]);
+            ready.extend(writes.enqueue);
+            acks.extend(writes.ack);
         }
         let mut rows = Rows::default();
         let mut hooks = Vec::new();
@@ -163,6 +168,7 @@ impl Prepared {
             rows,
             hooks,
             ready,
+            acks,
         })
     }
 
@@ -177,8 +183,8 @@ impl Prepared {
         })
     }
 
-    /// Writes the rows, the deliveries and the entries inside the caller's transaction, and
-    /// keeps the records as left.
+    /// Writes the rows, the deliveries, the entries and the acks inside the caller's
+    /// transaction, and keeps the records as left.
     #[tracing::instrument(skip_all, fields(jobs = self.after.len()))]
     pub(super) fn write(
         self,
@@ -224,6 +230,16 @@ impl Prepared {
         // Webhook deliveries commit with the change that owes them, or neither does.
         super::webhooks::insert(conn, &self.hooks)?;
         dispatch(conn, mode, &self.ready)?;
+        // After the entries, as the engine would ack after the commit: a task that is both
+        // acked and made ready again keeps its fresh entry.
+        if !self.acks.is_empty() {
+            debug_assert_eq!(
+                mode,
+                Dispatch::Direct,
+                "acks come only with Direct dispatch"
+            );
+            crate::queue::sqlite::ack_entries(conn, &self.acks)?;
+        }
         // Every job of the batch is now as this transaction left it.
         for record in self.after {
             cache.put(Arc::new(record));
