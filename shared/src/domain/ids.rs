@@ -1,8 +1,9 @@
 //! Validated identifiers: parsed once at the edge so the rest of the code can trust them.
 
 use std::fmt;
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// Why a string is not a valid identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -57,9 +58,34 @@ macro_rules! id_type {
     };
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied: records, keys and replies hold the same ids many times over,
+        /// and a clone is a reference count.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct Visitor;
+                impl serde::de::Visitor<'_> for Visitor {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<$name, E> {
+                        validate_up_to($kind, s, $max).map_err(E::custom)?;
+                        Ok($name(Arc::from(s)))
+                    }
+                }
+                d.deserialize_str(Visitor)
+            }
+        }
 
         impl utoipa::PartialSchema for $name {
             fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
@@ -77,7 +103,7 @@ macro_rules! id_type {
             pub fn parse(s: impl Into<String>) -> Result<Self, IdError> {
                 let s = s.into();
                 validate_up_to($kind, &s, $max)?;
-                Ok(Self(s))
+                Ok(Self(Arc::from(s)))
             }
 
             /// The identifier as a string slice.
@@ -95,7 +121,7 @@ macro_rules! id_type {
 
         impl From<$name> for String {
             fn from(id: $name) -> String {
-                id.0
+                id.0.as_ref().to_owned()
             }
         }
 
@@ -142,21 +168,21 @@ id_type!(
 impl JobId {
     /// A new, time-ordered job id.
     pub fn generate() -> Self {
-        Self(format!("job-{}", uuid::Uuid::now_v7()))
+        Self(Arc::from(format!("job-{}", uuid::Uuid::now_v7())))
     }
 }
 
 impl LeaseId {
     /// A new random lease id.
     pub fn generate() -> Self {
-        Self(format!("lease-{}", uuid::Uuid::now_v7()))
+        Self(Arc::from(format!("lease-{}", uuid::Uuid::now_v7())))
     }
 }
 
 impl TenantId {
     /// The tenant used when a request names none.
     pub fn default_tenant() -> Self {
-        Self("default".to_owned())
+        Self(Arc::from("default"))
     }
 }
 
@@ -196,5 +222,18 @@ mod tests {
     fn ids_deserialize_through_validation() {
         let err = serde_json::from_str::<TaskId>("\"\"").unwrap_err();
         assert!(err.to_string().contains("task_id must not be empty"));
+        // From an owned string (a parsed `Value`) as well as a borrowed one.
+        let err = serde_json::from_value::<TaskId>(serde_json::json!("a b")).unwrap_err();
+        assert!(err.to_string().contains("task_id may only contain"));
+        assert!(serde_json::from_value::<TaskId>(serde_json::json!(7)).is_err());
+    }
+
+    #[test]
+    fn ids_serialize_as_plain_strings_and_read_back_equal() {
+        let id = JobId::generate();
+        let text = serde_json::to_string(&id).unwrap();
+        assert_eq!(text, format!("\"{id}\""));
+        assert_eq!(serde_json::from_str::<JobId>(&text).unwrap(), id);
+        assert_eq!(String::from(id.clone()), id.as_str());
     }
 }
