@@ -125,6 +125,14 @@ macro_rules! id_type {
             }
         }
 
+        // Hashes and compares as its text does (the derives see only the one field), so
+        // maps keyed by the id can be searched with a `&str`.
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str(&self.0)

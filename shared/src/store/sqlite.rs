@@ -206,7 +206,7 @@ impl JobStore for SqliteStore {
             .write_cached(|tx, cache| {
                 let pruned = prune::prune_finished(tx, before, limit)?;
                 for id in &pruned {
-                    cache.forget(id.as_str());
+                    cache.forget(id);
                 }
                 Ok(pruned)
             })

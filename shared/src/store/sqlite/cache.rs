@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use foldhash::HashMap;
 use rusqlite::Connection;
 
-use crate::domain::JobRecord;
+use crate::domain::{JobId, JobRecord};
 
 /// Most records kept; past it the cache starts over, refilling from the database.
 const MAX_RECORDS: usize = 100_000;
@@ -37,14 +37,14 @@ pub(super) struct RecordCache {
     /// read without it through [`Committed`].
     committed: Committed,
     /// What the open transaction's successful writes changed (`None`: forget the job).
-    group: HashMap<String, Option<Arc<JobRecord>>>,
+    group: HashMap<JobId, Option<Arc<JobRecord>>>,
 }
 
 /// One write's view of the cache: reads see its own changes, then the open transaction's,
 /// then the committed records; its changes are kept only if the write succeeds.
 pub(crate) struct Staged<'a> {
     cache: &'a RecordCache,
-    changes: HashMap<String, Option<Arc<JobRecord>>>,
+    changes: HashMap<JobId, Option<Arc<JobRecord>>>,
 }
 
 impl Staged<'_> {
@@ -62,18 +62,18 @@ impl Staged<'_> {
 
     /// Keeps `record`, exactly as this transaction wrote it (finished jobs are forgotten).
     pub(crate) fn put(&mut self, record: Arc<JobRecord>) {
-        let id = record.job.job_id.as_str().to_owned();
+        let id = record.job.job_id.clone();
         let keep = (!record.job.status.is_terminal()).then_some(record);
         self.changes.insert(id, keep);
     }
 
     /// Forgets the job: this transaction wrote it some other way.
-    pub(crate) fn forget(&mut self, job_id: &str) {
-        self.changes.insert(job_id.to_owned(), None);
+    pub(crate) fn forget(&mut self, job_id: &JobId) {
+        self.changes.insert(job_id.clone(), None);
     }
 
     /// The changes this write made, for [`RecordCache::released`].
-    pub(super) fn into_changes(self) -> HashMap<String, Option<Arc<JobRecord>>> {
+    pub(super) fn into_changes(self) -> HashMap<JobId, Option<Arc<JobRecord>>> {
         self.changes
     }
 }
@@ -101,7 +101,7 @@ impl RecordCache {
     }
 
     /// A write succeeded: its changes join the open transaction's.
-    pub(super) fn released(&mut self, changes: HashMap<String, Option<Arc<JobRecord>>>) {
+    pub(super) fn released(&mut self, changes: HashMap<JobId, Option<Arc<JobRecord>>>) {
         self.group.extend(changes);
     }
 
@@ -139,23 +139,20 @@ impl RecordCache {
 /// writer: a change can be prepared from them ahead of its turn (`update::Prepared`), and is
 /// written only if, by then, its records are still the transaction's.
 #[derive(Clone, Default)]
-pub(super) struct Committed(Arc<Mutex<HashMap<String, Arc<JobRecord>>>>);
+pub(super) struct Committed(Arc<Mutex<HashMap<JobId, Arc<JobRecord>>>>);
 
 impl Committed {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Arc<JobRecord>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<JobId, Arc<JobRecord>>> {
         // The map is never left half-changed: a panic mid-update loses at most records.
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The committed records of every job in `ids`, or `None` if any is not kept.
-    pub(super) fn all_of(
-        &self,
-        ids: &[crate::domain::JobId],
-    ) -> Option<HashMap<String, Arc<JobRecord>>> {
+    pub(super) fn all_of(&self, ids: &[JobId]) -> Option<HashMap<JobId, Arc<JobRecord>>> {
         let committed = self.lock();
         let mut out = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
         for id in ids {
-            out.insert(id.as_str().to_owned(), committed.get(id.as_str())?.clone());
+            out.insert(id.clone(), committed.get(id.as_str())?.clone());
         }
         Some(out)
     }

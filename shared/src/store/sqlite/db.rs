@@ -247,7 +247,8 @@ impl SqliteDb {
     pub(crate) fn committed_records(
         &self,
         ids: &[crate::domain::JobId],
-    ) -> Option<foldhash::HashMap<String, std::sync::Arc<crate::domain::JobRecord>>> {
+    ) -> Option<foldhash::HashMap<crate::domain::JobId, std::sync::Arc<crate::domain::JobRecord>>>
+    {
         self.inner.writer.committed_records(ids)
     }
 

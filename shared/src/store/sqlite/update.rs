@@ -131,7 +131,7 @@ impl Prepared {
     /// changed. A job listed twice is applied twice, the second time to the result of the
     /// first, as if it had been re-read.
     pub(super) fn new(
-        loaded: &HashMap<String, Arc<JobRecord>>,
+        loaded: &HashMap<JobId, Arc<JobRecord>>,
         ids: &[JobId],
         apply: &mut ApplyFn<'_>,
     ) -> rusqlite::Result<Prepared> {
@@ -289,17 +289,17 @@ fn load_records(
     conn: &Connection,
     cache: &Staged<'_>,
     ids: &[JobId],
-) -> rusqlite::Result<HashMap<String, Arc<JobRecord>>> {
+) -> rusqlite::Result<HashMap<JobId, Arc<JobRecord>>> {
     let mut records = HashMap::with_capacity(ids.len());
     for id in ids {
         if records.contains_key(id.as_str()) {
             continue;
         }
         if let Some(kept) = cache.get(id.as_str()) {
-            records.insert(id.as_str().to_owned(), kept);
+            records.insert(id.clone(), kept);
         } else if let Some(job) = load_job(conn, id)? {
             let tasks = load_tasks(conn, id)?;
-            records.insert(id.as_str().to_owned(), Arc::new(JobRecord { job, tasks }));
+            records.insert(id.clone(), Arc::new(JobRecord { job, tasks }));
         }
     }
     Ok(records)
@@ -360,7 +360,7 @@ pub(super) fn renew_leases(
             task.lease_expires = Some(until);
             extend.execute((key.0, key.1, to_millis(until), to_json(&task)?))?;
             // The kept record still has the old deadline.
-            cache.forget(key.0);
+            cache.forget(&r.task.job_id);
         }
         out.push(Some(status));
     }

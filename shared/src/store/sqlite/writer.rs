@@ -83,7 +83,7 @@ impl Writer {
     pub(super) fn committed_records(
         &self,
         ids: &[crate::domain::JobId],
-    ) -> Option<foldhash::HashMap<String, Arc<JobRecord>>> {
+    ) -> Option<foldhash::HashMap<crate::domain::JobId, Arc<JobRecord>>> {
         self.committed.all_of(ids)
     }
 
