@@ -157,8 +157,9 @@ impl<'a> Changes<'a> {
 }
 
 /// Applies `apply` to each existing job among `ids`, in order, and writes back what changed
-/// plus the entries and acks it returned, inside the caller's transaction. The job rows stay locked
-/// until it ends, so concurrent writers of the same job (other gateway processes) take turns.
+/// plus the entries and acks it returned, inside the caller's transaction. The job rows stay
+/// locked until it ends, so concurrent writers of the same job (other gateway processes) take
+/// turns.
 /// A job listed twice is applied twice, the second time to the result of the first.
 pub(super) async fn update_jobs(
     conn: &mut PgConnection,
