@@ -225,8 +225,8 @@ pub trait JobStore: Send + Sync {
     async fn update_jobs(&self, ids: &[JobId], apply: &mut ApplyFn<'_>) -> Result<(), StoreError>;
 
     /// Whether `update_jobs` takes [`QueueWrites::ack`]: the queue lives in this store's
-    /// database ([`Dispatch::Direct`] on SQLite), so a change and the acks it decides commit
-    /// together, with no write of their own.
+    /// database ([`Dispatch::Direct`] on SQLite or Postgres), so a change and the acks it
+    /// decides commit together, with no write of their own.
     fn acks_with_changes(&self) -> bool {
         false
     }

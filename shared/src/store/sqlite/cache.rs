@@ -152,7 +152,7 @@ impl Committed {
         let committed = self.lock();
         let mut out = HashMap::with_capacity_and_hasher(ids.len(), Default::default());
         for id in ids {
-            out.insert(id.clone(), committed.get(id.as_str())?.clone());
+            out.insert(id.clone(), committed.get(id)?.clone());
         }
         Some(out)
     }
