@@ -69,7 +69,8 @@ const REQUEUE: &str = "UPDATE queue_entries SET state = 'pending',
 /// Drops a task's entry (`?1` job, `?2` task) in any state.
 const DISCARD: &str = "DELETE FROM queue_entries WHERE job_id = ?1 AND task_id = ?2";
 
-/// Revives a task's dead letter (`?1` job, `?2` task) as pending from `?3`.
+/// Revives a task's dead letter (`?1` job, `?2` task) as pending from `?3`. `+state`: the
+/// unary plus keeps SQLite seeking the task's key once instead of walking `queue_dead`.
 const REVIVE: &str = "UPDATE queue_entries SET state = 'pending', attempt = 0,
         not_before_ms = ?3, dead_reason = NULL, dead_at_ms = NULL, dead_seq = NULL
     WHERE job_id = ?1 AND task_id = ?2 AND +state = 'dead'";
