@@ -131,7 +131,8 @@ fn submit_of_a_jsonl_file_reports_each_line() {
 }
 
 /// `splai bench` runs end to end on a small load: its own server and worker processes, the
-/// bulk phase and the single-job phase, and prints every figure.
+/// queued-then-drained phase, the overlapped bulk phase and the single-job phase, and prints
+/// every figure.
 #[test]
 fn bench_runs_end_to_end_on_a_small_load() {
     // Both binaries must sit side by side, as `cargo build --bins` leaves them.
@@ -160,6 +161,8 @@ fn bench_runs_end_to_end_on_a_small_load() {
     for figure in [
         "300 jobs accepted",
         "300 tasks completed",
+        "after the workers were started",
+        "after the first submit",
         "us/task in the server",
         "submit->start",
         "submit->done",

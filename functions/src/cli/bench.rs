@@ -1,12 +1,16 @@
 //! `splai bench`: the embedded default end to end. A real `splai serve` process on a fresh
 //! SQLite file, real `splai-worker` processes on the echo backend, N one-task no-op jobs sent
-//! through the bulk API; then single jobs sent one at a time to idle workers.
+//! through the bulk API twice: first with no worker running, then drained by workers started
+//! afterwards; then while the workers run. Last, single jobs sent one at a time to idle workers.
 //!
-//! Reports throughput (jobs submitted until the last task completed), submit-to-start and
-//! submit-to-complete percentiles (from the task timestamps the server recorded), and the
-//! pickup latency of the single jobs: from just before the client sends the submit to the
-//! moment the worker's executor starts (the worker records it in the output's `_splai`).
-//! Client, server and workers share the machine's wall clock.
+//! Reports the submit rate, the drain rate of the queued jobs (from the workers' start to the
+//! last completion, which is how job queues are usually compared: fill, then time the
+//! workers), throughput with submit and processing overlapped (first submit to last
+//! completion), CPU per task, submit-to-start and submit-to-complete percentiles (from the
+//! task timestamps the server recorded), and the pickup latency of the single jobs: from just
+//! before the client sends the submit to the moment the worker's executor starts (the worker
+//! records it in the output's `_splai`). Client, server and workers share the machine's wall
+//! clock.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -82,12 +86,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
         Some(p) => p.clone(),
         None => sibling("splai-worker")?,
     };
-    let workers: Vec<Proc> = (0..a.workers)
-        .map(|i| start_worker(&worker_bin, &base, i, a.parallel, &artifacts))
-        .collect::<anyhow::Result<_>>()?;
     let http = reqwest::Client::builder().tcp_nodelay(true).build()?;
-    wait_for_workers(&http, &base, a.workers).await?;
-
     println!(
         "splai bench: {} no-op tasks (one per job), {} worker processes x {} slots, echo backend, \
          bulk submit {} jobs/request from {} clients",
@@ -95,8 +94,21 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     );
     // Job types of this run only, so a database that outlives runs (Postgres) is fine.
     let run = format!("bench-{}", unix_ms() as u64);
-    let cpu_before = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
-    let bulk = bulk_phase(&http, &base, &a, &run).await?;
+
+    // 1. Queued first: the queue is filled with no worker running, then drained by workers
+    // started afterwards, from their processes' start to the last completion (how job
+    // queues are usually benchmarked: insert N jobs, then time the workers).
+    println!("queued first: the jobs submitted with no worker running, then the workers started");
+    let queued = format!("{run}-queued");
+    let server_before = cpu_secs(&server);
+    let bulk = submit_all(&http, &base, &a, &queued).await?;
+    print_submit(&a, &bulk, cpu_secs(&server) - server_before);
+    let cpu_before = (cpu_secs(&server), 0.0);
+    let spawned = Timestamp::now_utc();
+    let workers: Vec<Proc> = (0..a.workers)
+        .map(|i| start_worker(&worker_bin, &base, i, a.parallel, &artifacts))
+        .collect::<anyhow::Result<_>>()?;
+    wait_until_completed(&http, &base, a.tasks as u64).await?;
     let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     // The server's own backends (SPLAI_STORE and the rest come from this environment), read
     // directly for the task timestamps it recorded.
@@ -104,27 +116,35 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     config.sqlite_path = db_path.clone();
     let aws = splai_shared::aws::SharedSdk::default();
     let store = splai_shared::backends::open(&config, &aws).await?.jobs;
+    let latencies = task_latencies(store.as_ref(), &queued).await?;
+    let last_done = latencies.last_finished.unwrap_or(spawned);
+    let elapsed = secs_between(spawned, last_done);
+    println!(
+        "  drain        {} tasks completed {:.3} s after the workers were started ({:.0} tasks/s)",
+        latencies.count,
+        elapsed,
+        latencies.count as f64 / elapsed
+    );
+    print_cpu(&a, cpu_before, cpu_after);
+
+    // 2. Submitted while the workers run: from the first submit to the last completion.
+    println!("submitted while the workers run:");
+    wait_for_workers(&http, &base, a.workers).await?;
+    let cpu_before = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
+    let bulk = submit_all(&http, &base, &a, &run).await?;
+    print_submit(&a, &bulk, 0.0);
+    wait_until_completed(&http, &base, 2 * a.tasks as u64).await?;
+    let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     let latencies = task_latencies(store.as_ref(), &run).await?;
     let last_done = latencies.last_finished.unwrap_or(bulk.started);
     let elapsed = secs_between(bulk.started, last_done);
-    println!(
-        "  submit       {} jobs accepted in {:.3} s ({:.0} jobs/s)",
-        a.tasks,
-        bulk.submit_secs,
-        a.tasks as f64 / bulk.submit_secs
-    );
     println!(
         "  throughput   {} tasks completed {:.3} s after the first submit ({:.0} tasks/s)",
         latencies.count,
         elapsed,
         latencies.count as f64 / elapsed
     );
-    let per_task = |before: f64, after: f64| (after - before) * 1e6 / a.tasks as f64;
-    println!(
-        "  cpu          {:.0} us/task in the server, {:.0} us/task in the workers (user+sys)",
-        per_task(cpu_before.0, cpu_after.0),
-        per_task(cpu_before.1, cpu_after.1)
-    );
+    print_cpu(&a, cpu_before, cpu_after);
     print_percentiles("submit->start", &latencies.to_start);
     print_percentiles("submit->done", &latencies.to_done);
 
@@ -254,14 +274,14 @@ struct Bulk {
     submit_secs: f64,
 }
 
-/// Submits every job through the bulk API, then waits until all have completed.
-async fn bulk_phase(
+/// Submits `--tasks` jobs of `job_type` through the bulk API from `--clients` concurrent
+/// clients; returns once all are accepted.
+async fn submit_all(
     http: &reqwest::Client,
     base: &str,
     a: &BenchArgs,
     job_type: &str,
 ) -> anyhow::Result<Bulk> {
-    let done_before = completed(http, base).await?;
     let body = |n: usize| {
         let jobs: Vec<Value> = (0..n).map(|_| noop_job(job_type)).collect();
         json!({ "jobs": jobs }).to_string()
@@ -291,9 +311,20 @@ async fn bulk_phase(
     for c in clients {
         c.await??;
     }
-    let submit_secs = clock.elapsed().as_secs_f64();
+    Ok(Bulk {
+        started,
+        submit_secs: clock.elapsed().as_secs_f64(),
+    })
+}
+
+/// Waits until the server has completed `total` jobs since it started.
+async fn wait_until_completed(
+    http: &reqwest::Client,
+    base: &str,
+    total: u64,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(300);
-    while completed(http, base).await? < done_before + a.tasks as u64 {
+    while completed(http, base).await? < total {
         if Instant::now() > deadline {
             bail!("the bulk jobs did not complete within 300 s");
         }
@@ -301,10 +332,35 @@ async fn bulk_phase(
         // only load the server (metrics count the queue) without sharpening the figure.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    Ok(Bulk {
-        started,
-        submit_secs,
-    })
+    Ok(())
+}
+
+/// The submit line; with the server's CPU for it when nothing else ran meanwhile.
+fn print_submit(a: &BenchArgs, bulk: &Bulk, server_cpu: f64) {
+    let cpu = if server_cpu > 0.0 {
+        format!(
+            ", {:.0} us/job in the server",
+            server_cpu * 1e6 / a.tasks as f64
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "  submit       {} jobs accepted in {:.3} s ({:.0} jobs/s{cpu})",
+        a.tasks,
+        bulk.submit_secs,
+        a.tasks as f64 / bulk.submit_secs
+    );
+}
+
+/// CPU per task of the server and the workers between two readings.
+fn print_cpu(a: &BenchArgs, before: (f64, f64), after: (f64, f64)) {
+    let per_task = |before: f64, after: f64| (after - before) * 1e6 / a.tasks as f64;
+    println!(
+        "  cpu          {:.0} us/task in the server, {:.0} us/task in the workers (user+sys)",
+        per_task(before.0, after.0),
+        per_task(before.1, after.1)
+    );
 }
 
 async fn completed(http: &reqwest::Client, base: &str) -> anyhow::Result<u64> {
