@@ -275,28 +275,114 @@ impl Engine {
             if want == 0 {
                 break;
             }
-            let leases = self
-                .backends
-                .queue
-                .claim_waiting(caps, want, self.config.lease, self.clock.now(), wait)
-                .await?;
-            // Only the first claim waits; and the claim may have waited, so read the time after.
-            wait = std::time::Duration::ZERO;
-            let now = self.clock.now();
-            if leases.is_empty() {
-                break;
-            }
-            self.metrics.claimed(worker_label(caps), leases.len());
-            let claimed = leases.len();
-            let (started, refused) = self.start_leases(caps, leases, now).await?;
+            let (started, claimed, refused) = match self.claim_started(caps, want).await? {
+                Some(started) => started,
+                None => {
+                    let leases = self
+                        .backends
+                        .queue
+                        .claim_waiting(caps, want, self.config.lease, self.clock.now(), wait)
+                        .await?;
+                    // Only the first claim waits; and the claim may have waited, so read the
+                    // time after.
+                    wait = std::time::Duration::ZERO;
+                    let now = self.clock.now();
+                    if leases.is_empty() {
+                        break;
+                    }
+                    self.metrics.claimed(worker_label(caps), leases.len());
+                    let claimed = leases.len();
+                    let (started, refused) = self.start_leases(caps, leases, now).await?;
+                    (started, claimed, refused)
+                }
+            };
             // Refused entries went back to the queue: claiming again would find them again.
             let stale = claimed - started.len() - refused;
             out.extend(started);
-            if stale == 0 {
+            if claimed == 0 || stale == 0 {
                 break;
             }
         }
         Ok(out)
+    }
+
+    /// Claims and starts in one store transaction ([`JobStore::claim_and_update`]) when the
+    /// queue shares the store's database and no policy gates assignments (the policy's
+    /// decisions need the claimed tenants' running counts first). Stale leases are acked in
+    /// the same transaction. Returns the assignments in claim order, how many leases the
+    /// claim took and how many were refused (none); `None` when the store cannot do this.
+    ///
+    /// [`JobStore::claim_and_update`]: crate::store::JobStore::claim_and_update
+    async fn claim_started(
+        &self,
+        caps: &WorkerCaps,
+        want: usize,
+    ) -> Result<Option<(Vec<Assignment>, usize, usize)>, EngineError> {
+        if self.policy.is_some() {
+            return Ok(None);
+        }
+        let now = self.clock.now();
+        let claim = crate::store::ClaimRequest {
+            worker: caps,
+            max: want,
+            lease_for: self.config.lease,
+            now,
+        };
+        let mut tracked = super::Tracked::new(self, want);
+        let leases = self
+            .backends
+            .jobs
+            .claim_and_update(&claim, &mut |record, leases| {
+                tracked.apply(record, |record, fx| {
+                    let mut started = Vec::with_capacity(leases.len());
+                    for &lease in leases {
+                        if rules::start(record, lease, now) {
+                            started.extend(to_assignment(record, lease));
+                        } else {
+                            // Its task is no longer waiting to run.
+                            fx.ack.push(lease.lease_id.clone());
+                        }
+                    }
+                    started
+                })
+            })
+            .await?;
+        let Some(leases) = leases else {
+            return Ok(None);
+        };
+        let by_job = tracked.finish(self).await?;
+        if leases.is_empty() {
+            return Ok(Some((Vec::new(), 0, 0)));
+        }
+        let worker = worker_label(caps);
+        self.metrics.claimed(worker, leases.len());
+        // Leases of jobs the store no longer has were not seen by the rule: acked here.
+        let missing: Vec<LeaseId> = leases
+            .iter()
+            .filter(|l| !by_job.contains_key(&l.entry.job_id))
+            .map(|l| l.lease_id.clone())
+            .collect();
+        let mut accepted: HashMap<LeaseId, Assignment> = by_job
+            .into_values()
+            .flatten()
+            .map(|a| (a.lease_id.clone(), a))
+            .collect();
+        let mut out = Vec::with_capacity(accepted.len());
+        for lease in &leases {
+            if let Some(a) = accepted.remove(&lease.lease_id) {
+                self.metrics
+                    .task_started(a.task_type.as_str(), lease.entry.not_before, now);
+                out.push(a);
+            }
+        }
+        if !missing.is_empty() {
+            self.backends.queue.ack(&missing).await?;
+        }
+        let stale = leases.len() - out.len();
+        if stale > 0 {
+            self.metrics.acked(worker, stale);
+        }
+        Ok(Some((out, leases.len(), 0)))
     }
 
     /// Marks the claimed tasks running in the store; acks the stale leases and releases those

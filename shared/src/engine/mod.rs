@@ -139,6 +139,89 @@ struct Applied<R> {
     dispatched: bool,
 }
 
+/// A rule's results per job while its store transaction runs: what each run of the rule did,
+/// keyed by job so that a backend re-running a job's rule overwrites rather than duplicates.
+struct Tracked<R> {
+    results: HashMap<JobId, Applied<R>>,
+    /// Events are built only for live subscribers: diffing needs a copy of every record.
+    watched: bool,
+    /// Acks commit with the change when the queue shares the store's database.
+    acks_with_changes: bool,
+}
+
+impl<R> Tracked<R> {
+    fn new(engine: &Engine, jobs: usize) -> Self {
+        Tracked {
+            results: HashMap::with_capacity(jobs),
+            watched: engine.events.receiver_count() > 0,
+            acks_with_changes: engine.backends.jobs.acks_with_changes(),
+        }
+    }
+
+    /// Runs `rule` on one record for the store, and returns what it asks of the queue.
+    fn apply(
+        &mut self,
+        record: &mut JobRecord,
+        rule: impl FnOnce(&mut JobRecord, &mut Effects) -> R,
+    ) -> QueueWrites {
+        let before = self.watched.then(|| record.clone());
+        let status_before = record.job.status;
+        let mut fx = Effects::default();
+        let result = rule(record, &mut fx);
+        let events = match &before {
+            Some(before) => events::diff(before, record),
+            None => Vec::new(),
+        };
+        let new_status = (record.job.status != status_before).then(|| {
+            let j = &record.job;
+            (j.status, j.job_type.clone(), j.tenant.clone())
+        });
+        let enqueue = std::mem::take(&mut fx.enqueue);
+        let ack = if self.acks_with_changes {
+            std::mem::take(&mut fx.ack)
+        } else {
+            Vec::new()
+        };
+        let applied = Applied {
+            result,
+            effects: fx,
+            events,
+            new_status,
+            dispatched: !enqueue.is_empty(),
+        };
+        self.results.insert(record.job.job_id.clone(), applied);
+        QueueWrites { enqueue, ack }
+    }
+
+    /// After the commit: counts the status changes, publishes the events, carries out the
+    /// queue effects and wakes claimers for dispatched entries. Returns each job's result.
+    async fn finish(self, engine: &Engine) -> Result<HashMap<JobId, R>, EngineError> {
+        let mut effects = Effects::default();
+        let mut out = HashMap::with_capacity(self.results.len());
+        let mut dispatched = false;
+        for (id, a) in self.results {
+            effects.extend(a.effects);
+            dispatched |= a.dispatched;
+            if let Some((status, job_type, tenant)) = &a.new_status {
+                engine
+                    .metrics
+                    .job_finished(*status, job_type, tenant.as_str());
+            }
+            for ev in a.events {
+                let _ = engine.events.send(Arc::new(ev));
+            }
+            out.insert(id, a.result);
+        }
+        engine.carry_out(effects).await?;
+        if dispatched {
+            // The store transaction dispatched ready entries: relay them if they went to the
+            // outbox, and wake claimers either way.
+            engine.after_dispatch().await;
+        }
+        Ok(out)
+    }
+}
+
 /// The execution engine. Cheap to share behind an `Arc`.
 pub struct Engine {
     backends: Backends,
@@ -234,65 +317,12 @@ impl Engine {
         ids: &[JobId],
         mut rule: impl FnMut(&mut JobRecord, &mut Effects) -> R + Send,
     ) -> Result<HashMap<JobId, R>, EngineError> {
-        // Keyed by job so that a backend retrying a job's apply overwrites, not duplicates.
-        let mut results: HashMap<JobId, Applied<R>> = HashMap::with_capacity(ids.len());
-        // Events are built only for live subscribers: diffing needs a copy of every record.
-        let watched = self.events.receiver_count() > 0;
-        // Acks commit with the change when the queue shares the store's database.
-        let acks_with_changes = self.backends.jobs.acks_with_changes();
-        let mut apply = |record: &mut JobRecord| -> QueueWrites {
-            let before = watched.then(|| record.clone());
-            let status_before = record.job.status;
-            let mut fx = Effects::default();
-            let r = rule(record, &mut fx);
-            let events = match &before {
-                Some(before) => events::diff(before, record),
-                None => Vec::new(),
-            };
-            let new_status = (record.job.status != status_before).then(|| {
-                let j = &record.job;
-                (j.status, j.job_type.clone(), j.tenant.clone())
-            });
-            let enqueue = std::mem::take(&mut fx.enqueue);
-            let ack = if acks_with_changes {
-                std::mem::take(&mut fx.ack)
-            } else {
-                Vec::new()
-            };
-            let applied = Applied {
-                result: r,
-                effects: fx,
-                events,
-                new_status,
-                dispatched: !enqueue.is_empty(),
-            };
-            results.insert(record.job.job_id.clone(), applied);
-            QueueWrites { enqueue, ack }
-        };
-        self.backends.jobs.update_jobs(ids, &mut apply).await?;
-
-        let mut effects = Effects::default();
-        let mut out = HashMap::with_capacity(results.len());
-        let mut dispatched = false;
-        for (id, a) in results {
-            effects.extend(a.effects);
-            dispatched |= a.dispatched;
-            if let Some((status, job_type, tenant)) = &a.new_status {
-                self.metrics
-                    .job_finished(*status, job_type, tenant.as_str());
-            }
-            for ev in a.events {
-                let _ = self.events.send(Arc::new(ev));
-            }
-            out.insert(id, a.result);
-        }
-        self.carry_out(effects).await?;
-        if dispatched {
-            // The store transaction dispatched ready entries: relay them if they went to the
-            // outbox, and wake claimers either way.
-            self.after_dispatch().await;
-        }
-        Ok(out)
+        let mut tracked = Tracked::new(self, ids.len());
+        self.backends
+            .jobs
+            .update_jobs(ids, &mut |record| tracked.apply(record, &mut rule))
+            .await?;
+        tracked.finish(self).await
     }
 
     /// Applies `rule` to every item within its job's record (one [`Engine::update`] over all

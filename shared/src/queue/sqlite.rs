@@ -24,6 +24,7 @@ use crate::store::sqlite::{
     ENTRY_COLUMNS, SqliteDb, entry_at, entry_columns, entry_from_row, opt_id, row_id, ts,
 };
 
+pub(crate) use self::claim::Claim;
 pub(crate) use self::enqueue::upsert_entries;
 
 mod claim;

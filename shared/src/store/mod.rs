@@ -11,8 +11,9 @@ use async_trait::async_trait;
 
 use crate::domain::{
     AuditEvent, ChainReport, ChainWalk, DeliveryState, Heartbeat, IdempotencyKey, Job, JobId,
-    JobRecord, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskChunk, TaskRef, TenantId,
-    Timestamp, WebhookAttempt, WebhookDelivery, Worker, WorkerId, WorkerRegistration,
+    JobRecord, Lease, LeaseId, NewAuditEvent, QueueEntry, Status, Task, TaskChunk, TaskRef,
+    TenantId, Timestamp, WebhookAttempt, WebhookDelivery, Worker, WorkerCaps, WorkerId,
+    WorkerRegistration,
 };
 
 pub(crate) mod diff;
@@ -161,6 +162,25 @@ pub struct QueueWrites {
     pub ack: Vec<LeaseId>,
 }
 
+/// A rule run on each job of a claim with the job's leases from it (in claim order): like
+/// [`ApplyFn`], it may run more than once for a job and must derive everything from the
+/// record.
+pub type ClaimApplyFn<'a> = dyn FnMut(&mut JobRecord, &[&Lease]) -> QueueWrites + Send + 'a;
+
+/// A claim on the queue: up to `max` (> 0) entries `worker` may run, leased for `lease_for`
+/// from `now` (the queue's [`claim`](crate::queue::LeaseQueue::claim)).
+#[derive(Debug, Clone, Copy)]
+pub struct ClaimRequest<'a> {
+    /// The claiming worker.
+    pub worker: &'a WorkerCaps,
+    /// Most entries to lease.
+    pub max: usize,
+    /// Lease length.
+    pub lease_for: std::time::Duration,
+    /// Now.
+    pub now: Timestamp,
+}
+
 impl From<Vec<QueueEntry>> for QueueWrites {
     /// Entries to enqueue, nothing to ack.
     fn from(enqueue: Vec<QueueEntry>) -> Self {
@@ -229,6 +249,19 @@ pub trait JobStore: Send + Sync {
     /// decides commit together, with no write of their own.
     fn acks_with_changes(&self) -> bool {
         false
+    }
+
+    /// Claims from the queue this store shares its database with and applies `apply` to
+    /// each claimed job, in one transaction: the leases and the change they start commit
+    /// together, or neither does. Returns the leases in claim order (those of jobs that no
+    /// longer exist among them, for the caller to ack), or `None` when the queue lives
+    /// elsewhere: then the caller claims from the queue and updates the store in turn.
+    async fn claim_and_update(
+        &self,
+        _claim: &ClaimRequest<'_>,
+        _apply: &mut ClaimApplyFn<'_>,
+    ) -> Result<Option<Vec<Lease>>, StoreError> {
+        Ok(None)
     }
 
     /// Extends `lease_expires` of running tasks whose lease matches. Returns, per renewal, the

@@ -7,6 +7,7 @@
 //! on the same [`SqliteDb`] to hand out.
 
 use async_trait::async_trait;
+use foldhash::{HashMap, HashMapExt};
 use rusqlite::{Connection, OptionalExtension};
 
 pub use self::audit::SqliteAuditLog;
@@ -19,13 +20,14 @@ pub(crate) use self::rows::{
     opt_id, to_json, ts,
 };
 use super::{
-    ApplyFn, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim, JobFilter, JobPage,
-    JobStore, LeaseRenewal, NewJobWrite, StoreError, TaskFilter, TaskPage, WorkerStore,
+    ApplyFn, ClaimApplyFn, ClaimRequest, CreateOutcome, Dispatch, DispatchOutbox, IdempotencyClaim,
+    JobFilter, JobPage, JobStore, LeaseRenewal, NewJobWrite, StoreError, TaskFilter, TaskPage,
+    WorkerStore,
 };
 use crate::clock::to_millis;
 use crate::domain::{
-    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, LeaseId, QueueEntry, Status, TaskChunk,
-    TaskRef, TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
+    Heartbeat, IdempotencyKey, Job, JobId, JobRecord, Lease, LeaseId, QueueEntry, Status,
+    TaskChunk, TaskRef, TenantId, Timestamp, Worker, WorkerId, WorkerRegistration,
 };
 
 mod audit;
@@ -181,6 +183,54 @@ impl JobStore for SqliteStore {
     /// change's own transaction.
     fn acks_with_changes(&self) -> bool {
         self.dispatch == Dispatch::Direct
+    }
+
+    /// With `Direct` dispatch: the claim, the rules and their rows in one write, one writer
+    /// turn and one commit where a claim followed by `update_jobs` takes two. Whether anything
+    /// is claimable is asked of a reader first, as the queue's own claim does, so idle
+    /// workers' long-polls stay off the writer.
+    async fn claim_and_update(
+        &self,
+        claim: &ClaimRequest<'_>,
+        apply: &mut ClaimApplyFn<'_>,
+    ) -> Result<Option<Vec<Lease>>, StoreError> {
+        if self.dispatch != Dispatch::Direct {
+            return Ok(None);
+        }
+        let claim =
+            crate::queue::sqlite::Claim::new(claim.worker, claim.max, claim.lease_for, claim.now)
+                .map_err(store_err)?;
+        if !claim.any(&self.db).map_err(store_err)? {
+            return Ok(Some(Vec::new()));
+        }
+        let mode = self.dispatch;
+        let leases = self
+            .db
+            .write_cached(|tx, cache| {
+                let leases = claim.run(tx)?;
+                let mut by_job: HashMap<&JobId, Vec<&Lease>> = HashMap::with_capacity(leases.len());
+                let mut ids = Vec::with_capacity(leases.len());
+                for l in &leases {
+                    by_job
+                        .entry(&l.entry.job_id)
+                        .or_insert_with(|| {
+                            ids.push(l.entry.job_id.clone());
+                            Vec::new()
+                        })
+                        .push(l);
+                }
+                update::update_jobs(tx, cache, mode, &ids, &mut |record: &mut JobRecord| {
+                    let mine = by_job
+                        .get(&record.job.job_id)
+                        .map_or(&[][..], Vec::as_slice);
+                    apply(record, mine)
+                })?;
+                drop(by_job);
+                Ok::<_, rusqlite::Error>(leases)
+            })
+            .await
+            .map_err(store_err)?;
+        Ok(Some(leases))
     }
 
     async fn renew_leases(

@@ -26,6 +26,7 @@ macro_rules! engine_suite {
             lease_expiry_on_last_attempt_dead_letters,
             duplicate_report_changes_nothing_twice,
             finished_tasks_leave_nothing_queued,
+            stale_entries_are_acked_away_at_claim,
             cancel_stops_queued_tasks,
             cancel_reaches_running_worker_on_heartbeat,
             cancel_of_finished_job_conflicts_and_repeat_cancel_is_accepted,
@@ -272,6 +273,40 @@ pub async fn finished_tasks_leave_nothing_queued(h: Harness) {
     }
     assert_eq!(status_of(&h, &job).await, Status::Completed);
     let depth = h.engine.backends().queue.depth().await.expect("depth");
+    assert_eq!(depth, crate::queue::QueueDepth::default());
+}
+
+/// Entries whose tasks are no longer waiting to run (a lost ack, a late duplicate enqueue)
+/// are claimed and acked away in the same claim, and the task runs nowhere: the claim answers
+/// only the runnable task behind them, and the queue is left empty.
+pub async fn stale_entries_are_acked_away_at_claim(h: Harness) {
+    let w = h.cpu_worker("w1").await;
+    let done = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let first = h.claim(&w, 1).await.remove(0);
+    assert_eq!(h.complete(&first).await.outcome, "completed");
+    let running = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+    let second = h.claim(&w, 1).await.remove(0);
+    // Entries again for the finished task and the running one, then a task that can run.
+    let mut stale = Vec::new();
+    for job in [&done, &running] {
+        let task = tasks_of(&h, job).await.remove(0);
+        stale.push(crate::engine::rules::entry_for(&task, h.clock.now()));
+    }
+    let queue = &h.engine.backends().queue;
+    queue.enqueue(&stale).await.unwrap();
+    let ready = h.engine.submit(a_single_task_job()).await.unwrap().job_id;
+
+    let claimed = h.claim(&w, 10).await;
+    let jobs: Vec<&JobId> = claimed.iter().map(|a| &a.job_id).collect();
+    assert_eq!(jobs, [&ready]);
+    assert_eq!(h.engine.metrics().totals()["queue_acked_total"], 1 + 2);
+    assert_eq!(h.complete(&claimed[0]).await.outcome, "completed");
+    assert_eq!(h.complete(&second).await.outcome, "completed");
+    assert!(h.claim(&w, 10).await.is_empty());
+    for job in [&done, &running, &ready] {
+        assert_eq!(status_of(&h, job).await, Status::Completed);
+    }
+    let depth = queue.depth().await.expect("depth");
     assert_eq!(depth, crate::queue::QueueDepth::default());
 }
 

@@ -54,6 +54,86 @@ pub(super) const ANY_CLAIMABLE: &str = "SELECT EXISTS (
           AND (model IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value IN (model, '*')))
           AND (target_worker IS NULL OR target_worker = ?2))";
 
+/// One claim's parameters, encoded for the statements once.
+pub(crate) struct Claim<'a> {
+    worker: &'a WorkerCaps,
+    backends: String,
+    models: String,
+    max: usize,
+    lease_for: Duration,
+    now: Timestamp,
+}
+
+impl<'a> Claim<'a> {
+    /// A claim of up to `max` (> 0) entries by `worker` for `lease_for` from `now`.
+    pub(crate) fn new(
+        worker: &'a WorkerCaps,
+        max: usize,
+        lease_for: Duration,
+        now: Timestamp,
+    ) -> rusqlite::Result<Self> {
+        Ok(Claim {
+            worker,
+            backends: to_json(&worker.backends)?,
+            models: to_json(&worker.models)?,
+            max,
+            lease_for,
+            now,
+        })
+    }
+
+    fn worker_id(&self) -> Option<&str> {
+        self.worker.worker_id.as_ref().map(|w| w.as_str())
+    }
+
+    /// Whether any entry is claimable, asked of a reader ([`ANY_CLAIMABLE`]).
+    pub(crate) fn any(&self, db: &SqliteDb) -> rusqlite::Result<bool> {
+        db.read(|tx| {
+            tx.prepare_cached(ANY_CLAIMABLE)?.query_row(
+                (
+                    to_millis(self.now),
+                    self.worker_id(),
+                    self.worker.gpu,
+                    &self.backends,
+                    &self.models,
+                ),
+                |r| r.get(0),
+            )
+        })
+    }
+
+    /// Leases the entries inside the caller's write transaction; returns them in claim order.
+    pub(crate) fn run(&self, conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Lease>> {
+        let prefix = format!("{}-", LeaseId::generate());
+        let expires_at = truncate_millis(self.now + self.lease_for);
+        let mut leases = conn
+            .prepare_cached(CLAIM)?
+            .query_map(
+                (
+                    &prefix,
+                    self.worker_id(),
+                    to_millis(expires_at),
+                    to_millis(self.now),
+                    self.worker.gpu,
+                    &self.backends,
+                    &self.models,
+                    i64::try_from(self.max).unwrap_or(i64::MAX),
+                ),
+                |r| {
+                    // RETURNING `seq`, then the lease's columns (`priority_rank` the fourth
+                    // of them); read by position, as `lease_at` says why.
+                    debug_assert_eq!(r.as_ref().column_name(0).ok(), Some("seq"));
+                    let order: (i64, i64) = (r.get(4)?, r.get(0)?);
+                    Ok((order, lease_at(r, 1)?))
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        // RETURNING comes in no promised order; claim order is priority, then FIFO.
+        leases.sort_by_key(|(order, _)| *order);
+        Ok(leases.into_iter().map(|(_, l)| l).collect())
+    }
+}
+
 /// Leases up to `max` (> 0) entries to `worker` for `lease_for` from `now`, in claim order.
 pub(super) async fn claim(
     db: &SqliteDb,
@@ -62,46 +142,9 @@ pub(super) async fn claim(
     lease_for: Duration,
     now: Timestamp,
 ) -> rusqlite::Result<Vec<Lease>> {
-    let backends = to_json(&worker.backends)?;
-    let models = to_json(&worker.models)?;
-    let worker_id = worker.worker_id.as_ref().map(|w| w.as_str());
-    let any: bool = db.read(|tx| {
-        tx.prepare_cached(ANY_CLAIMABLE)?.query_row(
-            (to_millis(now), worker_id, worker.gpu, &backends, &models),
-            |r| r.get(0),
-        )
-    })?;
-    if !any {
+    let claim = Claim::new(worker, max, lease_for, now)?;
+    if !claim.any(db)? {
         return Ok(Vec::new());
     }
-    let prefix = format!("{}-", LeaseId::generate());
-    let expires_at = truncate_millis(now + lease_for);
-    let mut leases = db
-        .write(|tx| {
-            tx.prepare_cached(CLAIM)?
-                .query_map(
-                    (
-                        &prefix,
-                        worker_id,
-                        to_millis(expires_at),
-                        to_millis(now),
-                        worker.gpu,
-                        &backends,
-                        &models,
-                        i64::try_from(max).unwrap_or(i64::MAX),
-                    ),
-                    |r| {
-                        // RETURNING `seq`, then the lease's columns (`priority_rank` the
-                        // fourth of them); read by position, as `lease_at` says why.
-                        debug_assert_eq!(r.as_ref().column_name(0).ok(), Some("seq"));
-                        let order: (i64, i64) = (r.get(4)?, r.get(0)?);
-                        Ok((order, lease_at(r, 1)?))
-                    },
-                )?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .await?;
-    // RETURNING comes in no promised order; claim order is priority, then FIFO.
-    leases.sort_by_key(|(order, _)| *order);
-    Ok(leases.into_iter().map(|(_, l)| l).collect())
+    db.write(|tx| claim.run(tx)).await
 }

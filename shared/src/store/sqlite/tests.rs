@@ -9,7 +9,7 @@ use super::*;
 use crate::domain::{LeaseId, Requirements, TaskId, TaskRef, WorkerCaps, WorkerHealth};
 use crate::queue::LeaseQueue;
 use crate::queue::sqlite::SqliteLeaseQueue;
-use crate::store::{IdempotencyClaim, QueueWrites};
+use crate::store::{ClaimRequest, IdempotencyClaim, QueueWrites};
 use crate::testing::records::{a_full_record, a_job, a_record, a_task, at, entry_for, job_id};
 
 async fn setup(dispatch: Dispatch) -> (TempDir, SqliteStore, SqliteLeaseQueue) {
@@ -667,4 +667,103 @@ async fn acks_commit_with_the_change_that_decides_them() {
 async fn outbox_dispatch_takes_no_acks() {
     let (_dir, store, _) = setup(Dispatch::Outbox).await;
     assert!(!store.acks_with_changes());
+}
+
+/// A claim of up to ten entries by `caps` at time 0.
+fn claim_of_ten(caps: &WorkerCaps) -> ClaimRequest<'_> {
+    ClaimRequest {
+        worker: caps,
+        max: 10,
+        lease_for: Duration::from_secs(60),
+        now: at(0),
+    }
+}
+
+/// With Direct dispatch a claim and the change it starts are one transaction: one commit,
+/// each claimed job's rule sees exactly its own leases in claim order, and what the rule
+/// wrote and acked is there afterwards.
+#[tokio::test]
+async fn claim_and_update_commit_together() {
+    let (_dir, store, queue) = setup(Dispatch::Direct).await;
+    for (job, tasks) in [("job-1", &["a", "b"][..]), ("job-2", &["c"][..])] {
+        let record = a_record(job, tasks);
+        let ready: Vec<_> = record.tasks.iter().map(entry_for).collect();
+        store.create_job(&record, &ready, None).await.unwrap();
+    }
+    let caps = WorkerCaps::default();
+    let claim = claim_of_ten(&caps);
+    let commits = store.db.writer_commits();
+    let mut seen = Vec::new();
+    let leases = store
+        .claim_and_update(&claim, &mut |r: &mut JobRecord, leases: &[&Lease]| {
+            let tasks: Vec<String> = leases.iter().map(|l| l.entry.task_id.to_string()).collect();
+            seen.push((r.job.job_id.to_string(), tasks.clone()));
+            r.job.message = tasks.join(",");
+            // The second job's lease is done with at once.
+            let ack = if r.job.job_id.as_str() == "job-2" {
+                leases.iter().map(|l| l.lease_id.clone()).collect()
+            } else {
+                Vec::new()
+            };
+            QueueWrites {
+                enqueue: Vec::new(),
+                ack,
+            }
+        })
+        .await
+        .unwrap()
+        .expect("Direct dispatch claims in the store");
+    assert_eq!(store.db.writer_commits(), commits + 1, "one transaction");
+    let claimed: Vec<&str> = leases.iter().map(|l| l.entry.task_id.as_str()).collect();
+    assert_eq!(claimed, ["a", "b", "c"]);
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("job-1".to_owned(), vec!["a".to_owned(), "b".to_owned()]),
+            ("job-2".to_owned(), vec!["c".to_owned()])
+        ]
+    );
+    let message = |id| {
+        let store = &store;
+        async move {
+            store
+                .load_job(&job_id(id))
+                .await
+                .unwrap()
+                .unwrap()
+                .job
+                .message
+        }
+    };
+    assert_eq!(message("job-1").await, "a,b");
+    assert_eq!(message("job-2").await, "c");
+    let d = queue.depth().await.unwrap();
+    assert_eq!((d.leased, pending(&queue).await), (2, 0), "{d:?}");
+
+    // Nothing left to claim: no write at all.
+    let commits = store.db.writer_commits();
+    let none = store
+        .claim_and_update(&claim, &mut |_: &mut JobRecord, _: &[&Lease]| {
+            panic!("no job was claimed")
+        })
+        .await
+        .unwrap();
+    assert_eq!(none, Some(Vec::new()));
+    assert_eq!(store.db.writer_commits(), commits);
+}
+
+/// A store dispatching to an outbox does not hold the queue: it claims nothing itself.
+#[tokio::test]
+async fn outbox_dispatch_does_not_claim() {
+    let (_dir, store, _) = setup(Dispatch::Outbox).await;
+    let caps = WorkerCaps::default();
+    let claim = claim_of_ten(&caps);
+    let out = store
+        .claim_and_update(&claim, &mut |_: &mut JobRecord, _: &[&Lease]| {
+            panic!("an outbox store claims nothing")
+        })
+        .await
+        .unwrap();
+    assert!(out.is_none());
 }
