@@ -16,6 +16,7 @@ use crate::domain::{
     WorkerRegistration,
 };
 
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) mod diff;
 #[cfg(feature = "aws")]
 pub mod dynamodb;
