@@ -31,8 +31,9 @@ pub struct BenchArgs {
     /// Worker processes.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
-    /// Tasks each worker runs at once (SPLAI_MAX_PARALLEL_TASKS).
-    #[arg(long, default_value_t = 256)]
+    /// Tasks each worker runs at once (SPLAI_MAX_PARALLEL_TASKS). 512 measured faster than
+    /// 256 on two cores (8 interleaved pairs: drain +5 %, overlapped +13 % at the median).
+    #[arg(long, default_value_t = 512)]
     pub parallel: usize,
     /// Jobs per bulk submit request.
     #[arg(long, default_value_t = 1000)]
