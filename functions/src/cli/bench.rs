@@ -103,12 +103,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
     let queued = format!("{run}-queued");
     let server_before = cpu_secs(&server);
     let bulk = submit_all(&http, &base, &a, &queued).await?;
-    print_submit(&a, &bulk, cpu_secs(&server) - server_before);
+    print_submit(&a, &bulk, Some(cpu_secs(&server) - server_before));
     let cpu_before = (cpu_secs(&server), 0.0);
     let spawned = Timestamp::now_utc();
     let workers: Vec<Proc> = (0..a.workers)
         .map(|i| start_worker(&worker_bin, &base, i, a.parallel, &artifacts))
         .collect::<anyhow::Result<_>>()?;
+    // A worker that cannot start or register fails the run here, not at the drain's timeout.
+    wait_for_workers(&http, &base, a.workers).await?;
     wait_until_completed(&http, &base, a.tasks as u64).await?;
     let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     // The server's own backends (SPLAI_STORE and the rest come from this environment), read
@@ -130,10 +132,10 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<()> {
 
     // 2. Submitted while the workers run: from the first submit to the last completion.
     println!("submitted while the workers run:");
-    wait_for_workers(&http, &base, a.workers).await?;
     let cpu_before = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     let bulk = submit_all(&http, &base, &a, &run).await?;
-    print_submit(&a, &bulk, 0.0);
+    // The workers ran meanwhile: the server's CPU is not the submit's alone.
+    print_submit(&a, &bulk, None);
     wait_until_completed(&http, &base, 2 * a.tasks as u64).await?;
     let cpu_after = (cpu_secs(&server), workers.iter().map(cpu_secs).sum::<f64>());
     let latencies = task_latencies(store.as_ref(), &run).await?;
@@ -336,16 +338,11 @@ async fn wait_until_completed(
     Ok(())
 }
 
-/// The submit line; with the server's CPU for it when nothing else ran meanwhile.
-fn print_submit(a: &BenchArgs, bulk: &Bulk, server_cpu: f64) {
-    let cpu = if server_cpu > 0.0 {
-        format!(
-            ", {:.0} us/job in the server",
-            server_cpu * 1e6 / a.tasks as f64
-        )
-    } else {
-        String::new()
-    };
+/// The submit line; with the server's CPU for it, when nothing else ran meanwhile.
+fn print_submit(a: &BenchArgs, bulk: &Bulk, server_cpu: Option<f64>) {
+    let cpu = server_cpu.map_or(String::new(), |secs| {
+        format!(", {:.0} us/job in the server", secs * 1e6 / a.tasks as f64)
+    });
     println!(
         "  submit       {} jobs accepted in {:.3} s ({:.0} jobs/s{cpu})",
         a.tasks,

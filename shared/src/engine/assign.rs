@@ -276,7 +276,7 @@ impl Engine {
                 break;
             }
             let (started, claimed, refused) = match self.claim_started(caps, want).await? {
-                Some(started) => started,
+                Some((started, claimed)) => (started, claimed, 0),
                 None => {
                     let leases = self
                         .backends
@@ -309,15 +309,15 @@ impl Engine {
     /// Claims and starts in one store transaction ([`JobStore::claim_and_update`]) when the
     /// queue shares the store's database and no policy gates assignments (the policy's
     /// decisions need the claimed tenants' running counts first). Stale leases are acked in
-    /// the same transaction. Returns the assignments in claim order, how many leases the
-    /// claim took and how many were refused (none); `None` when the store cannot do this.
+    /// the same transaction. Returns the assignments in claim order and how many leases the
+    /// claim took; `None` when the store cannot do this.
     ///
     /// [`JobStore::claim_and_update`]: crate::store::JobStore::claim_and_update
     async fn claim_started(
         &self,
         caps: &WorkerCaps,
         want: usize,
-    ) -> Result<Option<(Vec<Assignment>, usize, usize)>, EngineError> {
+    ) -> Result<Option<(Vec<Assignment>, usize)>, EngineError> {
         if self.policy.is_some() {
             return Ok(None);
         }
@@ -352,7 +352,7 @@ impl Engine {
         };
         let by_job = tracked.finish(self).await?;
         if leases.is_empty() {
-            return Ok(Some((Vec::new(), 0, 0)));
+            return Ok(Some((Vec::new(), 0)));
         }
         let worker = worker_label(caps);
         self.metrics.claimed(worker, leases.len());
@@ -382,7 +382,7 @@ impl Engine {
         if stale > 0 {
             self.metrics.acked(worker, stale);
         }
-        Ok(Some((out, leases.len(), 0)))
+        Ok(Some((out, leases.len())))
     }
 
     /// Marks the claimed tasks running in the store; acks the stale leases and releases those

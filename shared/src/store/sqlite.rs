@@ -197,9 +197,7 @@ impl JobStore for SqliteStore {
         if self.dispatch != Dispatch::Direct {
             return Ok(None);
         }
-        let claim =
-            crate::queue::sqlite::Claim::new(claim.worker, claim.max, claim.lease_for, claim.now)
-                .map_err(store_err)?;
+        let claim = crate::queue::sqlite::Claim::new(*claim).map_err(store_err)?;
         if !claim.any(&self.db).map_err(store_err)? {
             return Ok(Some(Vec::new()));
         }

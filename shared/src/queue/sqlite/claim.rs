@@ -5,6 +5,7 @@ use std::time::Duration;
 use super::lease_at;
 use crate::clock::{to_millis, truncate_millis};
 use crate::domain::{Lease, LeaseId, Timestamp, WorkerCaps};
+use crate::store::ClaimRequest;
 use crate::store::sqlite::{SqliteDb, entry_columns, to_json};
 
 /// Leases up to `?8` claimable entries to worker `?2` until `?3`, and returns them.
@@ -54,36 +55,25 @@ pub(super) const ANY_CLAIMABLE: &str = "SELECT EXISTS (
           AND (model IS NULL OR EXISTS (SELECT 1 FROM json_each(?5) WHERE value IN (model, '*')))
           AND (target_worker IS NULL OR target_worker = ?2))";
 
-/// One claim's parameters, encoded for the statements once.
+/// One claim, its worker's backends and models encoded for the statements once.
 pub(crate) struct Claim<'a> {
-    worker: &'a WorkerCaps,
+    request: ClaimRequest<'a>,
     backends: String,
     models: String,
-    max: usize,
-    lease_for: Duration,
-    now: Timestamp,
 }
 
 impl<'a> Claim<'a> {
-    /// A claim of up to `max` (> 0) entries by `worker` for `lease_for` from `now`.
-    pub(crate) fn new(
-        worker: &'a WorkerCaps,
-        max: usize,
-        lease_for: Duration,
-        now: Timestamp,
-    ) -> rusqlite::Result<Self> {
+    /// The claim `request` (`max` > 0) ready to run.
+    pub(crate) fn new(request: ClaimRequest<'a>) -> rusqlite::Result<Self> {
         Ok(Claim {
-            worker,
-            backends: to_json(&worker.backends)?,
-            models: to_json(&worker.models)?,
-            max,
-            lease_for,
-            now,
+            backends: to_json(&request.worker.backends)?,
+            models: to_json(&request.worker.models)?,
+            request,
         })
     }
 
     fn worker_id(&self) -> Option<&str> {
-        self.worker.worker_id.as_ref().map(|w| w.as_str())
+        self.request.worker.worker_id.as_ref().map(|w| w.as_str())
     }
 
     /// Whether any entry is claimable, asked of a reader ([`ANY_CLAIMABLE`]).
@@ -91,9 +81,9 @@ impl<'a> Claim<'a> {
         db.read(|tx| {
             tx.prepare_cached(ANY_CLAIMABLE)?.query_row(
                 (
-                    to_millis(self.now),
+                    to_millis(self.request.now),
                     self.worker_id(),
-                    self.worker.gpu,
+                    self.request.worker.gpu,
                     &self.backends,
                     &self.models,
                 ),
@@ -104,8 +94,14 @@ impl<'a> Claim<'a> {
 
     /// Leases the entries inside the caller's write transaction; returns them in claim order.
     pub(crate) fn run(&self, conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Lease>> {
+        let ClaimRequest {
+            worker,
+            max,
+            lease_for,
+            now,
+        } = self.request;
         let prefix = format!("{}-", LeaseId::generate());
-        let expires_at = truncate_millis(self.now + self.lease_for);
+        let expires_at = truncate_millis(now + lease_for);
         let mut leases = conn
             .prepare_cached(CLAIM)?
             .query_map(
@@ -113,11 +109,11 @@ impl<'a> Claim<'a> {
                     &prefix,
                     self.worker_id(),
                     to_millis(expires_at),
-                    to_millis(self.now),
-                    self.worker.gpu,
+                    to_millis(now),
+                    worker.gpu,
                     &self.backends,
                     &self.models,
-                    i64::try_from(self.max).unwrap_or(i64::MAX),
+                    i64::try_from(max).unwrap_or(i64::MAX),
                 ),
                 |r| {
                     // RETURNING `seq`, then the lease's columns (`priority_rank` the fourth
@@ -142,7 +138,12 @@ pub(super) async fn claim(
     lease_for: Duration,
     now: Timestamp,
 ) -> rusqlite::Result<Vec<Lease>> {
-    let claim = Claim::new(worker, max, lease_for, now)?;
+    let claim = Claim::new(ClaimRequest {
+        worker,
+        max,
+        lease_for,
+        now,
+    })?;
     if !claim.any(db)? {
         return Ok(Vec::new());
     }
