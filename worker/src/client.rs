@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Value, json};
@@ -370,11 +370,15 @@ impl GatewayClient {
     /// # Errors
     /// Classified gateway failures; then none of the reports may be assumed applied.
     pub async fn report(&self, reports: &[Report]) -> Result<(), GatewayError> {
-        let _: Value = self
-            .send(
-                self.post("/v1/tasks/report")
-                    .json(&json!({ "reports": reports })),
-            )
+        /// The request body, serialised straight from the reports: going through a
+        /// `serde_json::Value` re-parsed every inline output into a tree, only to write it
+        /// out again.
+        #[derive(Serialize)]
+        struct Body<'a> {
+            reports: &'a [Report],
+        }
+        let _: IgnoredAny = self
+            .send(self.post("/v1/tasks/report").json(&Body { reports }))
             .await?;
         Ok(())
     }
@@ -385,9 +389,11 @@ impl GatewayClient {
     /// Classified gateway failures.
     pub async fn release(&self, leases: &[HeldLease]) -> Result<(), GatewayError> {
         let path = format!("/v1/workers/{}/release", self.worker_id);
-        let _: Value = self
-            .send(self.post(&path).json(&json!({ "leases": leases })))
-            .await?;
+        #[derive(Serialize)]
+        struct Body<'a> {
+            leases: &'a [HeldLease],
+        }
+        let _: IgnoredAny = self.send(self.post(&path).json(&Body { leases })).await?;
         Ok(())
     }
 
@@ -502,5 +508,57 @@ mod tests {
         .unwrap();
         let body = client.task_output("j", "t").await.unwrap();
         assert_eq!(&body[..], b"{\"ok\":true}");
+    }
+
+    /// A report batch goes out as `{"reports": [...]}` with each inline output exactly as the
+    /// executor encoded it (its key order kept: nothing re-parses it on the way), and the
+    /// gateway's answer is accepted whatever its fields.
+    #[tokio::test]
+    async fn reports_carry_inline_outputs_verbatim() {
+        use axum::body::Bytes;
+        use axum::routing::post;
+        let (sent, mut received) = tokio::sync::mpsc::unbounded_channel::<Bytes>();
+        let gateway = serve(Router::new().route(
+            "/v1/tasks/report",
+            post(move |body: Bytes| async move {
+                sent.send(body).unwrap();
+                "{\"results\":[{\"outcome\":\"completed\"}]}"
+            }),
+        ))
+        .await;
+        let client = GatewayClient::new(&gateway, None, WorkerId::parse("w1").unwrap()).unwrap();
+        let lease = HeldLease {
+            job_id: JobId::parse("job-1").unwrap(),
+            task_id: TaskId::parse("t1").unwrap(),
+            lease_id: LeaseId::parse("lease-1").unwrap(),
+        };
+        let output = RawValue::from_string(r#"{"zebra":1,"apple":[2,3]}"#.to_owned()).unwrap();
+        let artifact = Artifact {
+            kind: "inline".to_owned(),
+            url: "artifact://job-1/t1/output.json".to_owned(),
+            size_bytes: 25,
+            mime_type: "application/json".to_owned(),
+            expires_at: None,
+        };
+        let reports = [
+            Report::completed_inline(&lease, artifact, output),
+            Report::failed(&lease, "boom".to_owned(), true),
+        ];
+        client.report(&reports).await.unwrap();
+
+        let body = received.recv().await.unwrap();
+        let text = std::str::from_utf8(&body).unwrap();
+        assert!(
+            text.contains(r#""output":{"zebra":1,"apple":[2,3]}"#),
+            "{text}"
+        );
+        let sent: Value = serde_json::from_slice(&body).unwrap();
+        let sent = sent["reports"].as_array().unwrap();
+        assert_eq!(sent.len(), 2);
+        assert_eq!(sent[0]["idempotency_key"], "lease-1:Completed");
+        assert_eq!(sent[0]["output_artifact"]["type"], "inline");
+        assert_eq!(sent[1]["status"], "Failed");
+        assert_eq!(sent[1]["error"], "boom");
+        assert!(sent[1].get("output").is_none());
     }
 }

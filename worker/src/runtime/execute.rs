@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::FutureExt;
-use serde_json::value::RawValue;
 use serde_json::{Value, json};
 use splai_shared::artifacts::{ArtifactKey, UploadUrl};
 use splai_shared::domain::{Artifact, TaskType};
@@ -119,23 +118,23 @@ async fn store_output(
 ) -> Report {
     let body = with_envelope(output, task, shared.worker_id.as_str(), started_at);
     let key = ArtifactKey::output(task.job_id.clone(), task.task_id.clone());
-    let encoded = match serde_json::to_string(&body) {
+    // Encoded once, straight into the raw JSON the report carries (no re-parse to check it).
+    let encoded = match serde_json::value::to_raw_value(&body) {
         Ok(b) => b,
         Err(e) => return Report::failed(lease, format!("encoding the output: {e}"), false),
     };
-    if encoded.len() <= shared.max_inline.load(Ordering::Relaxed) {
+    let size = encoded.get().len();
+    if size <= shared.max_inline.load(Ordering::Relaxed) {
         let artifact = Artifact {
             kind: "inline".to_owned(),
             url: key.uri(),
-            size_bytes: encoded.len() as u64,
+            size_bytes: size as u64,
             mime_type: "application/json".to_owned(),
             expires_at: None,
         };
-        return match RawValue::from_string(encoded) {
-            Ok(raw) => Report::completed_inline(lease, artifact, raw),
-            Err(e) => Report::failed(lease, format!("encoding the output: {e}"), false),
-        };
+        return Report::completed_inline(lease, artifact, encoded);
     }
+    let encoded = String::from(Box::<str>::from(encoded));
     if let Some(upload) = &task.output_upload {
         return put_to_upload_url(shared, lease, upload, Bytes::from(encoded)).await;
     }
