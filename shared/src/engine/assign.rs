@@ -299,7 +299,7 @@ impl Engine {
             // Refused entries went back to the queue: claiming again would find them again.
             let stale = claimed - started.len() - refused;
             out.extend(started);
-            if claimed == 0 || stale == 0 {
+            if stale == 0 {
                 break;
             }
         }
@@ -362,26 +362,16 @@ impl Engine {
             .filter(|l| !by_job.contains_key(&l.entry.job_id))
             .map(|l| l.lease_id.clone())
             .collect();
-        let mut accepted: HashMap<LeaseId, Assignment> = by_job
+        let accepted = by_job
             .into_values()
             .flatten()
             .map(|a| (a.lease_id.clone(), a))
             .collect();
-        let mut out = Vec::with_capacity(accepted.len());
-        for lease in &leases {
-            if let Some(a) = accepted.remove(&lease.lease_id) {
-                self.metrics
-                    .task_started(a.task_type.as_str(), lease.entry.not_before, now);
-                out.push(a);
-            }
-        }
+        let (out, stale) = self.in_claim_order(&leases, accepted, now);
         if !missing.is_empty() {
             self.backends.queue.ack(&missing).await?;
         }
-        let stale = leases.len() - out.len();
-        if stale > 0 {
-            self.metrics.acked(worker, stale);
-        }
+        self.metrics.acked(worker, stale.len());
         Ok(Some((out, leases.len())))
     }
 
@@ -453,20 +443,11 @@ impl Engine {
             self.audit_assignment(caps, tenant, resource.clone(), d)
                 .await;
         }
-        let mut out = Vec::with_capacity(accepted.len());
-        let mut stale = Vec::new();
-        let mut back = Vec::new();
-        for lease in leases {
-            match accepted.remove(&lease.lease_id) {
-                Some(a) => {
-                    self.metrics
-                        .task_started(a.task_type.as_str(), lease.entry.not_before, now);
-                    out.push(a);
-                }
-                None if refused.contains(&lease.lease_id) => back.push(lease.lease_id),
-                None => stale.push(lease.lease_id),
-            }
-        }
+        let (out, left) = self.in_claim_order(&leases, accepted, now);
+        let (back, stale): (Vec<LeaseId>, Vec<LeaseId>) = left
+            .into_iter()
+            .map(|l| l.lease_id.clone())
+            .partition(|id| refused.contains(id));
         let refused = back.len();
         if !back.is_empty() {
             // Left for other workers (or for later, once the tenant's tasks finish).
@@ -477,6 +458,29 @@ impl Engine {
             self.metrics.acked(worker_label(caps), stale.len());
         }
         Ok((out, refused))
+    }
+
+    /// The started assignments in the claim's order, each counted as a task started; and the
+    /// leases that started nothing.
+    fn in_claim_order<'l>(
+        &self,
+        leases: &'l [Lease],
+        mut accepted: HashMap<LeaseId, Assignment>,
+        now: Timestamp,
+    ) -> (Vec<Assignment>, Vec<&'l Lease>) {
+        let mut out = Vec::with_capacity(accepted.len());
+        let mut left = Vec::new();
+        for lease in leases {
+            match accepted.remove(&lease.lease_id) {
+                Some(a) => {
+                    self.metrics
+                        .task_started(a.task_type.as_str(), lease.entry.not_before, now);
+                    out.push(a);
+                }
+                None => left.push(lease),
+            }
+        }
+        (out, left)
     }
 }
 
