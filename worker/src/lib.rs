@@ -46,7 +46,10 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         .context("SPLAI_WORKER_ID must be set")?;
     let gateway = GatewayClient::new(&config.gateway.url, config.gateway.token.clone(), worker_id)?;
     let metrics = Arc::new(metrics::WorkerMetrics::default());
-    let models = ModelBackends::from_config(&config.models, &config.capabilities.backends)?
+    // One client for every model server and executor: each client built loads the system's
+    // root certificates again (about 2 ms).
+    let http = models::http::client();
+    let models = ModelBackends::from_config(&config.models, &config.capabilities.backends, &http)?
         .metered(&metrics);
     if models.is_empty() {
         tracing::warn!(
@@ -54,14 +57,18 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
              SPLAI_OLLAMA_BASE_URL or SPLAI_OPENAI_BASE_URL, or SPLAI_WORKER_BACKENDS=echo"
         );
     }
-    if config.executors.tool_network == ToolNetwork::Auto
-        && !executor::network_isolation_available().await
-    {
-        tracing::warn!(
-            "this host cannot give tool commands a private network namespace (unshare); \
-             tool_execution tasks will run with the host network (SPLAI_TOOL_NETWORK=none \
-             refuses them instead)"
-        );
+    if config.executors.tool_network == ToolNetwork::Auto {
+        // Probed beside registration rather than before it: creating the namespaces takes
+        // milliseconds, and a tool task that comes first waits for the same cached probe.
+        tokio::spawn(async {
+            if !executor::network_isolation_available().await {
+                tracing::warn!(
+                    "this host cannot give tool commands a private network namespace \
+                     (unshare); tool_execution tasks will run with the host network \
+                     (SPLAI_TOOL_NETWORK=none refuses them instead)"
+                );
+            }
+        });
     }
     let artifacts = config
         .artifact_backend
@@ -77,7 +84,7 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         models: models.clone(),
         artifacts: artifacts.clone(),
         config: Arc::new(config.executors.clone()),
-        http: models::http::client(),
+        http,
         gateway: Some(gateway.clone()),
     };
     let mut served = Vec::new();

@@ -223,12 +223,15 @@ impl ModelBackends {
     }
 
     /// The backends `advertise` names (all configured ones when empty), built from the
-    /// configured servers; `echo` is available only when named.
+    /// configured servers, all calling through `http`; `echo` is available only when named.
     ///
     /// # Errors
     /// A named backend with no server configured, naming the variable to set.
-    pub fn from_config(servers: &ModelServers, advertise: &[String]) -> anyhow::Result<Self> {
-        let http = http::client();
+    pub fn from_config(
+        servers: &ModelServers,
+        advertise: &[String],
+        http: &reqwest::Client,
+    ) -> anyhow::Result<Self> {
         let build = |name: &str| -> anyhow::Result<Arc<dyn ModelBackend>> {
             let endpoint = |e: &Option<crate::config::Endpoint>, var: &str| {
                 e.clone().ok_or_else(|| {
