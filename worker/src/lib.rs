@@ -46,8 +46,6 @@ pub async fn build(config: &Config) -> anyhow::Result<Deps> {
         .context("SPLAI_WORKER_ID must be set")?;
     let gateway = GatewayClient::new(&config.gateway.url, config.gateway.token.clone(), worker_id)?;
     let metrics = Arc::new(metrics::WorkerMetrics::default());
-    // One client for every model server and executor: each client built loads the system's
-    // root certificates again (about 2 ms).
     let http = models::http::client();
     let models = ModelBackends::from_config(&config.models, &config.capabilities.backends, &http)?
         .metered(&metrics);

@@ -25,7 +25,8 @@ const RETRY_AFTER_CAP: Duration = Duration::from_secs(10);
 /// Longest server message kept in an error (the rest of a large HTML error page is noise).
 const MESSAGE_LIMIT: usize = 300;
 
-/// The HTTP client model backends share.
+/// The HTTP client the model backends and the executors share: a worker builds it once, since
+/// every client built loads the system's root certificates again.
 pub(crate) fn client() -> reqwest::Client {
     // No overall request timeout: a completion may legitimately take minutes, and the
     // runtime's soft timeout cancels the call by dropping it.
